@@ -1,0 +1,99 @@
+"""``relgraph.compile``: model.onnx → explainer.onnx.
+
+    load → canonicalize (one pass per concern) → bias as input → relevance pass (rules) → export
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from . import __version__
+from .errors import RelgraphError
+from .export import explainer_proto, save
+from .graph import MIN_OPSET, load_model
+from .passes import build_relevance, canonicalize
+from .rules import RuleParams, load_rule_map, resolve
+
+
+@dataclass
+class CompileResult:
+    path: str | None
+    proto: onnx.ModelProto
+    plan: object
+    skipped: list
+    seconds: float
+
+
+def default_output(model_path, rule: str) -> str:
+    p = Path(model_path)
+    return str(p.with_name(f"{p.stem}.{rule}.onnx"))
+
+
+def prepare(model_path) -> tuple[ir.Model, list[str]]:
+    """Load and canonicalize a model (shared by compile and inspect)."""
+    model = load_model(model_path)
+    opset = model.opset_imports.get("", 1)
+    if opset < MIN_OPSET:
+        model = _upgrade(model, opset)
+    skipped = canonicalize(model)
+    return model, skipped
+
+
+def _upgrade(model: ir.Model, opset: int) -> ir.Model:
+    from onnx import version_converter
+
+    try:
+        proto = version_converter.convert_version(ir.serde.serialize_model(model), MIN_OPSET)
+    except Exception as exc:
+        raise RelgraphError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {exc}") from None
+    return ir.from_proto(proto)
+
+
+def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
+            gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
+            bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
+            write: bool = True) -> CompileResult:
+    """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
+
+    Returns the written path (default: ``MODEL.<rule>.onnx`` beside the model), the ModelProto, the
+    relevance plan (node → rule) and what canonicalization skipped.
+    """
+    start = time.perf_counter()
+    if bias_relevance not in ("total", "per-layer"):
+        raise RelgraphError(f"--bias-relevance must be 'total' or 'per-layer', got '{bias_relevance}'")
+    params = RuleParams(epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
+    if bounds is not None:
+        low, high = bounds
+        if not low < high:
+            raise RelgraphError(f"bounds must satisfy LOW < HIGH, got {low} {high}")
+        params = replace(params, low=low, high=high)
+    composite = load_rule_map(rule_map, params) if rule_map else resolve(rule, params)
+    label = Path(rule_map).stem if rule_map else rule
+    if write:
+        output = output or default_output(model_path, label)
+        if os.path.abspath(output) == os.path.abspath(model_path):
+            raise RelgraphError("refusing to overwrite the input model; choose another -o")
+        if os.path.exists(output) and not overwrite:
+            raise RelgraphError(f"output exists: {output} (pass --force to overwrite)")
+    model, skipped = prepare(model_path)
+    plan = build_relevance(model, composite, input_name=input_name,
+                           per_layer_bias=bias_relevance == "per-layer")
+    metadata = {
+        "relgraph.version": __version__,
+        "relgraph.rule": composite.name,
+        "relgraph.params": vars(params) | {"low": params.low, "high": params.high},
+        "relgraph.input": plan.input.name,
+        "relgraph.logits": plan.logits_output,
+        "relgraph.output_init": composite.output_init,
+        "relgraph.rules": plan.rules(),
+    }
+    proto = explainer_proto(model, plan, metadata)
+    if write:
+        save(proto, output, overwrite=overwrite)
+    return CompileResult(output if write else None, proto, plan, skipped, time.perf_counter() - start)

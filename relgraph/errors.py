@@ -1,0 +1,23 @@
+"""The one exception type relgraph raises for problems a user can fix.
+
+The CLI prints its message on one line and exits non-zero; anything else escaping is a bug in relgraph.
+"""
+
+
+class RelgraphError(Exception):
+    """A problem with what the user gave: the model, a rule, a rule map, an input."""
+
+
+class UnsupportedOpsError(RelgraphError):
+    """Nodes that no rule covers, all of them at once.
+
+    ``problems`` is a list of ``(op_type, node_name, reason)``.
+    """
+
+    def __init__(self, problems, supported):
+        self.problems = list(problems)
+        self.supported = sorted(supported)
+        listed = "; ".join(f"{op} '{name}'" + (f" ({why})" if why else "") for op, name, why in self.problems)
+        super().__init__(
+            f"{len(self.problems)} unsupported node(s): {listed}. Supported ops: {', '.join(self.supported)}"
+        )

@@ -1,0 +1,99 @@
+"""Run a compiled explainer with onnxruntime: one call returns the logits and the relevance."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+
+from .errors import RelgraphError
+
+
+class Explainer:
+    """A compiled explainer (``*.onnx``) in an onnxruntime session.
+
+    ``explain(x, target)`` returns a dict with ``logits`` [N, C], ``relevance`` (x's shape),
+    ``bias_relevance`` [N], ``target`` [N] (the explained classes) and ``outputs`` (every output of the
+    model by name, per-layer bias relevance included when compiled with it).
+    """
+
+    def __init__(self, path, *, threads: int | None = None, providers=None):
+        import onnxruntime as ort
+
+        path = str(path)
+        if not os.path.isfile(path):
+            raise RelgraphError(f"explainer not found: {path}")
+        try:
+            meta_model = onnx.load(path, load_external_data=False)
+        except Exception:
+            raise RelgraphError(f"not a readable ONNX model: {path}") from None
+        self.metadata = {p.key: p.value for p in meta_model.metadata_props}
+        if "relgraph.input" not in self.metadata:
+            raise RelgraphError(f"{path} is not a relgraph explainer (compile it first: relgraph compile MODEL)")
+        self.path = path
+        self.rule = self.metadata.get("relgraph.rule", "")
+        self.input_name = self.metadata["relgraph.input"]
+        self.logits_name = self.metadata["relgraph.logits"]
+        self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
+        except Exception as exc:
+            raise RelgraphError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        inp = next(i for i in self.session.get_inputs() if i.name == self.input_name)
+        self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
+        logits = next(o for o in self.session.get_outputs() if o.name == self.logits_name)
+        self.num_classes = logits.shape[1] if isinstance(logits.shape[1], int) else None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def prepare(self, x) -> np.ndarray:
+        """Check and batch an input: float array of the model's shape, batch axis optional."""
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu" or x.dtype == bool:
+            raise RelgraphError(f"input must be a float array, got dtype {x.dtype}")
+        if x.dtype.kind != "f":
+            raise RelgraphError(f"input must be a float array, got integer dtype {x.dtype}")
+        x = x.astype(np.float32, copy=False)
+        sample = self.input_shape[1:]
+        if list(x.shape) == [d for d in sample] and None not in sample:
+            x = x[None]
+        if x.ndim != len(self.input_shape) or any(d is not None and d != s for d, s in zip(sample, x.shape[1:])):
+            expected = "[N, " + ", ".join(str(d) for d in sample) + "]"
+            raise RelgraphError(f"input has shape {list(x.shape)}, the model expects {expected}")
+        if not np.all(np.isfinite(x)):
+            raise RelgraphError("input contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+    def targets(self, target, n: int) -> np.ndarray:
+        if target is None:
+            return np.full(n, -1, np.int64)
+        t = np.asarray(target)
+        if t.dtype.kind not in "iu":
+            raise RelgraphError(f"target must be an integer class index, got {target!r}")
+        t = np.broadcast_to(t.astype(np.int64), (n,)) if t.ndim == 0 else t.astype(np.int64)
+        if t.shape != (n,):
+            raise RelgraphError(f"target has shape {list(t.shape)}, expected [{n}]")
+        if self.num_classes is not None and np.any((t < -1) | (t >= self.num_classes)):
+            bad = t[(t < -1) | (t >= self.num_classes)][0]
+            raise RelgraphError(f"target {bad} is out of range: the model has {self.num_classes} classes "
+                                f"(0..{self.num_classes - 1}, or -1 for the predicted class)")
+        return np.ascontiguousarray(t)
+
+    def explain(self, x, target=None) -> dict:
+        x = self.prepare(x)
+        t = self.targets(target, x.shape[0])
+        values = self.session.run(None, {self.input_name: x, "target": t})
+        outputs = dict(zip(self.output_names, values))
+        logits = outputs[self.logits_name]
+        chosen = np.where(t < 0, logits.argmax(1), t)
+        return {
+            "logits": logits,
+            "relevance": outputs["relevance"],
+            "bias_relevance": outputs["bias_relevance"],
+            "target": chosen,
+            "outputs": outputs,
+        }

@@ -1,0 +1,80 @@
+"""Fold shape-computing subgraphs to constants.
+
+Two cases, both produced by torch exports:
+
+* a node whose inputs are all constants is evaluated once (onnx's reference evaluator) and replaced
+  by an initializer;
+* a Reshape whose target shape is computed at run time from ``Shape(x)`` (``x.view(x.size(0), -1)``,
+  the dynamo export's ``sym_size``) gets the constant target ``[-1, d1, …]`` when shape inference
+  proves every non-batch output dimension.
+
+Contract: after this pass every Reshape on the relevance path has a constant shape, or the pass says
+why not in ``skipped``. Requires shapes inferred on the model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+from onnx.reference import ReferenceEvaluator
+
+from ..graph import add_initializer, const_array, is_const, replace_value
+
+_NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
+
+
+class FoldConstantsPass(ir.passes.InPlacePass):
+    def __init__(self):
+        super().__init__()
+        self.skipped: list[str] = []
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = False
+        for node in list(graph):
+            if node.op_type in _NEVER_FOLD or node.domain not in ("", "ai.onnx"):
+                continue
+            if node.op_type == "Reshape":
+                modified |= self._fold_reshape_target(graph, node)
+            if node.inputs and all(v is None or is_const(v) for v in node.inputs) \
+                    and not any(o.is_graph_output() for o in node.outputs):
+                modified |= self._evaluate(graph, node, model.opset_imports.get("", 17))
+        if modified:
+            common.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified)
+
+    def _evaluate(self, graph, node, opset) -> bool:
+        arrays = [None if v is None else const_array(v) for v in node.inputs]
+        proto = ir.serde.serialize_node(node)
+        names = [v.name if v is not None else "" for v in node.inputs]
+        proto.input[:] = names
+        try:
+            import onnx
+            from onnx import helper
+            fn_graph = helper.make_graph(
+                [proto], "fold",
+                [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                 for n, a in zip(names, arrays) if a is not None],
+                [helper.make_tensor_value_info(o.name, onnx.TensorProto.UNDEFINED, None) for o in node.outputs],
+            )
+            m = helper.make_model(fn_graph, opset_imports=[helper.make_opsetid("", opset)])
+            results = ReferenceEvaluator(m).run(None, {n: a for n, a in zip(names, arrays) if a is not None})
+        except Exception as exc:  # an op the reference evaluator lacks: leave it to run time
+            self.skipped.append(f"{node.op_type} '{node.name}': not evaluated at compile time ({exc})")
+            return False
+        for out, arr in zip(node.outputs, results):
+            replace_value(graph, out, add_initializer(graph, f"{out.name}/folded", np.asarray(arr)))
+        graph.remove(node, safe=False)
+        return True
+
+    def _fold_reshape_target(self, graph, node) -> bool:
+        if is_const(node.inputs[1]):
+            return False
+        out = node.outputs[0]
+        if out.shape is None or any(not isinstance(d, int) for d in list(out.shape)[1:]):
+            self.skipped.append(f"Reshape '{node.name}': output shape not proven static beyond the batch axis")
+            return False
+        target = np.array([-1] + [int(d) for d in list(out.shape)[1:]], dtype=np.int64)
+        node.replace_input_with(1, add_initializer(graph, f"{node.name}/target_shape", target))
+        return True

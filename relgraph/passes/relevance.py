@@ -1,0 +1,249 @@
+"""Build the reverse relevance graph next to the forward graph.
+
+Contract. Input: a canonical model (shapes inferred, biases as explicit inputs) and a composite.
+Output: the same model with one more input, ``target`` (int64 [N], −1 = the predicted class), and
+more outputs: ``relevance`` (the explained input's shape), ``bias_relevance`` ([N]), optionally one
+``bias_relevance/<layer>`` per bias-carrying layer, and ``logits`` when the model's output is a softmax.
+
+The walk: nodes between the explained input and the logits, in reverse topological order. Each node's
+rule (chosen by the composite) receives the relevance summed over its outputs' consumers and returns
+one relevance per input — the walker asserts it (as tinygrad's does). Every node without a rule is
+reported before anything is emitted, all of them at once.
+
+Relevance at the output starts as the target logit, R_out = f_c(x) (Bach et al. 2015), or as 1 for
+the gradient family, so that ``gradient`` is exactly ∂f_c/∂x.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import RelgraphError, UnsupportedOpsError
+from ..graph import Builder, attr, const_array, dims, is_const
+from ..rules import RULES, Env, kind_of, supported_ops
+from ..rules.composites import Composite
+from ..rules.registry import AFFINE, CHECKS
+
+OUTPUT_OPS = ("Softmax", "LogSoftmax")
+# ops whose output is ≥ 0 whatever their input; and ops that keep non-negativity of their inputs
+NONNEG_OPS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp"}
+NONNEG_PRESERVING = {"MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Reshape", "Flatten",
+                     "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Pad", "Add", "Mul",
+                     "Identity", "Expand"}
+
+
+@dataclass
+class RelevancePlan:
+    """What the walk decided, for ``relgraph inspect`` and the explainer's metadata."""
+
+    input: ir.Value
+    logits: ir.Value
+    nodes: list
+    choices: dict = field(default_factory=dict)     # node name → rule name
+    first_layers: set = field(default_factory=set)
+    trace: list = field(default_factory=list)       # per node: relevance value names in and out, bias
+    functions: list = field(default_factory=list)   # model-local functions the relevance graph calls
+    logits_output: str = ""                         # the graph output that carries the logits
+
+    def rules(self) -> dict:
+        return {name: choice.rule for name, choice in self.choices.items()}
+
+
+def explained_values(model: ir.Model, input_name: str | None = None):
+    graph = model.graph
+    inputs = [v for v in graph.inputs if not v.is_initializer()]
+    if input_name:
+        inputs = [v for v in inputs if v.name == input_name]
+        if not inputs:
+            raise RelgraphError(f"model has no input named '{input_name}'")
+    if not inputs:
+        raise RelgraphError("model has no inputs")
+    x = inputs[0]
+    if not graph.outputs:
+        raise RelgraphError("model has no outputs")
+    out = graph.outputs[0]
+    producer = out.producer()
+    logits = producer.inputs[0] if producer is not None and producer.op_type in OUTPUT_OPS else out
+    if logits.shape is None or len(logits.shape) != 2:
+        raise RelgraphError(f"the explained output '{logits.name}' must have shape [batch, classes], "
+                            f"got {None if logits.shape is None else list(logits.shape)}")
+    if not isinstance(logits.shape[1], int):
+        raise RelgraphError(f"the number of classes of '{logits.name}' is not static")
+    return x, logits
+
+
+def relevance_nodes(graph: ir.Graph, x: ir.Value, logits: ir.Value) -> list[ir.Node]:
+    """Nodes on some path from x to the logits, in topological order."""
+    forward: set[int] = {id(x)}
+    reached = []
+    for node in graph:
+        if any(v is not None and id(v) in forward for v in node.inputs):
+            forward.update(id(o) for o in node.outputs)
+            reached.append(node)
+    backward = {id(logits)}
+    on_path = []
+    for node in reversed(reached):
+        if any(id(o) in backward for o in node.outputs):
+            backward.update(id(v) for v in node.inputs if v is not None)
+            on_path.append(node)
+    on_path.reverse()
+    if id(x) not in backward:
+        raise RelgraphError(f"the output '{logits.name}' does not depend on the input '{x.name}'")
+    return on_path
+
+
+def validate(nodes: list[ir.Node]) -> None:
+    problems = []
+    for node in nodes:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
+            why = "only at the model output" if node.op_type in OUTPUT_OPS else ""
+            problems.append((node.op_type, node.name, why))
+            continue
+        check = CHECKS.get(node.op_type)
+        why = check(node) if check else None
+        if why:
+            problems.append((node.op_type, node.name, why))
+    if problems:
+        raise UnsupportedOpsError(problems, supported_ops())
+
+
+def nonnegative_values(graph: ir.Graph) -> set[int]:
+    """Values proven ≥ 0 by a forward sweep (ReLU outputs, pools and reshapes of them, …)."""
+    proven: set[int] = set()
+    for v in graph.initializers.values():
+        arr = const_array(v)
+        if arr is not None and arr.dtype.kind == "f" and np.all(arr >= 0):
+            proven.add(id(v))
+    for node in graph:
+        op = node.op_type
+        ok = op in NONNEG_OPS
+        if op == "Clip":
+            lo = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None \
+                else attr(node, "min", None)
+            ok = lo is not None and float(np.asarray(lo)) >= 0
+        elif op in NONNEG_PRESERVING:
+            data = [v for v in node.inputs if v is not None and not (op in ("Reshape", "Pad", "Slice", "Expand",
+                                                                             "Squeeze", "Unsqueeze", "Split")
+                                                                     and is_const(v))]
+            ok = bool(data) and all(id(v) in proven for v in data)
+        if ok:
+            proven.update(id(o) for o in node.outputs)
+    return proven
+
+
+def first_layers(nodes: list[ir.Node], x: ir.Value) -> set[str]:
+    """Affine nodes that read the input with no other affine node in between."""
+    before_affine = {id(x)}
+    first = set()
+    for node in nodes:
+        if not any(v is not None and id(v) in before_affine for v in node.inputs):
+            continue
+        if kind_of(node) == AFFINE:
+            first.add(node.name)
+        else:
+            before_affine.update(id(o) for o in node.outputs)
+    return first
+
+
+def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | None = None,
+                    per_layer_bias: bool = False) -> RelevancePlan:
+    graph = model.graph
+    x, logits = explained_values(model, input_name)
+    if x.dtype != ir.DataType.FLOAT:
+        raise RelgraphError(f"input '{x.name}' has type {x.dtype}; relgraph explains float32 models")
+    nodes = relevance_nodes(graph, x, logits)
+    validate(nodes)
+    plan = RelevancePlan(x, logits, nodes, first_layers=first_layers(nodes, x))
+    for node in nodes:
+        plan.choices[node.name] = composite.choose(node, kind_of(node), node.name in plan.first_layers)
+
+    b = Builder(graph)
+    proven = nonnegative_values(graph)
+    R_out, target = _output_relevance(b, graph, logits, composite.output_init)
+
+    contributions: dict[int, list] = {id(logits): [R_out]}
+    biases: list = []
+    for node in reversed(nodes):
+        Rs = [_sum(b, contributions.pop(id(o), None)) for o in node.outputs]
+        if all(R is None for R in Rs):
+            continue
+        choice = plan.choices[node.name]
+        node_bias: list = []
+        b.prefix = f"relevance/{node.name}"
+        env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
+                  first_layer=node.name in plan.first_layers)
+        result = RULES[node.op_type][choice.rule](env)
+        assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
+                                                f"relevances for {len(node.inputs)} inputs"
+        for v, R in zip(node.inputs, result):
+            if R is not None and v is not None and not is_const(v):
+                contributions.setdefault(id(v), []).append(R)
+        bias = _sum(b, node_bias)
+        if bias is not None:
+            biases.append((node, bias))
+        plan.trace.append({
+            "node": node.name, "op": node.op_type, "rule": choice.rule,
+            "out": [R.name if R is not None else None for R in Rs],
+            "in": [R.name if R is not None else None for R in result],
+            "bias": bias.name if bias is not None else None,
+        })
+
+    b.prefix = "relevance/output"
+    relevance = _sum(b, contributions.pop(id(x), None))
+    if relevance is None:
+        raise RelgraphError(f"no relevance reaches the input '{x.name}'")
+    if composite.multiply_input:
+        relevance = b.op("Mul", x, relevance)
+    total_bias = _sum(b, [v for _, v in biases]) or b.op("Mul", b.op("Cast", target, to=ir.DataType.FLOAT),
+                                                          b.scalar(0.0))
+    _add_output(graph, b.op("Identity", relevance), "relevance", x.shape)
+    _add_output(graph, b.op("Identity", total_bias), "bias_relevance", ir.Shape([x.shape[0]]))
+    if per_layer_bias:
+        for node, v in biases:
+            _add_output(graph, b.op("Identity", v), f"bias_relevance/{node.name}", ir.Shape([x.shape[0]]))
+    if logits.is_graph_output():
+        plan.logits_output = logits.name
+    else:
+        plan.logits_output = _free_name(graph, "logits")
+        _add_output(graph, b.op("Identity", logits), plan.logits_output, logits.shape)
+    model.metadata_props["relgraph.trace"] = json.dumps(plan.trace)
+    plan.functions = sorted(b.functions)
+    return plan
+
+
+def _output_relevance(b: Builder, graph: ir.Graph, logits: ir.Value, init: str):
+    """R_out = onehot(target) ⊙ logits (or onehot alone); target −1 picks the arg-max."""
+    target = ir.Value(name="target", shape=ir.Shape([logits.shape[0]]), type=ir.TensorType(ir.DataType.INT64))
+    graph.inputs.append(target)
+    b.prefix = "relevance/output"
+    classes = dims(logits)[1]
+    predicted = b.op("ArgMax", logits, axis=1, keepdims=0)
+    chosen = b.op("Where", b.op("Less", target, b.const(np.array(0, np.int64))), predicted, target)
+    hit = b.op("Equal", b.op("Unsqueeze", chosen, b.ints([1])), b.const(np.arange(classes, dtype=np.int64)[None]))
+    onehot = b.op("Cast", hit, to=ir.DataType.FLOAT)
+    return (b.op("Mul", onehot, logits) if init == "logit" else onehot), target
+
+
+def _sum(b: Builder, values):
+    if not values:
+        return None
+    total = values[0]
+    for v in values[1:]:
+        total = b.op("Add", total, v)
+    return total
+
+
+def _free_name(graph: ir.Graph, name: str) -> str:
+    taken = {v.name for v in graph.outputs} | {v.name for v in graph.inputs}
+    return name if name not in taken else f"relgraph_{name}"
+
+
+def _add_output(graph: ir.Graph, value: ir.Value, name: str, shape) -> None:
+    value.name = name
+    value.shape = shape
+    value.type = ir.TensorType(ir.DataType.FLOAT)
+    graph.outputs.append(value)

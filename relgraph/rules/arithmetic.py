@@ -1,0 +1,157 @@
+"""Rules for elementwise arithmetic: Add, Sub, Mul, Div, BatchNormalization.
+
+Three kinds, decided per node:
+
+- *scale* (an operand is a constant): z = a·x + c elementwise. The gradient is a·R. LRP (``epsilon``):
+  each term's share of z, R_x = a·x ⊙ R ⊘ stab(z), R_c = c ⊙ R ⊘ stab(z); the constant c is a bias
+  (blame the bias). A Mul/Div by a constant alone gives R_x = R exactly.
+- *sum* (Add/Sub of two activations, the residual connection): z = a ± b, a linear map without
+  parameters: the gradient passes R to both; ``epsilon`` (zennit's ``Norm`` on its ``Sum`` module)
+  splits R_a = a ⊙ R ⊘ stab(z), R_b = ±b ⊙ R ⊘ stab(z).
+- *product* (Mul of two activations: SiLU x·σ(x), squeeze-excitation x·σ(fc(…))): the gradient uses
+  the product rule; ``gate`` gives all relevance to the signal and none to the gate (the LSTM LRP
+  convention of Arras et al. 2017). The gate is the operand that comes out of a sigmoid-like op, or
+  else the one that is broadcast; when neither tells, the relevance is split in half.
+
+Broadcasting is undone by summing over the broadcast axes (the adjoint of Expand).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph import attr, const_array, dims, rank
+from .registry import LINEAR, PRODUCT, SCALE, Env, defrule
+
+GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh"}
+SHAPE_ONLY = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Identity"}
+
+
+def arithmetic_kind(node: ir.Node) -> str:
+    if node.op_type == "BatchNormalization":
+        return SCALE
+    consts = [const_array(v) is not None for v in node.inputs]
+    if any(consts):
+        return SCALE
+    return PRODUCT if node.op_type in ("Mul", "Div") else LINEAR
+
+
+def _check_arithmetic(node: ir.Node) -> str | None:
+    if node.op_type == "Div" and const_array(node.inputs[1]) is None:
+        return "division by an activation is not supported"
+    if node.op_type == "BatchNormalization":
+        if any(const_array(v) is None for v in node.inputs[1:5]):
+            return "parameters are not constant"
+        if attr(node, "training_mode", 0):
+            return "training mode"
+    return None
+
+
+def unbroadcast(env: Env, g, target: ir.Value):
+    """Sum g over the axes along which ``target`` was broadcast to the output's shape."""
+    b = env.b
+    out_dims, tgt_dims = dims(env.y), dims(target)
+    lead = len(out_dims) - len(tgt_dims)
+    axes = [i for i in range(len(out_dims))
+            if i < lead or (tgt_dims[i - lead] == 1 and out_dims[i] != 1)]
+    if not axes:
+        return g
+    g = b.op("ReduceSum", g, b.ints(axes), keepdims=1)
+    return b.op("Reshape", g, b.op("Shape", target)) if lead else g
+
+
+def _operands(env: Env):
+    """(activation operand index, constant array) of a scale node, and the sign of x in z."""
+    node = env.node
+    idx = 0 if const_array(node.inputs[0]) is None else 1
+    return idx, const_array(node.inputs[1 - idx])
+
+
+def _bn_affine(node: ir.Node):
+    """BatchNormalization as y = a ⊙ x + c with per-channel a, c, shaped to broadcast over [N, C, …]."""
+    gamma, beta, mean, var = (const_array(v).astype(np.float64) for v in node.inputs[1:5])
+    a = gamma / np.sqrt(var + attr(node, "epsilon", 1e-5))
+    c = beta - a * mean
+    spatial = len(node.inputs[0].shape) - 2 if node.inputs[0].shape is not None else 2
+    shape = (1, -1) + (1,) * spatial
+    return a.reshape(shape).astype(np.float32), c.reshape(shape).astype(np.float32)
+
+
+@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "gradient", check=_check_arithmetic)
+def arithmetic_gradient(env: Env):
+    node, b, R = env.node, env.b, env.R
+    op = node.op_type
+    out = [None] * len(node.inputs)
+    if op == "BatchNormalization":
+        a, _ = _bn_affine(node)
+        out[0] = b.op("Mul", R, b.const(a))
+        return out
+    x0, x1 = node.inputs[0], node.inputs[1]
+    const0, const1 = const_array(x0) is not None, const_array(x1) is not None
+    if op in ("Add", "Sub"):
+        if not const0:
+            out[0] = unbroadcast(env, R, x0)
+        if not const1:
+            out[1] = unbroadcast(env, R if op == "Add" else b.op("Neg", R), x1)
+    elif op == "Mul":
+        if not const0:
+            out[0] = unbroadcast(env, b.op("Mul", R, x1), x0)
+        if not const1:
+            out[1] = unbroadcast(env, b.op("Mul", R, x0), x1)
+    elif op == "Div":  # x / c
+        out[0] = unbroadcast(env, b.op("Div", R, x1), x0)
+    return out
+
+
+@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "epsilon", "zero")
+def arithmetic_epsilon(env: Env):
+    node, b, R = env.node, env.b, env.R
+    op = node.op_type
+    eps = 0.0 if env.rule == "zero" else env.params.epsilon
+    out = [None] * len(node.inputs)
+    if op in ("Mul", "Div"):  # one term: its share of z is all of z
+        idx, _ = _operands(env)
+        out[idx] = unbroadcast(env, R, node.inputs[idx])
+        return out
+    s = b.op("Div", R, b.stabilize(env.y, eps))
+    if op == "BatchNormalization":
+        a, c = _bn_affine(node)
+        out[0] = b.op("Mul", b.op("Mul", env.x, b.const(a)), s)
+        env.report_bias(b.sum_per_sample(b.op("Mul", s, b.const(c)), rank(env.y)))
+        return out
+    signs = (1.0, 1.0 if op == "Add" else -1.0)
+    for i, v in enumerate(node.inputs):
+        share = b.op("Mul", v, s)
+        if signs[i] < 0:
+            share = b.op("Neg", share)
+        if const_array(v) is not None:  # a bias: report it, it flows nowhere
+            env.report_bias(b.sum_per_sample(share, rank(env.y)))
+        else:
+            out[i] = unbroadcast(env, share, v)
+    return out
+
+
+def _is_gate(v: ir.Value) -> bool:
+    node = v.producer()
+    while node is not None and node.op_type in SHAPE_ONLY:
+        node = node.inputs[0].producer()
+    return node is not None and node.op_type in GATE_OPS
+
+
+@defrule("Mul", PRODUCT, "gate")
+def product_gate(env: Env):
+    """All relevance to the signal operand, none to the gate."""
+    a, c = env.node.inputs
+    gate_a, gate_c = _is_gate(a), _is_gate(c)
+    if gate_a != gate_c:
+        signal = 1 if gate_a else 0
+    else:
+        full_a, full_c = dims(a) == dims(env.y), dims(c) == dims(env.y)
+        signal = 0 if full_a and not full_c else 1 if full_c and not full_a else None
+    if signal is None:
+        half = env.b.op("Mul", env.R, env.b.scalar(0.5))
+        return [unbroadcast(env, half, a), unbroadcast(env, half, c)]
+    out = [None, None]
+    out[signal] = unbroadcast(env, env.R, env.node.inputs[signal])
+    return out

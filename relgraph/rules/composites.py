@@ -1,0 +1,219 @@
+"""Named rules and composites: which rule each node gets.
+
+A :class:`Composite` maps every node to a rule name, in this order of precedence:
+
+1. node-name globs (``names``),
+2. the first affine layer(s) — those that read the model input without another affine layer in
+   between (``first``),
+3. op types (``op_types``),
+4. the default rule of the node's kind (``kinds``).
+
+Named single rules (``--rule epsilon``) apply their rule to every affine layer and LRP's defaults
+elsewhere: ε-normalized sums and average pooling, winner-takes-all max pooling, relevance passed
+unchanged through activations, gates given no relevance. ``zbox`` applies z^B to the first layer and
+ε elsewhere (its bounds describe the input only). The composites carry zennit's meaning
+(``zennit.composites``): z⁺, γ or αβ on convolutions, ε on fully connected layers, flat or z^B first.
+
+A TOML rule map (``--rule-map FILE``) builds a composite from a named base:
+
+    base = "epsilon-plus"                # any name of RULE_NAMES; default "epsilon"
+    first = "flat"                       # or {rule = "zbox", low = -1.0, high = 1.0}
+    [params]                             # epsilon, gamma, alpha, beta, low, high
+    epsilon = 1e-6
+    [op_types]
+    Conv = {rule = "gamma", gamma = 0.5}
+    [names]
+    "/features/2*" = "alpha-beta"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+
+from ..errors import RelgraphError
+from .registry import (ACTIVATION, AFFINE, KIND_RULES, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, RuleParams)
+
+LRP_KINDS = {AFFINE: "epsilon", LINEAR: "epsilon", SCALE: "epsilon", MAX: "gradient", ACTIVATION: "pass",
+             PRODUCT: "gate", STRUCTURAL: "gradient"}
+GRADIENT_KINDS = {kind: "gradient" for kind in KIND_RULES}
+
+
+@dataclass(frozen=True)
+class Choice:
+    rule: str
+    params: RuleParams
+
+
+@dataclass
+class Composite:
+    name: str
+    kinds: dict
+    op_types: dict = field(default_factory=dict)   # op type → rule or Choice
+    names: list = field(default_factory=list)      # [(glob, rule or Choice)]
+    first: object = None                           # rule or Choice
+    output_init: str = "logit"                     # "logit": R_out = f_c(x); "one": R_out = 1
+    multiply_input: bool = False                   # input × gradient
+    params: RuleParams = field(default_factory=RuleParams)
+
+    def choose(self, node, kind: str, first_layer: bool) -> Choice:
+        """The rule for ``node``; raises when a user-given rule does not fit the node's kind."""
+        picked, source = None, None
+        for glob, rule in self.names:
+            if fnmatch.fnmatchcase(node.name or "", glob):
+                picked, source = rule, f"name glob '{glob}'"
+                break
+        if picked is None and first_layer and self.first is not None and kind == AFFINE:
+            picked, source = self.first, "first layer"
+        if picked is None and node.op_type in self.op_types:
+            picked, source = self.op_types[node.op_type], f"op type {node.op_type}"
+        if picked is None:
+            picked = self.kinds[kind]
+        choice = picked if isinstance(picked, Choice) else Choice(picked, self.params)
+        if choice.rule not in KIND_RULES[kind]:
+            if source is None:
+                return Choice(LRP_KINDS[kind] if choice.rule != "gradient" else "gradient", choice.params)
+            raise RelgraphError(
+                f"rule '{choice.rule}' ({source}) does not apply to {node.op_type} '{node.name}' "
+                f"(a {kind} op: {', '.join(KIND_RULES[kind])})"
+            )
+        return choice
+
+
+def _lrp(name, **kw):
+    return Composite(name, dict(LRP_KINDS), **kw)
+
+
+def _gradient(name, **kw):
+    kinds = dict(GRADIENT_KINDS)
+    kinds.update(kw.pop("kinds", {}))
+    return Composite(name, kinds, output_init="one", **kw)
+
+
+def _affine(rule):
+    return lambda: Composite(rule, dict(LRP_KINDS, **{AFFINE: rule}))
+
+
+def _zero():
+    return Composite("zero", dict(LRP_KINDS, **{AFFINE: "zero", LINEAR: "zero", SCALE: "zero"}))
+
+
+DENSE = {"Gemm": "epsilon", "MatMul": "epsilon"}
+
+COMPOSITES = {
+    # single rules
+    "gradient": lambda: _gradient("gradient"),
+    "input-x-gradient": lambda: _gradient("input-x-gradient", multiply_input=True),
+    "deconvnet": lambda: _gradient("deconvnet", kinds={ACTIVATION: "deconvnet"}),
+    "guided-backprop": lambda: _gradient("guided-backprop", kinds={ACTIVATION: "guided-backprop"}),
+    "lrp": lambda: _lrp("lrp"),
+    "epsilon": lambda: _lrp("epsilon"),
+    "zero": _zero,
+    "gamma": _affine("gamma"),
+    "alpha-beta": _affine("alpha-beta"),
+    "zplus": _affine("zplus"),
+    "w-square": _affine("w-square"),
+    "flat": _affine("flat"),
+    "zbox": lambda: _lrp("zbox", first="zbox"),
+    # zennit's composites
+    "epsilon-plus": lambda: _lrp("epsilon-plus", op_types=dict(DENSE, Conv="zplus")),
+    "epsilon-plus-flat": lambda: _lrp("epsilon-plus-flat", op_types=dict(DENSE, Conv="zplus"), first="flat"),
+    "epsilon-gamma-box": lambda: _lrp("epsilon-gamma-box", op_types=dict(DENSE, Conv="gamma"), first="zbox"),
+    "epsilon-alpha2-beta1": lambda: _lrp("epsilon-alpha2-beta1", op_types=dict(DENSE, Conv="alpha-beta")),
+    "epsilon-alpha2-beta1-flat": lambda: _lrp("epsilon-alpha2-beta1-flat", op_types=dict(DENSE, Conv="alpha-beta"),
+                                              first="flat"),
+}
+RULE_NAMES = tuple(COMPOSITES)
+_ALL_RULES = sorted({r for rules in KIND_RULES.values() for r in rules})
+
+
+def _params(base: RuleParams, values: dict, where: str) -> RuleParams:
+    known = {f.name for f in dataclasses.fields(RuleParams)}
+    values = dict(values)
+    if "bounds" in values:
+        bounds = values.pop("bounds")
+        if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
+            raise RelgraphError(f"{where}: bounds must be [LOW, HIGH]")
+        values["low"], values["high"] = bounds
+    unknown = set(values) - known
+    if unknown:
+        raise RelgraphError(f"{where}: unknown parameter(s) {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(sorted(known - {'stabilizer'}))}, bounds)")
+    for key, v in values.items():
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if key in ("low", "high"):
+            ok = ok or (isinstance(v, list) and all(isinstance(e, (int, float)) for e in v))
+        if not ok:
+            raise RelgraphError(f"{where}: parameter '{key}' must be a number, got {v!r}")
+    params = dataclasses.replace(base, **values)
+    check_params(params, where)
+    return params
+
+
+def check_params(p: RuleParams, where: str = "rule parameters") -> None:
+    if p.epsilon < 0:
+        raise RelgraphError(f"{where}: epsilon must be ≥ 0, got {p.epsilon}")
+    if p.gamma < 0:
+        raise RelgraphError(f"{where}: gamma must be ≥ 0, got {p.gamma}")
+    if p.alpha < 0 or p.beta < 0 or abs(p.alpha - p.beta - 1.0) > 1e-9:
+        raise RelgraphError(f"{where}: alpha and beta must be ≥ 0 with alpha − beta = 1, got {p.alpha}, {p.beta}")
+
+
+def _choice(value, params: RuleParams, where: str):
+    if isinstance(value, str):
+        rule, extra = value, {}
+    elif isinstance(value, dict) and isinstance(value.get("rule"), str):
+        extra = {k: v for k, v in value.items() if k != "rule"}
+        rule = value["rule"]
+    else:
+        raise RelgraphError(f"{where}: expected a rule name or {{rule = \"…\", …}}, got {value!r}")
+    if rule not in _ALL_RULES:
+        raise RelgraphError(f"{where}: unknown rule '{rule}' (known: {', '.join(_ALL_RULES)})")
+    return Choice(rule, _params(params, extra, where)) if extra else rule
+
+
+def resolve(rule: str, params: RuleParams) -> Composite:
+    if rule not in COMPOSITES:
+        raise RelgraphError(f"unknown rule '{rule}' (known: {', '.join(RULE_NAMES)})")
+    check_params(params)
+    composite = COMPOSITES[rule]()
+    composite.params = params
+    return composite
+
+
+def load_rule_map(path, params: RuleParams) -> Composite:
+    """Build a composite from a TOML rule map (format in the module docstring)."""
+    where = f"rule map {path}"
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise RelgraphError(f"{where}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise RelgraphError(f"{where}: not valid TOML ({exc})") from None
+    unknown = set(data) - {"base", "first", "params", "op_types", "names"}
+    if unknown:
+        raise RelgraphError(f"{where}: unknown key(s) {', '.join(sorted(unknown))} "
+                            "(known: base, first, params, op_types, names)")
+    params = _params(params, data.get("params", {}), f"{where} [params]")
+    base = data.get("base", "epsilon")
+    if not isinstance(base, str) or base not in COMPOSITES:
+        raise RelgraphError(f"{where}: base must be one of {', '.join(RULE_NAMES)}, got {base!r}")
+    composite = resolve(base, params)
+    composite.name = f"{base}+{path}"
+    if "first" in data:
+        composite.first = _choice(data["first"], params, f"{where} first")
+    for table in ("op_types", "names"):
+        if not isinstance(data.get(table, {}), dict):
+            raise RelgraphError(f"{where}: [{table}] must be a table")
+    from .registry import RULES
+
+    for op, value in data.get("op_types", {}).items():
+        if op not in RULES:
+            raise RelgraphError(f"{where} [op_types]: unsupported op type '{op}'")
+        composite.op_types[op] = _choice(value, params, f"{where} [op_types] {op}")
+    composite.names = [(glob, _choice(v, params, f"{where} [names] {glob}"))
+                       for glob, v in data.get("names", {}).items()] + composite.names
+    return composite

@@ -1,0 +1,99 @@
+"""Rules for elementwise nonlinearities y = f(x).
+
+- ``gradient``:        R_x = f′(x) ⊙ R (the chain rule; torch's derivative conventions at the kinks).
+- ``pass``:            R_x = R. LRP's treatment of activations: relevance is not changed by them
+  (the post's "ignore" rule for nonlinearities).
+- ``deconvnet``:       R_x = relu(R) at rectifiers (Zeiler & Fergus 2014); the gradient elsewhere.
+- ``guided-backprop``: R_x = relu(f′(x) ⊙ R) at rectifiers (Springenberg et al. 2015); the gradient
+  elsewhere.
+"""
+
+from __future__ import annotations
+
+from ..graph import attr, const_array
+from .registry import ACTIVATION, Env, defrule
+
+RECTIFIERS = ("Relu", "LeakyRelu")
+
+
+def derivative_mask(env: Env):
+    """f′(x) ⊙ R for each supported activation."""
+    b, x, y, R, node = env.b, env.x, env.y, env.R, env.node
+    op = node.op_type
+    zero, one = b.scalar(0.0), b.scalar(1.0)
+    if op == "Relu":
+        return b.op("Where", b.op("Greater", x, zero), R, zero)
+    if op == "LeakyRelu":
+        slope = attr(node, "alpha", 0.01)
+        return b.op("Where", b.op("Greater", x, zero), R, b.op("Mul", R, b.scalar(slope)))
+    if op == "Clip":
+        lo, hi = _clip_bounds(node)
+        inside = None
+        if lo is not None:
+            inside = b.op("GreaterOrEqual", x, b.scalar(lo))
+        if hi is not None:
+            upper = b.op("LessOrEqual", x, b.scalar(hi))
+            inside = upper if inside is None else b.op("And", inside, upper)
+        return R if inside is None else b.op("Where", inside, R, zero)
+    if op == "Sigmoid":  # σ′ = σ(1 − σ)
+        return b.op("Mul", R, b.op("Mul", y, b.op("Sub", one, y)))
+    if op == "Tanh":  # tanh′ = 1 − tanh²
+        return b.op("Mul", R, b.op("Sub", one, b.op("Mul", y, y)))
+    if op == "HardSigmoid":  # α inside 0 < αx + β < 1
+        alpha, beta = attr(node, "alpha", 0.2), attr(node, "beta", 0.5)
+        t = b.op("Add", b.op("Mul", x, b.scalar(alpha)), b.scalar(beta))
+        inside = b.op("And", b.op("Greater", t, zero), b.op("Less", t, one))
+        return b.op("Where", inside, b.op("Mul", R, b.scalar(alpha)), zero)
+    if op == "HardSwish":  # x·relu6(x+3)/6: 0 below −3, x/3 + 1/2 up to 3, 1 above (torch's convention)
+        slope = b.op("Add", b.op("Mul", x, b.scalar(1.0 / 3.0)), b.scalar(0.5))
+        d = b.op("Where", b.op("Less", x, b.scalar(-3.0)), zero,
+                 b.op("Where", b.op("LessOrEqual", x, b.scalar(3.0)), slope, one))
+        return b.op("Mul", R, d)
+    raise AssertionError(op)
+
+
+def _clip_bounds(node):
+    if len(node.inputs) > 1:  # opset ≥ 11: bounds are inputs
+        lo = const_array(node.inputs[1]) if node.inputs[1] is not None else None
+        hi = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+        return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+    return attr(node, "min", None), attr(node, "max", None)
+
+
+def _check_clip(node) -> str | None:
+    for v in node.inputs[1:]:
+        if v is not None and const_array(v) is None:
+            return "bounds are not constant"
+    return None
+
+
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
+
+
+def _with_bounds_none(env, rx):
+    return [rx] + [None] * (len(env.node.inputs) - 1)
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "gradient", check=lambda n: _check_clip(n) if n.op_type == "Clip" else None)
+def activation_gradient(env: Env):
+    return _with_bounds_none(env, derivative_mask(env))
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "pass")
+def activation_pass(env: Env):
+    return _with_bounds_none(env, env.R)
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "deconvnet")
+def activation_deconvnet(env: Env):
+    if env.node.op_type in RECTIFIERS:
+        return _with_bounds_none(env, env.b.op("Relu", env.R))
+    return activation_gradient(env)
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "guided-backprop")
+def activation_guided(env: Env):
+    rx = derivative_mask(env)
+    if env.node.op_type in RECTIFIERS:
+        rx = env.b.op("Relu", rx)
+    return _with_bounds_none(env, rx)

@@ -1,0 +1,67 @@
+"""The ε step as model-local ONNX functions in the ``relgraph`` domain.
+
+    Epsilon<Op>(x, W, z, R) -> (R_x, s):   s = R ⊘ stab(z),   R_x = x ⊙ (s ⋆ᵀ W)
+
+One function per linear map (Gemm, MatMul, Conv); the body is standard ONNX, so onnxruntime inlines
+it, and a GPU lowering recognises the call and replaces it by one fused kernel (divide while loading
+the R tile, multiply by x in the epilogue). ``s`` is returned for the bias share ⟨b, s⟩.
+"""
+
+from __future__ import annotations
+
+import onnx
+import onnx.parser
+
+DOMAIN = "relgraph"
+DOMAIN_VERSION = 1
+
+_STABILIZE = """
+    eps = Constant <value_float: float = @epsilon> ()
+    zero = Constant <value_float = 0.0> ()
+    neg_eps = Neg (eps)
+    nonneg = GreaterOrEqual (z, zero)
+    signed = Where (nonneg, eps, neg_eps)
+    den = Add (z, signed)
+    s = Div (R, den)
+"""
+
+_BODIES = {
+    "EpsilonGemm": ("<epsilon>", "back = MatMul (s, W)"),
+    "EpsilonMatMul": ("<epsilon>", "back = MatMul (s, W)"),
+    "EpsilonConv": (
+        "<epsilon, strides, pads, dilations, group, output_padding>",
+        "back = ConvTranspose <strides: ints = @strides, pads: ints = @pads, dilations: ints = @dilations, "
+        "group: int = @group, output_padding: ints = @output_padding> (s, W)",
+    ),
+}
+
+
+def function_proto(name: str, opset: int) -> onnx.FunctionProto:
+    attrs, back = _BODIES[name]
+    text = (
+        f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
+        f"{name} {attrs} (x, W, z, R) => (Rx, s) {{{_STABILIZE}    {back}\n    Rx = Mul (x, back)\n}}"
+    )
+    return onnx.parser.parse_function(text)
+
+
+def epsilon_step(env, lin, w, epsilon: float):
+    """Emit one ε step for the layer of ``env``; returns (R_x, s)."""
+    from .linear import MatMulMap, activation
+
+    b, node = env.b, env.node
+    x = activation(env)
+    if isinstance(lin, MatMulMap) and lin.left:  # W·x: no function form, plain ops
+        s = b.op("Div", env.R, b.stabilize(env.y, epsilon))
+        return b.op("Mul", x, lin.transpose(s, w)), s
+    name = "Epsilon" + node.op_type
+    b.functions.add(name)
+    extra = {}
+    if node.op_type == "Conv":
+        extra = dict(lin.geometry, output_padding=lin.output_padding)
+    elif node.op_type == "MatMul":
+        import numpy as np
+
+        w = np.ascontiguousarray(np.swapaxes(w, -1, -2))
+    rx, s = b.op(name, x, b.const(w), env.y, env.R, domain=DOMAIN, outputs=2, epsilon=float(epsilon), **extra)
+    return rx, s

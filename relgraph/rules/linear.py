@@ -1,0 +1,348 @@
+"""Rules for layers with weights: Gemm, Conv, MatMul with a constant operand.
+
+Every LRP rule for a layer z = x⋆W + b has one shape (zennit's "modify, forward, divide, push back,
+multiply"), which :func:`lrp_family` builds from a list of *groups*. A group is a set of terms
+(input variant, weight variant, bias variant, sign); it yields one denominator
+
+    z_g = Σ_t sign_t · (in_t ⋆ W_t) + b_g,      s_g = c_g · mask_g ⊙ R ⊘ stab(z_g)
+
+and the relevance of the input is pushed back through the transposed map of each term:
+
+    R_x = Σ_g Σ_t sign_t · in_t ⊙ (s_g ⋆ᵀ W_t),      R_bias = Σ_g Σ_t sign_t · ⟨b_t, s_g⟩
+
+(``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``, likewise for W and b.) The rules, in zennit's exact form:
+
+- ε / LRP-0:   one group {(x, W, b)}; ε = 0 for LRP-0. Emitted as the model-local function
+  ``relgraph.Epsilon<Op>`` so that a GPU lowering can fuse it.
+- z⁺:          {(x⁺, W⁺, b⁺), (x⁻, W⁻, 0)}  — αβ with α = 1, β = 0.
+- αβ:          α·{(x⁺, W⁺, b⁺), (x⁻, W⁻, 0)} − β·{(x⁺, W⁻, b⁻), (x⁻, W⁺, 0)}.
+- γ:           where z > 0: {(x⁺, W+γW⁺, b+γb⁺), (x⁻, W+γW⁻, 0)}; where z < 0: {(x⁺, W+γW⁻, b+γb⁻),
+  (x⁻, W+γW⁺, 0)}.
+- z^B:         {(x, W, b), −(l, W⁺, b⁺), −(h, W⁻, b⁻)}: the bias cancels, R_x = x⊙(sWᵀ) − l⊙(sW⁺ᵀ) − h⊙(sW⁻ᵀ).
+- w²:          {(1, W², 0)}, no multiplication by the input (Montavon et al. 2017).
+- flat:        {(1, 1, 0)}, likewise.
+
+What the graph proves is used: when x ≥ 0 (it comes out of a ReLU, say) every x⁻ term is dropped and
+x⁺ is x itself, so z⁺ costs one extra forward and one transposed pass, not two of each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from ..errors import RelgraphError
+from ..graph import attr, const_array, static_dims
+from .registry import AFFINE, Env, defrule
+
+# ------------------------------------------------------------------------------------------- linear maps
+
+
+class LinearMap:
+    """The forward map z = x ⋆ W and its transpose s ⋆ᵀ W for one layer's geometry."""
+
+    def __init__(self, env: Env):
+        self.env = env
+        self.b = env.b
+
+    def forward(self, x, w: np.ndarray, bias: np.ndarray | None):
+        raise NotImplementedError
+
+    def transpose(self, s, w: np.ndarray):
+        raise NotImplementedError
+
+    def bias_share(self, s, bias: np.ndarray):
+        """⟨b, s⟩ per sample: the relevance of the bias as the weight of a constant-one input."""
+        raise NotImplementedError
+
+    def constant_input(self, value) -> ir.Value:
+        """An input-shaped constant (batch 1) filled with ``value`` (scalar or per-channel)."""
+        shape = static_dims(activation(self.env))[1:]
+        arr = np.asarray(value, np.float32)
+        if arr.ndim == 1 and len(shape) > 1:
+            arr = arr.reshape((-1,) + (1,) * (len(shape) - 1))
+        return self.b.const(np.broadcast_to(arr, shape).astype(np.float32)[None])
+
+
+class GemmMap(LinearMap):
+    """z = x·Wᵀ + b with W of shape [out, in] (the canonical Gemm)."""
+
+    def forward(self, x, w, bias):
+        args = [x, self.b.const(w)] + ([self.b.const(bias)] if bias is not None else [])
+        return self.b.op("Gemm", *args, transB=1)
+
+    def transpose(self, s, w):
+        return self.b.op("MatMul", s, self.b.const(w))
+
+    def bias_share(self, s, bias):
+        return self.b.op("MatMul", s, self.b.const(bias))
+
+
+class MatMulMap(LinearMap):
+    """z = x·W (W constant, on the right) or z = W·x (W on the left), any batch dimensions."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.left = const_array(env.node.inputs[0]) is not None
+
+    def forward(self, x, w, bias):
+        z = self.b.op("MatMul", self.b.const(w), x) if self.left else self.b.op("MatMul", x, self.b.const(w))
+        return z if bias is None else self.b.op("Add", z, self.b.const(bias))
+
+    def transpose(self, s, w):
+        wt = np.ascontiguousarray(np.swapaxes(w, -1, -2))
+        return self.b.op("MatMul", self.b.const(wt), s) if self.left else self.b.op("MatMul", s, self.b.const(wt))
+
+    def bias_share(self, s, bias):
+        raise AssertionError("MatMul carries no bias")
+
+
+class ConvMap(LinearMap):
+    """N-d convolution; its transpose is ConvTranspose with the same geometry.
+
+    ConvTranspose needs ``output_padding`` to land on the input's exact size when the forward conv
+    left rows unread: op = H_in − ((H_out − 1)·s − p_begin − p_end + d·(k − 1) + 1).
+    """
+
+    def __init__(self, env):
+        super().__init__(env)
+        node = env.node
+        w = const_array(node.inputs[1])
+        spatial = w.ndim - 2
+        in_dims = static_dims(node.inputs[0], "Conv input")[2:]
+        out_dims = static_dims(node.outputs[0], "Conv output")[2:]
+        self.kernel = list(w.shape[2:])
+        self.strides = list(attr(node, "strides", [1] * spatial))
+        self.dilations = list(attr(node, "dilations", [1] * spatial))
+        self.group = attr(node, "group", 1)
+        self.pads = conv_pads(node, in_dims, self.kernel, self.strides, self.dilations)
+        self.output_padding = [
+            h_in - ((h_out - 1) * s - self.pads[i] - self.pads[i + spatial] + d * (k - 1) + 1)
+            for i, (h_in, h_out, s, d, k) in enumerate(
+                zip(in_dims, out_dims, self.strides, self.dilations, self.kernel))
+        ]
+
+    @property
+    def geometry(self) -> dict:
+        return dict(strides=self.strides, pads=self.pads, dilations=self.dilations, group=self.group)
+
+    def forward(self, x, w, bias):
+        args = [x, self.b.const(w)] + ([self.b.const(bias)] if bias is not None else [])
+        return self.b.op("Conv", *args, **self.geometry)
+
+    def transpose(self, s, w):
+        return self.b.op("ConvTranspose", s, self.b.const(w), output_padding=self.output_padding, **self.geometry)
+
+    def bias_share(self, s, bias):
+        spatial = len(self.kernel)
+        per_channel = self.b.op("ReduceSum", s, self.b.ints(list(range(2, 2 + spatial))), keepdims=0)
+        return self.b.op("MatMul", per_channel, self.b.const(bias))
+
+
+def conv_pads(node: ir.Node, in_dims, kernel, strides, dilations) -> list[int]:
+    """Explicit ONNX pads [begin…, end…] for any ``auto_pad`` setting."""
+    auto = attr(node, "auto_pad", "NOTSET")
+    n = len(kernel)
+    if auto in ("NOTSET", b"NOTSET"):
+        return list(attr(node, "pads", [0] * (2 * n)))
+    if auto in ("VALID", b"VALID"):
+        return [0] * (2 * n)
+    begin, end = [], []
+    for h, k, s, d in zip(in_dims, kernel, strides, dilations):
+        total = max(0, (-(-h // s) - 1) * s + d * (k - 1) + 1 - h)
+        small, large = total // 2, total - total // 2
+        upper = auto in ("SAME_UPPER", b"SAME_UPPER")
+        begin.append(small if upper else large)
+        end.append(large if upper else small)
+    return begin + end
+
+
+LINEAR_MAPS = {"Gemm": GemmMap, "MatMul": MatMulMap, "Conv": ConvMap}
+
+
+# ------------------------------------------------------------------------------------------- the family
+
+
+@dataclass
+class Term:
+    input: str                  # "x", "x+", "x-", "ones", "low", "high"
+    weight: np.ndarray
+    bias: np.ndarray | None
+    sign: float = 1.0
+
+
+@dataclass
+class Group:
+    terms: list
+    coeff: float = 1.0
+    mask: str | None = None     # "z>0" or "z<0": the group covers only those outputs (generalized γ)
+    stabilizer: float = 1e-6
+
+
+def _pos(a):
+    return None if a is None else np.maximum(a, 0).astype(np.float32)
+
+
+def _neg(a):
+    return None if a is None else np.minimum(a, 0).astype(np.float32)
+
+
+def layer_params(env: Env):
+    node = env.node
+    if node.op_type == "MatMul":
+        w_val = node.inputs[0] if const_array(node.inputs[0]) is not None else node.inputs[1]
+        return const_array(w_val).astype(np.float32), None
+    w = const_array(node.inputs[1]).astype(np.float32)
+    b = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    return w, None if b is None else b.astype(np.float32)
+
+
+def groups_for(rule: str, w, b, p) -> list[Group]:
+    """The groups of each LRP rule; see the module docstring for the math."""
+    eps = p.stabilizer
+    if rule in ("zplus", "alpha-beta"):
+        alpha, beta = (1.0, 0.0) if rule == "zplus" else (p.alpha, p.beta)
+        groups = [Group([Term("x+", _pos(w), _pos(b)), Term("x-", _neg(w), None)], alpha, stabilizer=eps)]
+        if beta:
+            groups.append(Group([Term("x+", _neg(w), _neg(b)), Term("x-", _pos(w), None)], -beta, stabilizer=eps))
+        return groups
+    if rule == "gamma":
+        g = p.gamma
+        wp, wn = (w + g * _pos(w)).astype(np.float32), (w + g * _neg(w)).astype(np.float32)
+        bp = None if b is None else (b + g * _pos(b)).astype(np.float32)
+        bn = None if b is None else (b + g * _neg(b)).astype(np.float32)
+        return [
+            Group([Term("x+", wp, bp), Term("x-", wn, None)], mask="z>0", stabilizer=eps),
+            Group([Term("x+", wn, bn), Term("x-", wp, None)], mask="z<0", stabilizer=eps),
+        ]
+    if rule == "zbox":
+        return [Group([Term("x", w, b), Term("low", _pos(w), _pos(b), -1.0), Term("high", _neg(w), _neg(b), -1.0)],
+                      stabilizer=eps)]
+    if rule == "w-square":
+        return [Group([Term("ones", (w * w).astype(np.float32), None)], stabilizer=eps)]
+    if rule == "flat":
+        return [Group([Term("ones", np.ones_like(w), None)], stabilizer=eps)]
+    raise AssertionError(rule)
+
+
+def lrp_family(env: Env, groups: list[Group]) -> ir.Value:
+    """Emit the relevance of the layer's input for ``groups``; report the bias share."""
+    b, lin, x = env.b, LINEAR_MAPS[env.node.op_type](env), activation(env)
+    nonneg = env.nonnegative(x)
+    inputs = {"x": x, "x+": x} if nonneg else {"x": x}
+    if env.rule == "zbox":
+        low, high = env.params.low, env.params.high
+        if low is None or high is None:
+            raise RelgraphError("rule 'zbox' needs input bounds: --bounds LOW HIGH")
+        inputs["low"], inputs["high"] = lin.constant_input(low), lin.constant_input(high)
+
+    def variant(name):  # x⁺ and x⁻ are computed once, on first use
+        if name not in inputs:
+            inputs[name] = b.positive(x) if name == "x+" else b.negative(x)
+        return inputs[name]
+
+    z_forward = env.y
+    relevance, bias_shares = None, []
+    for group in groups:
+        terms = [t for t in group.terms if not (t.input == "x-" and nonneg)]
+        if not terms:
+            continue
+        if terms[0].input == "ones":
+            z = lin.forward(lin.constant_input(1.0), terms[0].weight, None)
+        else:
+            z = None
+            for t in terms:
+                part = lin.forward(variant(t.input), t.weight, t.bias)
+                if t.sign < 0:
+                    part = b.op("Neg", part)
+                z = part if z is None else b.op("Add", z, part)
+        s = b.op("Div", env.R, b.stabilize(z, group.stabilizer))
+        if group.mask:
+            cmp = "Greater" if group.mask == "z>0" else "Less"
+            s = b.op("Where", b.op(cmp, z_forward, b.scalar(0.0)), s, b.scalar(0.0))
+        if group.coeff != 1.0:
+            s = b.op("Mul", s, b.scalar(group.coeff))
+        for t in terms:
+            back = lin.transpose(s, t.weight)
+            if t.input != "ones":
+                back = b.op("Mul", variant(t.input), back)
+            if t.sign < 0:
+                back = b.op("Neg", back)
+            relevance = back if relevance is None else b.op("Add", relevance, back)
+            if t.bias is not None:
+                share = lin.bias_share(s, t.bias)
+                bias_shares.append(b.op("Neg", share) if t.sign < 0 else share)
+    for share in bias_shares:
+        env.report_bias(share)
+    return relevance
+
+
+# ------------------------------------------------------------------------------------------- the rules
+
+
+def _check_affine(node: ir.Node) -> str | None:
+    if node.op_type == "MatMul":
+        if sum(const_array(v) is not None for v in node.inputs) != 1:
+            return "needs exactly one constant operand"
+        return None
+    if const_array(node.inputs[1]) is None:
+        return "weights are not constant"
+    if len(node.inputs) > 2 and node.inputs[2] is not None and const_array(node.inputs[2]) is None:
+        return "bias is not constant"
+    if node.op_type == "Gemm" and (attr(node, "transA", 0) or attr(node, "transB", 0) != 1
+                                   or attr(node, "alpha", 1.0) != 1.0 or attr(node, "beta", 1.0) != 1.0):
+        return "Gemm not in canonical form"
+    return None
+
+
+AFFINE_OPS = ("Gemm", "Conv", "MatMul")
+
+
+@defrule(AFFINE_OPS, AFFINE, "gradient", check=_check_affine)
+def affine_gradient(env: Env):
+    """R_x = R ⋆ᵀ W: the transposed map (the exact gradient)."""
+    w, _ = layer_params(env)
+    back = LINEAR_MAPS[env.node.op_type](env).transpose(env.R, w)
+    return _place(env, back)
+
+
+@defrule(AFFINE_OPS, AFFINE, "epsilon", "zero")
+def affine_epsilon(env: Env):
+    """LRP-ε (Bach et al. 2015): R_x = x ⊙ ((R ⊘ stab(z)) ⋆ᵀ W), R_bias = ⟨b, R ⊘ stab(z)⟩.
+
+    ``zero`` is LRP-0 (ε = 0). z is the forward output itself: nothing is recomputed. The step is one
+    call of the model-local function ``relgraph.Epsilon<Op>`` (body: standard ops).
+    """
+    w, bias = layer_params(env)
+    lin = LINEAR_MAPS[env.node.op_type](env)
+    eps = 0.0 if env.rule == "zero" else env.params.epsilon
+    from .functions import epsilon_step
+
+    relevance, s = epsilon_step(env, lin, w, eps)
+    if bias is not None:
+        env.report_bias(lin.bias_share(s, bias))
+    return _place(env, relevance)
+
+
+@defrule(AFFINE_OPS, AFFINE, "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat")
+def affine_lrp(env: Env):
+    w, bias = layer_params(env)
+    return _place(env, lrp_family(env, groups_for(env.rule, w, bias, env.params)))
+
+
+def _activation_index(node: ir.Node) -> int:
+    return 1 if node.op_type == "MatMul" and const_array(node.inputs[0]) is not None else 0
+
+
+def activation(env: Env) -> ir.Value:
+    """The layer's non-constant operand (MatMul may carry its weights on either side)."""
+    return env.node.inputs[_activation_index(env.node)]
+
+
+def _place(env: Env, relevance):
+    """Put the input relevance at the activation operand's position."""
+    out = [None] * len(env.node.inputs)
+    out[_activation_index(env.node)] = relevance
+    return out

@@ -1,0 +1,145 @@
+"""Rules for pooling and mean reductions.
+
+Average pooling, global average pooling and ReduceMean are linear maps z = A·x without parameters:
+
+- ``gradient``: R_x = Aᵀ·R.
+- ``epsilon``:  R_x = x ⊙ Aᵀ·(R ⊘ stab(z)) (zennit's ``Norm`` rule; ``zero`` has ε = 0).
+
+Max pooling routes relevance to the winner of each window (the gradient; the post's "winner takes
+all"). Windows overlap in ResNet's k3 s2 p1 stem, so the route is ``ScatterElements(reduction=add)``
+over the pooling indices: MaxUnpool would overwrite instead of summing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from ..graph import attr, const_array, rank, static_dims
+from .linear import conv_pads
+from .registry import LINEAR, MAX, Env, defrule
+
+# ------------------------------------------------------------------------------------------- transposes
+
+
+def _window_counts(in_dims, out_dims, kernel, strides, pads, dilations, include_pad):
+    """How many elements each output of AveragePool divides by (ONNX semantics), as [1, 1, *out]."""
+    n = len(kernel)
+    per_axis = []
+    for i in range(n):
+        lo, hi = (-pads[i], in_dims[i] + pads[i + n]) if include_pad else (0, in_dims[i])
+        starts = np.arange(out_dims[i]) * strides[i] - pads[i]
+        taps = starts[:, None] + np.arange(kernel[i])[None, :] * dilations[i]
+        per_axis.append(((taps >= lo) & (taps < hi)).sum(1))
+    counts = per_axis[0]
+    for c in per_axis[1:]:
+        counts = np.multiply.outer(counts, c)
+    return counts.reshape((1, 1) + tuple(out_dims)).astype(np.float32)
+
+
+def avgpool_transpose(env: Env, g):
+    node, b = env.node, env.b
+    in_dims = static_dims(env.x, "AveragePool input")
+    out_dims = static_dims(env.y, "AveragePool output")[2:]
+    kernel = list(attr(node, "kernel_shape"))
+    n = len(kernel)
+    strides = list(attr(node, "strides", [1] * n))
+    dilations = list(attr(node, "dilations", [1] * n))
+    pads = conv_pads(node, in_dims[2:], kernel, strides, dilations)
+    counts = _window_counts(in_dims[2:], out_dims, kernel, strides, pads, dilations,
+                            bool(attr(node, "count_include_pad", 0)))
+    channels = in_dims[1]
+    output_padding = [
+        h_in - ((h_out - 1) * s - pads[i] - pads[i + n] + d * (k - 1) + 1)
+        for i, (h_in, h_out, s, d, k) in enumerate(zip(in_dims[2:], out_dims, strides, dilations, kernel))
+    ]
+    ones = np.ones([channels, 1, *kernel], np.float32)
+    scaled = b.op("Div", g, b.const(counts)) if np.any(counts != counts.flat[0]) else \
+        b.op("Mul", g, b.scalar(1.0 / counts.flat[0]))
+    return b.op("ConvTranspose", scaled, b.const(ones), strides=strides, pads=pads, dilations=dilations,
+                group=channels, output_padding=output_padding)
+
+
+def _reduce_axes(env: Env) -> list[int]:
+    node = env.node
+    r = rank(env.x)
+    if node.op_type == "GlobalAveragePool":
+        return list(range(2, r))
+    axes = attr(node, "axes", None)
+    if axes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1]).tolist()
+    if axes is None:
+        return [] if attr(node, "noop_with_empty_axes", 0) else list(range(r))
+    return sorted(a % r for a in axes)
+
+
+def mean_transpose(env: Env, g):
+    """Aᵀ·g for a mean over ``axes``: spread g back over the reduced axes, divided by their size."""
+    b = env.b
+    axes = _reduce_axes(env)
+    in_dims = static_dims(env.x)
+    if env.node.op_type == "ReduceMean" and not attr(env.node, "keepdims", 1):
+        g = b.op("Unsqueeze", g, b.ints(axes))
+    count = int(np.prod([in_dims[a] for a in axes]))
+    return b.op("Expand", b.op("Mul", g, b.scalar(1.0 / count)), b.op("Shape", env.x))
+
+
+TRANSPOSES = {"AveragePool": avgpool_transpose, "GlobalAveragePool": mean_transpose, "ReduceMean": mean_transpose}
+
+
+def _check_mean(node) -> str | None:
+    if node.op_type == "AveragePool" and attr(node, "ceil_mode", 0) and not attr(node, "count_include_pad", 0):
+        return None
+    if node.op_type == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1] is not None \
+            and const_array(node.inputs[1]) is None:
+        return "axes are not constant"
+    if any(0 in (a,) for a in _axes_of(node)):
+        return "reduces over the batch axis"
+    return None
+
+
+def _axes_of(node):
+    axes = attr(node, "axes", None)
+    if axes is None and node.op_type == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1] is not None:
+        arr = const_array(node.inputs[1])
+        axes = [] if arr is None else arr.tolist()
+    return axes or []
+
+
+@defrule(tuple(TRANSPOSES), LINEAR, "gradient", check=_check_mean)
+def mean_gradient(env: Env):
+    return [TRANSPOSES[env.node.op_type](env, env.R)] + [None] * (len(env.node.inputs) - 1)
+
+
+@defrule(tuple(TRANSPOSES), LINEAR, "epsilon", "zero")
+def mean_epsilon(env: Env):
+    b = env.b
+    eps = 0.0 if env.rule == "zero" else env.params.epsilon
+    s = b.op("Div", env.R, b.stabilize(env.y, eps))
+    rx = b.op("Mul", env.x, TRANSPOSES[env.node.op_type](env, s))
+    return [rx] + [None] * (len(env.node.inputs) - 1)
+
+
+# ------------------------------------------------------------------------------------------- max
+
+
+def _check_max(node) -> str | None:
+    if attr(node, "storage_order", 0):
+        return "storage_order=1 is not supported"
+    return None
+
+
+@defrule("MaxPool", MAX, "gradient", check=_check_max)
+def maxpool_gradient(env: Env):
+    """R_x[i] = Σ_{windows won by i} R: scatter-add over the flat pooling indices."""
+    b, node = env.b, env.node
+    if len(node.outputs) < 2:
+        node.resize_outputs(2)
+        node.outputs[1].name = f"{node.name}/indices"
+    indices = node.outputs[1]
+    flat = b.ints([-1])
+    size = b.op("Reshape", b.op("Size", env.x), flat)
+    zeros = b.op("ConstantOfShape", size, value=ir.tensor(np.zeros(1, np.float32)))
+    routed = b.op("ScatterElements", zeros, b.op("Reshape", indices, flat), b.op("Reshape", env.R, flat),
+                  axis=0, reduction="add")
+    return [b.op("Reshape", routed, b.op("Shape", env.x))]

@@ -1,0 +1,114 @@
+"""The rule registry: ONNX op type → rule name → function.
+
+A rule is one small function ``rule(env) -> [relevance of each input]``. It reads the forward node
+(``env.node``), the relevance arriving at its outputs (``env.R`` / ``env.Rs``) and emits ONNX nodes
+through ``env.b`` (a :class:`relgraph.graph.Builder`). It returns one entry per node input; ``None``
+means "no relevance flows there" (constants, shape operands, an input the rule gives nothing).
+
+Every op type belongs to one *kind*; a composite picks a rule name per node, and the kind says
+which names make sense (a ReLU has no ``zplus``). Rules are registered next to their math, in the
+modules of this package, with :func:`defrule` — as JAX keeps its transpose rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx_ir as ir
+
+from ..graph import Builder
+
+# kinds, and the rule names each accepts
+AFFINE = "affine"          # Gemm, Conv, MatMul: a weight matrix and a bias
+LINEAR = "linear"          # parameter-free linear maps that mix inputs: sums, average pooling
+SCALE = "scale"            # elementwise affine with constants: BatchNormalization, Add/Sub/Mul/Div by a constant
+MAX = "max"                # MaxPool
+ACTIVATION = "activation"  # elementwise nonlinearities
+PRODUCT = "product"        # Mul of two activations (gates: SiLU, squeeze-excitation)
+STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exact for every rule
+
+KIND_RULES: dict[str, tuple[str, ...]] = {
+    AFFINE: ("gradient", "epsilon", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat"),
+    LINEAR: ("gradient", "epsilon", "zero"),
+    SCALE: ("gradient", "epsilon", "zero"),
+    MAX: ("gradient",),
+    ACTIVATION: ("gradient", "pass", "deconvnet", "guided-backprop"),
+    PRODUCT: ("gradient", "gate"),
+    STRUCTURAL: ("gradient",),
+}
+
+RuleFn = Callable[["Env"], list]
+
+RULES: dict[str, dict[str, RuleFn]] = {}
+KINDS: dict[str, Callable[[ir.Node], str]] = {}
+CHECKS: dict[str, Callable[[ir.Node], str | None]] = {}
+
+
+def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] | None = None):
+    """Register ``fn`` as rule(s) ``names`` for ``op_types``.
+
+    ``kind`` is a kind name or a function node → kind (Add is a sum of activations or a bias add).
+    ``check(node)`` returns why a particular node cannot be handled (an attribute value, a mode), or None.
+    """
+    if isinstance(op_types, str):
+        op_types = (op_types,)
+
+    def register(fn: RuleFn) -> RuleFn:
+        for op in op_types:
+            KINDS[op] = kind if callable(kind) else (lambda node, k=kind: k)
+            if check is not None:
+                CHECKS[op] = check
+            for name in names:
+                RULES.setdefault(op, {})[name] = fn
+        return fn
+
+    return register
+
+
+def kind_of(node: ir.Node) -> str:
+    return KINDS[node.op_type](node)
+
+
+def supported_ops() -> list[str]:
+    return sorted(RULES)
+
+
+@dataclass
+class RuleParams:
+    """Numeric parameters of a rule, with zennit's defaults."""
+
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    low: object = None   # z^B bounds: float or per-channel list
+    high: object = None
+    stabilizer: float = 1e-6  # fixed ε of the rules whose denominators only need guarding (z⁺, αβ, γ, w², flat)
+
+
+@dataclass
+class Env:
+    """What a rule sees: the builder, the forward node, the relevance at its outputs, its rule choice."""
+
+    b: Builder
+    node: ir.Node
+    Rs: list
+    rule: str
+    params: RuleParams
+    nonnegative: Callable[[ir.Value], bool]
+    report_bias: Callable[[ir.Value], None]
+    first_layer: bool = False
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def R(self):
+        return self.Rs[0]
+
+    @property
+    def x(self) -> ir.Value:
+        return self.node.inputs[0]
+
+    @property
+    def y(self) -> ir.Value:
+        return self.node.outputs[0]

@@ -1,0 +1,110 @@
+"""Rules for ops that move values without arithmetic: each passes relevance back through its adjoint.
+
+A reshape, transpose, slice or concatenation is a 0/1 matrix P with at most one 1 per row, so the
+gradient Pᵀ·R and every LRP rule (x ⊙ Pᵀ(R ⊘ Px)) coincide: relevance is moved, never changed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import attr, const_array, rank, static_dims
+from .registry import STRUCTURAL, Env, defrule
+
+
+def _rest(env, first):
+    return [first] + [None] * (len(env.node.inputs) - 1)
+
+
+@defrule(("Flatten", "Reshape", "Squeeze", "Unsqueeze"), STRUCTURAL, "gradient")
+def reshape_adjoint(env: Env):
+    """R_x = reshape(R, shape(x))."""
+    return _rest(env, env.b.op("Reshape", env.R, env.b.op("Shape", env.x)))
+
+
+@defrule("Transpose", STRUCTURAL, "gradient")
+def transpose_adjoint(env: Env):
+    perm = attr(env.node, "perm", None) or list(reversed(range(rank(env.x))))
+    inverse = list(np.argsort(perm))
+    return [env.b.op("Transpose", env.R, perm=[int(p) for p in inverse])]
+
+
+@defrule("Concat", STRUCTURAL, "gradient")
+def concat_adjoint(env: Env):
+    """Split R along the concatenation axis into the inputs' sizes."""
+    node, b = env.node, env.b
+    axis = attr(node, "axis") % rank(env.y)
+    sizes = [static_dims(v, "Concat input")[axis] for v in node.inputs]
+    parts = b.op("Split", env.R, b.ints(sizes), axis=axis, outputs=len(sizes))
+    parts = parts if isinstance(parts, tuple) else (parts,)
+    return [None if v is None or const_array(v) is not None else p for v, p in zip(node.inputs, parts)]
+
+
+@defrule("Split", STRUCTURAL, "gradient")
+def split_adjoint(env: Env):
+    """Concatenate the outputs' relevance (zeros for outputs that carry none)."""
+    b = env.b
+    axis = attr(env.node, "axis", 0) % rank(env.x)
+    parts = [R if R is not None else b.zeros_like(y) for R, y in zip(env.Rs, env.node.outputs)]
+    return _rest(env, b.op("Concat", *parts, axis=axis))
+
+
+def _slice_params(node, in_dims):
+    """Normalized (starts, ends, axes, steps) of a Slice on a static input."""
+    arrays = [const_array(v) if v is not None else None for v in node.inputs[1:]]
+    starts, ends = arrays[0].tolist(), arrays[1].tolist()
+    axes = arrays[2].tolist() if len(arrays) > 2 and arrays[2] is not None else list(range(len(starts)))
+    steps = arrays[3].tolist() if len(arrays) > 3 and arrays[3] is not None else [1] * len(starts)
+    out = []
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        a %= len(in_dims)
+        d = in_dims[a]
+        s, e, _ = slice(s, e, st).indices(d)
+        out.append((a, s, e, st))
+    return out
+
+
+def _check_slice(node) -> str | None:
+    if any(v is not None and const_array(v) is None for v in node.inputs[1:]):
+        return "starts/ends/axes/steps are not constant"
+    steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
+    if steps is not None and np.any(steps != 1):
+        return "steps other than 1 are not supported"
+    return None
+
+
+@defrule("Slice", STRUCTURAL, "gradient", check=_check_slice)
+def slice_adjoint(env: Env):
+    """Pad R with zeros back to the input's extent."""
+    in_dims = static_dims(env.x, "Slice input")
+    r = len(in_dims)
+    pads = [0] * (2 * r)
+    for a, s, e, _ in _slice_params(env.node, in_dims):
+        if a == 0:
+            continue  # slicing the batch axis is refused by the check of static dims above
+        pads[a], pads[a + r] = s, in_dims[a] - max(e, s)
+    return _rest(env, env.b.op("Pad", env.R, env.b.ints(pads)))
+
+
+def _check_pad(node) -> str | None:
+    mode = attr(node, "mode", "constant")
+    if mode not in ("constant", b"constant"):
+        return f"mode '{mode}' is not supported (constant only)"
+    if len(node.inputs) > 1 and const_array(node.inputs[1]) is None:
+        return "pads are not constant"
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        return "axes input is not supported"
+    return None
+
+
+@defrule("Pad", STRUCTURAL, "gradient", check=_check_pad)
+def pad_adjoint(env: Env):
+    """Crop R back to the unpadded region (the padding constant carries no relevance)."""
+    node, b = env.node, env.b
+    pads = const_array(node.inputs[1]).tolist() if len(node.inputs) > 1 else list(attr(node, "pads"))
+    r = len(pads) // 2
+    in_dims = static_dims(env.x, "Pad input")
+    axes = [a for a in range(r) if pads[a] or pads[a + r]]
+    starts = [pads[a] for a in axes]
+    ends = [pads[a] + in_dims[a] for a in axes]
+    return _rest(env, b.op("Slice", env.R, b.ints(starts), b.ints(ends), b.ints(axes)))
