@@ -11,6 +11,7 @@ import json
 import os
 
 import onnx
+import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
 from .graph import EXPORT_IR_VERSION, to_proto
@@ -18,6 +19,7 @@ from .rules.functions import DOMAIN, DOMAIN_VERSION, function_proto
 
 
 def explainer_proto(model, plan, metadata: dict) -> onnx.ModelProto:
+    common.RemoveUnusedNodesPass()(model)  # rules may leave a shared scalar unused
     proto = to_proto(model)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if plan.functions:
@@ -39,6 +41,7 @@ def explainer_proto(model, plan, metadata: dict) -> onnx.ModelProto:
 def save(proto: onnx.ModelProto, path: str, *, overwrite: bool = False) -> None:
     if os.path.exists(path) and not overwrite:
         raise RelgraphError(f"output exists: {path} (pass --force to overwrite)")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     big = proto.ByteSize() > 1_900_000_000
     try:
         onnx.save_model(proto, path, save_as_external_data=big,

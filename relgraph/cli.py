@@ -1,0 +1,251 @@
+"""``relgraph`` command line: compile, explain, inspect, check, rules.
+
+Every problem with what the user gave ends in one line on stderr and exit status 2; a bug in relgraph
+ends in one line and status 3 (``RELGRAPH_DEBUG=1`` shows the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .errors import RelgraphError, UnsupportedOpsError
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except RelgraphError as exc:
+        print(f"relgraph: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("relgraph: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line unless asked for the traceback
+        if os.environ.get("RELGRAPH_DEBUG"):
+            raise
+        print(f"relgraph: internal error: {type(exc).__name__}: {exc} (set RELGRAPH_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .rules import RULE_NAMES
+
+    p = argparse.ArgumentParser(prog="relgraph", description="Compile ONNX models into relevance explainers.")
+    p.add_argument("--version", action="version", version=f"relgraph {__version__}")
+    sub = p.add_subparsers(metavar="COMMAND")
+
+    c = sub.add_parser("compile", help="compile MODEL into an explainer .onnx")
+    c.add_argument("model")
+    c.add_argument("--rule", default="epsilon", metavar="RULE", help=f"one of: {', '.join(RULE_NAMES)}")
+    c.add_argument("--rule-map", metavar="FILE", help="TOML rule map (overrides --rule)")
+    c.add_argument("-o", "--output", help="output path (default: MODEL.<rule>.onnx beside the model)")
+    c.add_argument("--epsilon", type=float, default=1e-6)
+    c.add_argument("--gamma", type=float, default=0.25)
+    c.add_argument("--alpha", type=float, default=2.0)
+    c.add_argument("--beta", type=float, default=1.0)
+    c.add_argument("--bounds", type=float, nargs=2, metavar=("LOW", "HIGH"), help="input range for z^B")
+    c.add_argument("--bias-relevance", choices=("total", "per-layer"), default="total")
+    c.add_argument("--input", dest="input_name", help="name of the input to explain (default: the first)")
+    c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    c.set_defaults(run=cmd_compile)
+
+    e = sub.add_parser("explain", help="run an explainer on an input (.npy or image)")
+    e.add_argument("explainer")
+    e.add_argument("input", help=".npy array [N, ...] or one sample, or a PNG image")
+    e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
+    e.add_argument("-o", "--output", required=True, help=".png heatmap, .npy relevance or .npz (all outputs)")
+    e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (PNG only)")
+    e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    e.set_defaults(run=cmd_explain)
+
+    i = sub.add_parser("inspect", help="show node → op → rule, and unsupported nodes")
+    i.add_argument("model")
+    i.add_argument("--rule", default="epsilon")
+    i.add_argument("--rule-map", metavar="FILE")
+    i.set_defaults(run=cmd_inspect)
+
+    k = sub.add_parser("check", help="conservation per layer: relevance in, out, to biases, absorbed")
+    k.add_argument("explainer")
+    k.add_argument("input")
+    k.add_argument("--target", type=int, default=None)
+    k.add_argument("--scale", type=float, default=1 / 255)
+    k.set_defaults(run=cmd_check)
+
+    r = sub.add_parser("rules", help="list rules, composites and supported ops")
+    r.set_defaults(run=cmd_rules)
+    return p
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def cmd_compile(args):
+    from .compiler import compile
+
+    result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
+                     alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
+                     bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force)
+    rules = {}
+    for rule in result.plan.rules().values():
+        rules[rule] = rules.get(rule, 0) + 1
+    summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
+    print(f"wrote {result.path} ({len(result.plan.nodes)} nodes explained: {summary}; {result.seconds:.2f} s)")
+
+
+def load_input(path: str, scale: float) -> np.ndarray:
+    """A .npy array, or a PNG image scaled to the model's range (channels first)."""
+    if not os.path.isfile(path):
+        raise RelgraphError(f"input file not found: {path}")
+    if path.lower().endswith(".npy"):
+        try:
+            return np.load(path, allow_pickle=False)
+        except Exception as exc:
+            raise RelgraphError(f"cannot read {path} as a .npy array: {exc}") from None
+    if path.lower().endswith(".png"):
+        from .heatmap import read_png
+
+        try:
+            img = read_png(path).astype(np.float32) * scale
+        except ValueError as exc:
+            raise RelgraphError(f"cannot read image {path}: {exc}") from None
+        return img[None] if img.ndim == 2 else np.transpose(img[..., :3], (2, 0, 1))
+    raise RelgraphError(f"unsupported input format: {path} (use .npy or .png)")
+
+
+def _explainer_input(explainer, path, scale):
+    x = load_input(path, scale)
+    sample = explainer.input_shape[1:]
+    if x.ndim == len(sample) - 1 and sample and sample[0] == 1:  # a gray image for a one-channel model
+        x = x[None]
+    if path.lower().endswith(".png") and x.ndim == len(sample) and sample and x.shape[0] != sample[0]:
+        x = x.mean(0, keepdims=True) if sample[0] == 1 else np.repeat(x[:1], sample[0], 0)
+    return explainer.prepare(x)
+
+
+def cmd_explain(args):
+    from .explainer import Explainer
+    from .heatmap import heatmap_image, write_png
+
+    if os.path.exists(args.output) and not args.force:
+        raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
+    if os.path.abspath(args.output) in (os.path.abspath(args.input), os.path.abspath(args.explainer)):
+        raise RelgraphError("refusing to overwrite an input file; choose another -o")
+    explainer = Explainer(args.explainer)
+    x = _explainer_input(explainer, args.input, args.scale)
+    out = explainer.explain(x, args.target)
+    for n in range(x.shape[0]):
+        c = int(out["target"][n])
+        print(f"sample {n}: predicted {int(out['logits'][n].argmax())}, explained {c} "
+              f"(logit {out['logits'][n, c]:.4g}), Σ relevance {out['relevance'][n].sum():.4g}, "
+              f"bias {out['bias_relevance'][n]:.4g}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext == ".png":
+        tiles = [heatmap_image(out["relevance"][n], image=x[n], size=256) for n in range(x.shape[0])]
+        gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
+        row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
+        write_png(args.output, row)
+    elif ext == ".npy":
+        np.save(args.output, out["relevance"])
+    elif ext == ".npz":
+        np.savez(args.output, **{k.replace("/", "__"): v for k, v in out["outputs"].items()}, target=out["target"])
+    else:
+        raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
+    print(f"wrote {args.output}")
+
+
+def cmd_inspect(args):
+    from .compiler import prepare
+    from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes
+    from .rules import RULES, kind_of, load_rule_map, resolve, RuleParams
+    from .rules.registry import CHECKS
+
+    composite = load_rule_map(args.rule_map, RuleParams()) if args.rule_map else resolve(args.rule, RuleParams())
+    model, skipped = prepare(args.model)
+    x, logits = explained_values(model)
+    nodes = relevance_nodes(model.graph, x, logits)
+    firsts = first_layers([n for n in nodes if n.op_type in RULES], x)
+    unsupported = []
+    print(f"input {x.name} {list(x.shape)} → logits {logits.name} {list(logits.shape)}; rule {composite.name}")
+    print(f"{'node':48} {'op':20} {'kind':11} rule")
+    for node in nodes:
+        why = None
+        if node.op_type not in RULES:
+            why = "only at the model output" if node.op_type in OUTPUT_OPS else "no rule"
+        elif CHECKS.get(node.op_type):
+            why = CHECKS[node.op_type](node)
+        if why:
+            unsupported.append((node.op_type, node.name, why))
+            print(f"{node.name[:48]:48} {node.op_type:20} {'-':11} UNSUPPORTED: {why}")
+            continue
+        kind = kind_of(node)
+        rule = composite.choose(node, kind, node.name in firsts).rule
+        print(f"{node.name[:48]:48} {node.op_type:20} {kind:11} {rule}{' (first layer)' if node.name in firsts else ''}")
+    for note in skipped:
+        print(f"note: {note}")
+    if unsupported:
+        raise UnsupportedOpsError(unsupported, RULES)
+
+
+def cmd_check(args):
+    """Per-layer account: R_in (at the node's outputs) = R_out (to its inputs) + R_bias + leak."""
+    import onnx
+    import onnxruntime as ort
+
+    from .explainer import Explainer
+
+    explainer = Explainer(args.explainer)
+    x = _explainer_input(explainer, args.input, args.scale)
+    trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))
+    model = onnx.load(args.explainer)
+    known = {o.name for o in model.graph.output}
+    names = sorted({n for step in trace for n in step["in"] + step["out"] + [step["bias"]] if n} - known)
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    t = explainer.targets(args.target, x.shape[0])
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {explainer.input_name: x,
+                                                                                  "target": t})))
+
+    def total(name):
+        return 0.0 if name is None else float(np.asarray(values[name], np.float64).sum())
+
+    print(f"{'node':44} {'op':18} {'rule':16} {'R in':>12} {'R out':>12} {'R bias':>12} {'leak':>12}")
+    leak_sum = 0.0
+    for step in reversed(trace):
+        r_in, r_out, r_bias = sum(map(total, step["out"])), sum(map(total, step["in"])), total(step["bias"])
+        leak = r_in - r_out - r_bias
+        leak_sum += leak
+        print(f"{step['node'][:44]:44} {step['op']:18} {step['rule']:16} {r_in:12.5g} {r_out:12.5g} "
+              f"{r_bias:12.5g} {leak:12.5g}")
+    logits = values[explainer.logits_name]
+    chosen = np.where(t < 0, logits.argmax(1), t)
+    start = float(logits[np.arange(len(t)), chosen].sum()) if explainer.metadata.get(
+        "relgraph.output_init") == "logit" else float(len(t))
+    rel, bias = float(values["relevance"].sum()), float(values["bias_relevance"].sum())
+    print(f"\nR_out {start:.6g} = Σ relevance {rel:.6g} + Σ bias {bias:.6g} + leak {start - rel - bias:.6g} "
+          f"(Σ per-layer leak {leak_sum:.6g})")
+
+
+def cmd_rules(args):
+    from .rules import COMPOSITES, KIND_RULES, supported_ops
+
+    print("rules and composites:", ", ".join(COMPOSITES))
+    for kind, rules in KIND_RULES.items():
+        print(f"  {kind:11} {', '.join(rules)}")
+    print("supported ops:", ", ".join(supported_ops()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
