@@ -1,0 +1,183 @@
+"""The command line on the bundled model, and every kind of bad input: one line, non-zero exit, inputs untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import relgraph
+from relgraph.heatmap import read_png
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "digits" / "digits_cnn.onnx"
+SAMPLES = ROOT / "models" / "digits" / "samples.npy"
+
+
+def run(*args, cwd=None):
+    proc = subprocess.run([sys.executable, "-m", "relgraph.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def digest(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("relgraph: error:"), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def explainer(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "digits.lrp.onnx"
+    code, stdout, err = run("compile", MODEL, "--rule", "lrp", "-o", out)
+    assert code == 0, err
+    return out
+
+
+def test_compile_explain_png(explainer, tmp_path):
+    png = tmp_path / "heat.png"
+    code, out, err = run("explain", explainer, SAMPLES, "-o", png)
+    assert code == 0, err
+    img = read_png(png)
+    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[0] >= 200
+    assert out.count("sample ") == 8
+
+
+def test_explain_npy_matches_api(explainer, tmp_path):
+    npy = tmp_path / "r.npy"
+    code, _, err = run("explain", explainer, SAMPLES, "--target", "3", "-o", npy)
+    assert code == 0, err
+    direct = relgraph.Explainer(explainer).explain(np.load(SAMPLES), target=3)["relevance"]
+    np.testing.assert_allclose(np.load(npy), direct, rtol=1e-6)
+
+
+def test_default_output_beside_model_never_overwrites(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    before = digest(model)
+    code, _, err = run("compile", model, "--rule", "epsilon")
+    assert code == 0, err
+    assert (tmp_path / "m.epsilon.onnx").exists()
+    code, _, err = run("compile", model, "--rule", "epsilon")
+    assert_one_line_error(code, err, "exists")
+    code, _, err = run("compile", model, "--rule", "epsilon", "-o", model, "--force")
+    assert_one_line_error(code, err, "overwrite the input")
+    assert digest(model) == before
+
+
+def test_check_reports_conservation(explainer):
+    code, out, err = run("check", explainer, SAMPLES)
+    assert code == 0, err
+    assert "leak" in out and "/9/Gemm" in out
+
+
+def test_inspect_lists_rules():
+    code, out, err = run("inspect", MODEL, "--rule", "epsilon-plus-flat")
+    assert code == 0, err
+    assert "flat (first layer)" in out and "zplus" in out
+
+
+def _unsupported_model(path):
+    nodes = [helper.make_node("Relu", ["x"], ["a"], name="r"),
+             helper.make_node("Sin", ["a"], ["b"], name="weird_sin"),
+             helper.make_node("Erf", ["b"], ["c"], name="weird_erf"),
+             helper.make_node("Flatten", ["c"], ["logits"], name="f")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    onnx.save(m, path)
+
+
+@pytest.mark.parametrize("case", ["garbage", "missing", "unknown-rule", "bad-map", "unsupported", "wrong-shape",
+                                  "wrong-dtype", "bad-target", "missing-bounds", "bad-alpha", "not-explainer"])
+def test_bad_input(case, tmp_path, explainer):
+    before = digest(MODEL)
+    if case == "garbage":
+        bad = tmp_path / "g.onnx"
+        bad.write_bytes(b"\x00not an onnx model\xff" * 10)
+        code, _, err = run("compile", bad)
+        assert_one_line_error(code, err, "not a readable ONNX model")
+        assert bad.read_bytes() == b"\x00not an onnx model\xff" * 10
+    elif case == "missing":
+        code, _, err = run("compile", tmp_path / "nope.onnx")
+        assert_one_line_error(code, err, "not found")
+    elif case == "unknown-rule":
+        code, _, err = run("compile", MODEL, "--rule", "lrp-magic", "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "unknown rule 'lrp-magic'", "epsilon-plus-flat")
+    elif case == "bad-map":
+        m = tmp_path / "map.toml"
+        m.write_text('base = "epsilon"\n[op_types]\nConv = "zplusplus"\n')
+        code, _, err = run("compile", MODEL, "--rule-map", m, "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "unknown rule 'zplusplus'")
+        m.write_text("base = [unclosed\n")
+        code, _, err = run("compile", MODEL, "--rule-map", m, "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "not valid TOML")
+        m.write_text('base = "epsilon"\n[op_types]\nRelu = "zplus"\n')
+        code, _, err = run("compile", MODEL, "--rule-map", m, "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "does not apply to Relu")
+    elif case == "unsupported":
+        p = tmp_path / "u.onnx"
+        _unsupported_model(p)
+        code, _, err = run("compile", p, "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "2 unsupported", "Sin 'weird_sin'", "Erf 'weird_erf'", "Supported ops:")
+        assert not (tmp_path / "o.onnx").exists()
+    elif case == "wrong-shape":
+        x = tmp_path / "x.npy"
+        np.save(x, np.ones((2, 1, 9, 8), np.float32))
+        code, _, err = run("explain", explainer, x, "-o", tmp_path / "r.npy")
+        assert_one_line_error(code, err, "shape [2, 1, 9, 8]", "[N, 1, 8, 8]")
+    elif case == "wrong-dtype":
+        x = tmp_path / "x.npy"
+        np.save(x, np.ones((2, 1, 8, 8), np.int32))
+        code, _, err = run("explain", explainer, x, "-o", tmp_path / "r.npy")
+        assert_one_line_error(code, err, "dtype")
+    elif case == "bad-target":
+        code, _, err = run("explain", explainer, SAMPLES, "--target", "10", "-o", tmp_path / "r.npy")
+        assert_one_line_error(code, err, "target 10 is out of range")
+    elif case == "missing-bounds":
+        code, _, err = run("compile", MODEL, "--rule", "epsilon-gamma-box", "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "--bounds")
+    elif case == "bad-alpha":
+        code, _, err = run("compile", MODEL, "--rule", "alpha-beta", "--alpha", "2", "--beta", "2",
+                           "-o", tmp_path / "o.onnx")
+        assert_one_line_error(code, err, "alpha − beta = 1")
+    elif case == "not-explainer":
+        code, _, err = run("explain", MODEL, SAMPLES, "-o", tmp_path / "r.npy")
+        assert_one_line_error(code, err, "not a relgraph explainer")
+    assert digest(MODEL) == before
+
+
+def test_external_data_outside_model_folder_is_refused(tmp_path):
+    w = np.ones((4, 4), np.float32)
+    tensor = onnx.numpy_helper.from_array(w, "W")
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "64")):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], [tensor])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 10
+    sub = tmp_path / "model"
+    sub.mkdir()
+    (tmp_path / "secret.bin").write_bytes(w.tobytes())
+    onnx.save(m, sub / "m.onnx")
+    code, _, err = run("compile", sub / "m.onnx", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, err, "outside the model's folder")
