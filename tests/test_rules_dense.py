@@ -250,3 +250,26 @@ def test_global_mean(tmp_path, op, seed):
     res = _run(tmp_path, path, "epsilon", x, target)
     rx, _ = ref.norm(x.reshape(2, -1).astype(np.float64), M, _incoming(res, head, target))
     _close(res["relevance"].reshape(2, -1), rx)
+
+
+@pytest.mark.parametrize("include", (0, 1))
+def test_average_pool_ceil_mode_against_onnxruntime_gradient(tmp_path, include):
+    """ceil_mode windows hang past the input; the transposed map must still land on the input's size.
+    Reference: the adjoint identity <A x, g> = <x, Aᵀ g> with A run by onnxruntime itself."""
+    import onnxruntime as ort
+
+    in_shape = (2, 8, 8)  # (8 + 2 − 3) / 2 = 3.5: ceil_mode gives 5 outputs per axis, floor 4
+    node = helper.make_node("AveragePool", ["IN"], ["y"], name="layer", kernel_shape=[3, 3], strides=[2, 2],
+                            pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=include)
+    path = str(tmp_path / "ceil.onnx")
+    _model(path, [node], {}, in_shape, 2 * 5 * 5, seed=0)
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, *in_shape)).astype(np.float32)
+    assert sess.run(None, {"x": x})[0].shape == (2, 5)
+    res = _run(tmp_path, path, "gradient", x, np.array([1, 3]))
+    # probe the linear map column by column through onnxruntime: logits = V · flatten(A x)
+    basis = np.eye(int(np.prod(in_shape)), dtype=np.float32).reshape(-1, *in_shape)
+    logits = sess.run(None, {"x": basis})[0]  # [D_in, classes] = (V A)ᵀ
+    expected = logits[:, [1, 3]].T.reshape(2, *in_shape)
+    _close(res["relevance"], expected)

@@ -53,10 +53,13 @@ def avgpool_transpose(env: Env, g):
         h_in - ((h_out - 1) * s - pads[i] - pads[i + n] + d * (k - 1) + 1)
         for i, (h_in, h_out, s, d, k) in enumerate(zip(in_dims[2:], out_dims, strides, dilations, kernel))
     ]
+    # ceil_mode windows may hang past the padded input: crop the surplus with the transposed conv's end pads
+    t_pads = pads[:n] + [pads[n + i] + max(0, -op) for i, op in enumerate(output_padding)]
+    output_padding = [max(0, op) for op in output_padding]
     ones = np.ones([channels, 1, *kernel], np.float32)
     scaled = b.op("Div", g, b.const(counts)) if np.any(counts != counts.flat[0]) else \
         b.op("Mul", g, b.scalar(1.0 / counts.flat[0]))
-    return b.op("ConvTranspose", scaled, b.const(ones), strides=strides, pads=pads, dilations=dilations,
+    return b.op("ConvTranspose", scaled, b.const(ones), strides=strides, pads=t_pads, dilations=dilations,
                 group=channels, output_padding=output_padding)
 
 
@@ -88,8 +91,6 @@ TRANSPOSES = {"AveragePool": avgpool_transpose, "GlobalAveragePool": mean_transp
 
 
 def _check_mean(node) -> str | None:
-    if node.op_type == "AveragePool" and attr(node, "ceil_mode", 0) and not attr(node, "count_include_pad", 0):
-        return None
     if node.op_type == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1] is not None \
             and const_array(node.inputs[1]) is None:
         return "axes are not constant"
