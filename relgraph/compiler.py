@@ -18,7 +18,7 @@ from .errors import RelgraphError
 from .export import explainer_proto, save
 from .graph import MIN_OPSET, load_model
 from .passes import build_relevance, canonicalize
-from .rules import RuleParams, load_rule_map, resolve
+from .rules import RuleParams, load_rule_map, resolve, to_q_formulation
 
 
 @dataclass
@@ -58,7 +58,7 @@ def _upgrade(model: ir.Model, opset: int) -> ir.Model:
 def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
-            write: bool = True) -> CompileResult:
+            formulation: str = "r", write: bool = True) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
 
     Returns the written path (default: ``MODEL.<rule>.onnx`` beside the model), the ModelProto, the
@@ -75,6 +75,10 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         params = replace(params, low=low, high=high)
     composite = load_rule_map(rule_map, params) if rule_map else resolve(rule, params)
     label = Path(rule_map).stem if rule_map else rule
+    if formulation not in ("r", "q"):
+        raise RelgraphError(f"--formulation must be 'r' or 'q', got '{formulation}'")
+    if formulation == "q":
+        composite, label = to_q_formulation(composite), f"{label}-q"
     if write:
         output = output or default_output(model_path, label)
         if os.path.abspath(output) == os.path.abspath(model_path):

@@ -1,15 +1,22 @@
 """Fold shape-computing subgraphs to constants.
 
-Two cases, both produced by torch exports:
+Three cases, all produced by torch exports:
 
 * a node whose inputs are all constants is evaluated once (onnx's reference evaluator) and replaced
   by an initializer;
 * a Reshape whose target shape is computed at run time from ``Shape(x)`` (``x.view(x.size(0), -1)``,
   the dynamo export's ``sym_size``) gets the constant target ``[-1, d1, …]`` when shape inference
-  proves every non-batch output dimension.
+  proves every non-batch output dimension;
+* a lookup of static dimensions, ``Shape(x)`` or ``Gather(Shape(x), i)`` where every dimension it reads
+  is static (the legacy export's ``torch.chunk`` computes its slice bounds from ``x.size(1)``), becomes a
+  constant, so that the arithmetic on it folds by the first rule.
+
+Folding one value can prove the shapes another case needs (constant pads give a Pad its output shape,
+which a later ``Shape`` reads), so the pass sweeps the graph, infers shapes again and repeats until a
+sweep changes nothing; ``skipped`` reports the last sweep.
 
 Contract: after this pass every Reshape on the relevance path has a constant shape, or the pass says
-why not in ``skipped``. Requires shapes inferred on the model.
+why not in ``skipped``. Requires shapes inferred on the model; leaves them inferred.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
-from ..graph import add_initializer, const_array, is_const, replace_value
+from ..graph import add_initializer, attr, const_array, is_const, replace_value
+from .shapes import InferShapesPass
 
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 
@@ -30,6 +38,17 @@ class FoldConstantsPass(ir.passes.InPlacePass):
         self.skipped: list[str] = []
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = False
+        while True:
+            self.skipped = []
+            if not self._sweep(model):
+                return ir.passes.PassResult(model, modified)
+            modified = True
+            common.RemoveUnusedNodesPass()(model)
+            InferShapesPass()(model)
+
+    def _sweep(self, model: ir.Model) -> bool:
+        """One pass over the graph in order; True when something was folded."""
         graph = model.graph
         modified = False
         for node in list(graph):
@@ -37,12 +56,13 @@ class FoldConstantsPass(ir.passes.InPlacePass):
                 continue
             if node.op_type == "Reshape":
                 modified |= self._fold_reshape_target(graph, node)
+            if node.op_type in ("Shape", "Gather") and self._fold_static_dims(graph, node):
+                modified = True
+                continue
             if node.inputs and all(v is None or is_const(v) for v in node.inputs) \
                     and not any(o.is_graph_output() for o in node.outputs):
                 modified |= self._evaluate(graph, node, model.opset_imports.get("", 17))
-        if modified:
-            common.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified)
+        return modified
 
     def _evaluate(self, graph, node, opset) -> bool:
         arrays = [None if v is None else const_array(v) for v in node.inputs]
@@ -65,7 +85,35 @@ class FoldConstantsPass(ir.passes.InPlacePass):
             return False
         for out, arr in zip(node.outputs, results):
             replace_value(graph, out, add_initializer(graph, f"{out.name}/folded", np.asarray(arr)))
-        graph.remove(node, safe=False)
+        graph.remove(node, safe=True)
+        return True
+
+    def _fold_static_dims(self, graph, node) -> bool:
+        """Shape(x)[start:end], or Gather of it with constant indices, when the dimensions read are static."""
+        if node.outputs[0].is_graph_output():
+            return False
+        shape_node = node if node.op_type == "Shape" else node.inputs[0].producer()
+        if shape_node is None or shape_node.op_type != "Shape" or shape_node.domain not in ("", "ai.onnx"):
+            return False
+        source = shape_node.inputs[0]
+        if source is None or source.shape is None:
+            return False
+        read = list(source.shape)[attr(shape_node, "start", 0):attr(shape_node, "end", len(source.shape))]
+        if node.op_type == "Gather":
+            indices = const_array(node.inputs[1])
+            if indices is None or attr(node, "axis", 0) != 0:
+                return False
+            flat = [read[int(i)] for i in np.asarray(indices).reshape(-1)]
+            if not all(isinstance(d, int) for d in flat):
+                return False
+            value = np.asarray(flat, dtype=np.int64).reshape(np.shape(indices))
+        else:
+            if not all(isinstance(d, int) for d in read):
+                return False
+            value = np.asarray(read, dtype=np.int64)
+        out = node.outputs[0]
+        replace_value(graph, out, add_initializer(graph, f"{out.name}/folded", value))
+        graph.remove(node, safe=True)
         return True
 
     def _fold_reshape_target(self, graph, node) -> bool:

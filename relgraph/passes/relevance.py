@@ -175,7 +175,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         node_bias: list = []
         b.prefix = f"relevance/{node.name}"
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
-                  first_layer=node.name in plan.first_layers)
+                  first_layer=node.name in plan.first_layers, formulation=composite.formulation)
         result = RULES[node.op_type][choice.rule](env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"

@@ -84,11 +84,19 @@ def arithmetic_gradient(env: Env):
     op = node.op_type
     out = [None] * len(node.inputs)
     if op == "BatchNormalization":
-        a, _ = _bn_affine(node)
+        a, c = _bn_affine(node)
         out[0] = b.op("Mul", R, b.const(a))
+        if env.formulation == "q":  # the shift is a bias: R_c = c ⊙ Q
+            env.report_bias(b.sum_per_sample(b.op("Mul", R, b.const(c)), rank(env.y)))
         return out
     x0, x1 = node.inputs[0], node.inputs[1]
     const0, const1 = const_array(x0) is not None, const_array(x1) is not None
+    if env.formulation == "q" and op in ("Add", "Sub") and (const0 or const1):
+        c = x0 if const0 else x1
+        share = b.op("Mul", R, c)
+        if op == "Sub" and const1:
+            share = b.op("Neg", share)
+        env.report_bias(b.sum_per_sample(share, rank(env.y)))
     if op in ("Add", "Sub"):
         if not const0:
             out[0] = unbroadcast(env, R, x0)
@@ -104,7 +112,7 @@ def arithmetic_gradient(env: Env):
     return out
 
 
-@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "epsilon", "zero")
+@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "epsilon", "normalized", "zero")
 def arithmetic_epsilon(env: Env):
     node, b, R = env.node, env.b, env.R
     op = node.op_type
@@ -139,7 +147,9 @@ def _is_gate(v: ir.Value) -> bool:
     return node is not None and node.op_type in GATE_OPS
 
 
-@defrule("Mul", PRODUCT, "gate")
+# The kind is decided per node here too: the registry keeps one kind function per op type, and a fixed
+# PRODUCT would make every Mul by a constant a "product" as well.
+@defrule("Mul", arithmetic_kind, "gate")
 def product_gate(env: Env):
     """All relevance to the signal operand, none to the gate."""
     a, c = env.node.inputs
@@ -151,7 +161,11 @@ def product_gate(env: Env):
         signal = 0 if full_a and not full_c else 1 if full_c and not full_a else None
     if signal is None:
         half = env.b.op("Mul", env.R, env.b.scalar(0.5))
+        if env.formulation == "q":  # Q_a = (R/2)/a = (Q/2)·c, and symmetrically
+            return [unbroadcast(env, env.b.op("Mul", half, c), a), unbroadcast(env, env.b.op("Mul", half, a), c)]
         return [unbroadcast(env, half, a), unbroadcast(env, half, c)]
     out = [None, None]
-    out[signal] = unbroadcast(env, env.R, env.node.inputs[signal])
+    # R formulation: R_signal = R. Q formulation: Q_signal = R_signal / signal = Q ⊙ gate.
+    R = env.R if env.formulation == "r" else env.b.op("Mul", env.R, env.node.inputs[1 - signal])
+    out[signal] = unbroadcast(env, R, env.node.inputs[signal])
     return out

@@ -57,6 +57,7 @@ class Composite:
     output_init: str = "logit"                     # "logit": R_out = f_c(x); "one": R_out = 1
     multiply_input: bool = False                   # input × gradient
     params: RuleParams = field(default_factory=RuleParams)
+    formulation: str = "r"                         # "q": propagate Q = R/a (see to_q_formulation)
 
     def choose(self, node, kind: str, first_layer: bool) -> Choice:
         """The rule for ``node``; raises when a user-given rule does not fit the node's kind."""
@@ -217,3 +218,28 @@ def load_rule_map(path, params: RuleParams) -> Composite:
     composite.names = [(glob, _choice(v, params, f"{where} [names] {glob}"))
                        for glob, v in data.get("names", {}).items()] + composite.names
     return composite
+
+
+def to_q_formulation(composite: Composite) -> Composite:
+    """LRP-0 rephrased in Q = R/a (seeds/001): no division by z anywhere.
+
+    The normalized rule becomes the gradient (Q_x = Q_z·Wᵀ), winner-takes-all max stays the gradient,
+    the ignore rule for nonlinearities becomes the slope rule (Q_a = (f(a)/a)·Q_b), a gate's signal gets
+    Q ⊙ gate. Q_out = 1, the input's relevance is x ⊙ Q_x, each bias gets ⟨b, Q_z⟩, and Σ a·Q is conserved.
+    Only LRP-0-like composites have a Q form: ε is dropped (it exists only to guard the division).
+    """
+    lrp0 = {AFFINE: ("zero", "epsilon", "normalized"), LINEAR: ("zero", "epsilon", "normalized"),
+            SCALE: ("zero", "epsilon", "normalized"), MAX: ("gradient",), ACTIVATION: ("pass", "ignore"),
+            PRODUCT: ("gate",), STRUCTURAL: ("gradient",)}
+    bad = [f"{kind}: {rule}" for kind, rule in composite.kinds.items() if rule not in lrp0[kind]]
+    bad += [f"{op}: {r if isinstance(r, str) else r.rule}" for op, r in composite.op_types.items()]
+    bad += [f"{g}: {r if isinstance(r, str) else r.rule}" for g, r in composite.names]
+    if composite.first is not None:
+        bad.append("first layer")
+    if bad or composite.output_init != "logit":
+        raise RelgraphError(f"--formulation q rephrases LRP-0 (rule 'zero', 'epsilon' or 'lrp'); "
+                            f"'{composite.name}' uses other rules ({', '.join(bad) or 'gradient output'})")
+    q = {AFFINE: "gradient", LINEAR: "gradient", SCALE: "gradient", MAX: "gradient", ACTIVATION: "slope",
+         PRODUCT: "gate", STRUCTURAL: "gradient"}
+    return Composite(f"{composite.name}-q", q, output_init="one", multiply_input=True, params=composite.params,
+                     formulation="q")

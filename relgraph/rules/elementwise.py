@@ -1,8 +1,12 @@
 """Rules for elementwise nonlinearities y = f(x).
 
 - ``gradient``:        R_x = f′(x) ⊙ R (the chain rule; torch's derivative conventions at the kinks).
-- ``pass``:            R_x = R. LRP's treatment of activations: relevance is not changed by them
-  (the post's "ignore" rule for nonlinearities).
+- ``pass`` / ``ignore``: R_x = R. LRP's treatment of activations: relevance is not changed by them
+  (seeds/001's "ignore" rule for nonlinearities).
+- ``slope``:           R_x = (f(x)/x) ⊙ R (seeds/001): the ``ignore`` rule rephrased for Q = R/a; equal to
+  the gradient for ReLU. Where x = 0 the limit f′(0) is used.
+- ``repeat``:          R_x = f(R) (seeds/001): the activation applied to the relevance itself; the only
+  rule here that is not linear in R.
 - ``deconvnet``:       R_x = relu(R) at rectifiers (Zeiler & Fergus 2014); the gradient elsewhere.
 - ``guided-backprop``: R_x = relu(f′(x) ⊙ R) at rectifiers (Springenberg et al. 2015); the gradient
   elsewhere.
@@ -16,9 +20,10 @@ from .registry import ACTIVATION, Env, defrule
 RECTIFIERS = ("Relu", "LeakyRelu")
 
 
-def derivative_mask(env: Env):
-    """f′(x) ⊙ R for each supported activation."""
-    b, x, y, R, node = env.b, env.x, env.y, env.R, env.node
+def derivative_mask(env: Env, R=None):
+    """f′(x) ⊙ R for each supported activation (R defaults to the incoming relevance)."""
+    b, x, y, node = env.b, env.x, env.y, env.node
+    R = env.R if R is None else R
     op = node.op_type
     zero, one = b.scalar(0.0), b.scalar(1.0)
     if op == "Relu":
@@ -79,7 +84,7 @@ def activation_gradient(env: Env):
     return _with_bounds_none(env, derivative_mask(env))
 
 
-@defrule(ACTIVATIONS, ACTIVATION, "pass")
+@defrule(ACTIVATIONS, ACTIVATION, "pass", "ignore")
 def activation_pass(env: Env):
     return _with_bounds_none(env, env.R)
 
@@ -97,3 +102,21 @@ def activation_guided(env: Env):
     if env.node.op_type in RECTIFIERS:
         rx = env.b.op("Relu", rx)
     return _with_bounds_none(env, rx)
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "slope")
+def activation_slope(env: Env):
+    b, x = env.b, env.x
+    zero = b.scalar(0.0)
+    nonzero = b.op("Not", b.op("Equal", x, zero))
+    safe_x = b.op("Where", nonzero, x, b.scalar(1.0))
+    ratio = b.op("Where", nonzero, b.op("Div", env.y, safe_x), derivative_mask(env, b.scalar(1.0)))
+    return _with_bounds_none(env, b.op("Mul", ratio, env.R))
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "repeat")
+def activation_repeat(env: Env):
+    """The forward op, attributes and constant operands included, applied to R."""
+    node = env.node
+    attributes = {name: a.value for name, a in node.attributes.items()}
+    return _with_bounds_none(env, env.b.op(node.op_type, env.R, *node.inputs[1:], **attributes))

@@ -302,13 +302,19 @@ AFFINE_OPS = ("Gemm", "Conv", "MatMul")
 
 @defrule(AFFINE_OPS, AFFINE, "gradient", check=_check_affine)
 def affine_gradient(env: Env):
-    """R_x = R ⋆ᵀ W: the transposed map (the exact gradient)."""
-    w, _ = layer_params(env)
-    back = LINEAR_MAPS[env.node.op_type](env).transpose(env.R, w)
-    return _place(env, back)
+    """R_x = R ⋆ᵀ W: the transposed map (the exact gradient).
+
+    In the Q formulation this is LRP-0 rephrased (Q_x = Q_z ⋆ᵀ W), and the bias, the weight of a
+    constant-one input, gets R_bias = 1 · ⟨b, Q_z⟩.
+    """
+    w, bias = layer_params(env)
+    lin = LINEAR_MAPS[env.node.op_type](env)
+    if env.formulation == "q" and bias is not None:
+        env.report_bias(lin.bias_share(env.R, bias))
+    return _place(env, lin.transpose(env.R, w))
 
 
-@defrule(AFFINE_OPS, AFFINE, "epsilon", "zero")
+@defrule(AFFINE_OPS, AFFINE, "epsilon", "normalized", "zero")
 def affine_epsilon(env: Env):
     """LRP-ε (Bach et al. 2015): R_x = x ⊙ ((R ⊘ stab(z)) ⋆ᵀ W), R_bias = ⟨b, R ⊘ stab(z)⟩.
 

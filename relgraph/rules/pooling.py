@@ -5,9 +5,14 @@ Average pooling, global average pooling and ReduceMean are linear maps z = A·x 
 - ``gradient``: R_x = Aᵀ·R.
 - ``epsilon``:  R_x = x ⊙ Aᵀ·(R ⊘ stab(z)) (zennit's ``Norm`` rule; ``zero`` has ε = 0).
 
-Max pooling routes relevance to the winner of each window (the gradient; the post's "winner takes
-all"). Windows overlap in ResNet's k3 s2 p1 stem, so the route is ``ScatterElements(reduction=add)``
-over the pooling indices: MaxUnpool would overwrite instead of summing.
+Max pooling:
+
+- ``gradient``: relevance goes to the winner of each window (seeds/001's "winner takes all"). Windows
+  overlap in ResNet's k3 s2 p1 stem, so the route is ``ScatterElements(reduction=add)`` over the pooling
+  indices: MaxUnpool would overwrite instead of summing.
+- ``radial`` (seeds/001): zero is the reference point. In a window with a positive maximum each
+  positive a_i gets the share a_i / Σ_{a_j>0} a_j and negatives get nothing; in an all-negative window
+  the share is (1/a_i) / Σ_j (1/a_j). Overlapping windows sum their shares.
 """
 
 from __future__ import annotations
@@ -112,7 +117,7 @@ def mean_gradient(env: Env):
     return [TRANSPOSES[env.node.op_type](env, env.R)] + [None] * (len(env.node.inputs) - 1)
 
 
-@defrule(tuple(TRANSPOSES), LINEAR, "epsilon", "zero")
+@defrule(tuple(TRANSPOSES), LINEAR, "epsilon", "normalized", "zero")
 def mean_epsilon(env: Env):
     b = env.b
     eps = 0.0 if env.rule == "zero" else env.params.epsilon
@@ -144,3 +149,44 @@ def maxpool_gradient(env: Env):
     routed = b.op("ScatterElements", zeros, b.op("Reshape", indices, flat), b.op("Reshape", env.R, flat),
                   axis=0, reduction="add")
     return [b.op("Reshape", routed, b.op("Shape", env.x))]
+
+
+def _window_sum(env: Env):
+    """(forward, transpose) of the window sum Σ_{i ∈ window} v_i with MaxPool's geometry (padding adds 0)."""
+    node, b = env.node, env.b
+    in_dims = static_dims(env.x, "MaxPool input")
+    out_dims = static_dims(env.y, "MaxPool output")[2:]
+    kernel = list(attr(node, "kernel_shape"))
+    n = len(kernel)
+    strides = list(attr(node, "strides", [1] * n))
+    dilations = list(attr(node, "dilations", [1] * n))
+    pads = conv_pads(node, in_dims[2:], kernel, strides, dilations)
+    ones = b.const(np.ones([in_dims[1], 1, *kernel], np.float32))
+    output_padding = [
+        h_in - ((h_out - 1) * s - pads[i] - pads[i + n] + d * (k - 1) + 1)
+        for i, (h_in, h_out, s, d, k) in enumerate(zip(in_dims[2:], out_dims, strides, dilations, kernel))
+    ]
+    # ceil_mode: extend the forward sum's end padding so it yields as many windows as the pool
+    f_pads = pads[:n] + [pads[n + i] + max(0, -op) for i, op in enumerate(output_padding)]
+    geometry = dict(strides=strides, dilations=dilations, group=in_dims[1])
+    forward = lambda v: b.op("Conv", v, ones, pads=f_pads, **geometry)  # noqa: E731
+    transpose = lambda s: b.op("ConvTranspose", s, ones, pads=f_pads, output_padding=[  # noqa: E731
+        max(0, op) for op in output_padding], **geometry)
+    return forward, transpose
+
+
+@defrule("MaxPool", MAX, "radial")
+def maxpool_radial(env: Env):
+    """R_x = a⁺ ⊙ Σᵀ(R·[b>0] ⊘ Σa⁺) + [a<0]/a ⊙ Σᵀ(R·[b<0] ⊘ Σ_{a<0} 1/a), Σ the window sum."""
+    b, x, y = env.b, env.x, env.y
+    forward, transpose = _window_sum(env)
+    zero = b.scalar(0.0)
+    eps = env.params.stabilizer
+    positive = b.positive(x)
+    negative = b.op("Less", x, zero)
+    inverse = b.op("Where", negative, b.op("Div", b.scalar(1.0), b.op("Where", negative, x, b.scalar(-1.0))), zero)
+    up = b.op("Where", b.op("Greater", y, zero), env.R, zero)
+    down = b.op("Where", b.op("Less", y, zero), env.R, zero)
+    share_up = b.op("Mul", positive, transpose(b.op("Div", up, b.stabilize(forward(positive), eps))))
+    share_down = b.op("Mul", inverse, transpose(b.op("Div", down, b.stabilize(forward(inverse), eps))))
+    return [b.op("Add", share_up, share_down)]

@@ -12,7 +12,7 @@ modules of this package, with :func:`defrule` — as JAX keeps its transpose rul
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import onnx_ir as ir
@@ -28,12 +28,14 @@ ACTIVATION = "activation"  # elementwise nonlinearities
 PRODUCT = "product"        # Mul of two activations (gates: SiLU, squeeze-excitation)
 STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exact for every rule
 
+# ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names of seeds/001's per-layer-type tables.
 KIND_RULES: dict[str, tuple[str, ...]] = {
-    AFFINE: ("gradient", "epsilon", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat"),
-    LINEAR: ("gradient", "epsilon", "zero"),
-    SCALE: ("gradient", "epsilon", "zero"),
-    MAX: ("gradient",),
-    ACTIVATION: ("gradient", "pass", "deconvnet", "guided-backprop"),
+    AFFINE: ("gradient", "epsilon", "normalized", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square",
+             "flat"),
+    LINEAR: ("gradient", "epsilon", "normalized", "zero"),
+    SCALE: ("gradient", "epsilon", "normalized", "zero"),
+    MAX: ("gradient", "radial"),
+    ACTIVATION: ("gradient", "pass", "ignore", "slope", "repeat", "deconvnet", "guided-backprop"),
     PRODUCT: ("gradient", "gate"),
     STRUCTURAL: ("gradient",),
 }
@@ -99,7 +101,7 @@ class Env:
     nonnegative: Callable[[ir.Value], bool]
     report_bias: Callable[[ir.Value], None]
     first_layer: bool = False
-    notes: dict = field(default_factory=dict)
+    formulation: str = "r"  # "q": the relevance graph carries Q = R/a (seeds/001); gradient rules report biases
 
     @property
     def R(self):
