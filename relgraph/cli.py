@@ -57,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--beta", type=float, default=1.0)
     c.add_argument("--bounds", type=float, nargs=2, metavar=("LOW", "HIGH"), help="input range for z^B")
     c.add_argument("--bias-relevance", choices=("total", "per-layer"), default="total")
+    c.add_argument("--baseline", help="deeplift: 'zeros' (default) or a .npy input to compare to")
     c.add_argument("--formulation", choices=("r", "q"), default="r",
                    help="q: compile LRP-0 as Q = R/a propagation (no division by z)")
     c.add_argument("--input", dest="input_name", help="name of the input to explain (default: the first)")
@@ -99,7 +100,7 @@ def cmd_compile(args):
     result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
                      bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
-                     formulation=args.formulation)
+                     formulation=args.formulation, baseline=args.baseline)
     rules = {}
     for rule in result.plan.rules().values():
         rules[rule] = rules.get(rule, 0) + 1

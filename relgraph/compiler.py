@@ -58,7 +58,7 @@ def _upgrade(model: ir.Model, opset: int) -> ir.Model:
 def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
-            formulation: str = "r", write: bool = True) -> CompileResult:
+            formulation: str = "r", baseline=None, write: bool = True) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
 
     Returns the written path (default: ``MODEL.<rule>.onnx`` beside the model), the ModelProto, the
@@ -75,6 +75,10 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         params = replace(params, low=low, high=high)
     composite = load_rule_map(rule_map, params) if rule_map else resolve(rule, params)
     label = Path(rule_map).stem if rule_map else rule
+    if baseline is not None:
+        if composite.baseline is None:
+            raise RelgraphError(f"--baseline applies to rules that compare to a baseline (deeplift), not '{label}'")
+        composite.baseline = _load_baseline(baseline)
     if formulation not in ("r", "q"):
         raise RelgraphError(f"--formulation must be 'r' or 'q', got '{formulation}'")
     if formulation == "q":
@@ -101,3 +105,19 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     if write:
         save(proto, output, overwrite=overwrite)
     return CompileResult(output if write else None, proto, plan, skipped, time.perf_counter() - start)
+
+
+def _load_baseline(baseline):
+    """'zeros', a .npy path, or an array."""
+    if isinstance(baseline, str):
+        if baseline == "zeros":
+            return "zeros"
+        if not os.path.isfile(baseline):
+            raise RelgraphError(f"baseline must be 'zeros' or a .npy file; not found: {baseline}")
+        try:
+            import numpy as np
+
+            return np.load(baseline, allow_pickle=False).astype("float32")
+        except Exception as exc:
+            raise RelgraphError(f"cannot read baseline {baseline}: {exc}") from None
+    return baseline

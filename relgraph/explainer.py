@@ -83,10 +83,17 @@ class Explainer:
                                 f"(0..{self.num_classes - 1}, or -1 for the predicted class)")
         return np.ascontiguousarray(t)
 
-    def explain(self, x, target=None) -> dict:
+    def explain(self, x, target=None, *, baseline=None) -> dict:
+        """``baseline`` (compare-to-baseline rules only): one sample or [N, ...]; default: the compiled one."""
         x = self.prepare(x)
         t = self.targets(target, x.shape[0])
-        values = self.session.run(None, {self.input_name: x, "target": t})
+        feed = {self.input_name: x, "target": t}
+        if baseline is not None:
+            overridable = self.session.get_inputs() + self.session.get_overridable_initializers()
+            if "baseline" not in {i.name for i in overridable}:
+                raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
+            feed["baseline"] = self.prepare(baseline)
+        values = self.session.run(None, feed)
         outputs = dict(zip(self.output_names, values))
         logits = outputs[self.logits_name]
         chosen = np.where(t < 0, logits.argmax(1), t)

@@ -216,11 +216,8 @@ def replace_value(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """Every use of ``old``, graph outputs included, now reads ``new``; ``new`` takes old's name so that
     the outputs a user knows keep their names."""
     name = old.name
-    # onnx_ir refuses to replace a graph output unless asked to (it would otherwise leave the output
-    # pointing at a value that no longer has a producer in the graph)
+    # onnx_ir refuses to touch graph outputs unless asked to: without the flag, replacing a model's
+    # output (a bias-free final MatMul that becomes a Gemm, say) raises instead.
     old.replace_all_uses_with(new, replace_graph_outputs=True)
-    for i, out in enumerate(graph.outputs):
-        if out is old:
-            graph.outputs[i] = new
     old.name = None
     new.name = name

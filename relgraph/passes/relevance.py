@@ -163,6 +163,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
 
     b = Builder(graph)
     proven = nonnegative_values(graph)
+    reference = _baseline_forward(b, graph, nodes, x, composite.baseline) if composite.baseline is not None else {}
     R_out, target = _output_relevance(b, graph, logits, composite.output_init)
 
     contributions: dict[int, list] = {id(logits): [R_out]}
@@ -175,7 +176,8 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         node_bias: list = []
         b.prefix = f"relevance/{node.name}"
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
-                  first_layer=node.name in plan.first_layers, formulation=composite.formulation)
+                  first_layer=node.name in plan.first_layers, formulation=composite.formulation,
+                  baseline=lambda v: reference.get(id(v)))
         result = RULES[node.op_type][choice.rule](env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"
@@ -197,7 +199,8 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
     if relevance is None:
         raise RelgraphError(f"no relevance reaches the input '{x.name}'")
     if composite.multiply_input:
-        relevance = b.op("Mul", x, relevance)
+        factor = b.op("Sub", x, reference[id(x)]) if composite.baseline is not None else x
+        relevance = b.op("Mul", factor, relevance)
     total_bias = _sum(b, [v for _, v in biases]) or b.op("Mul", b.op("Cast", target, to=ir.DataType.FLOAT),
                                                           b.scalar(0.0))
     _add_output(graph, b.op("Identity", relevance), "relevance", x.shape)
@@ -213,6 +216,32 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
     model.metadata_props["relgraph.trace"] = json.dumps(plan.trace)
     plan.functions = sorted(b.functions)
     return plan
+
+
+def _baseline_forward(b: Builder, graph: ir.Graph, nodes, x: ir.Value, baseline) -> dict:
+    """A second copy of the forward path fed by the input ``baseline`` (default: the given array).
+
+    Returns value → its baseline counterpart, for the compare-to-baseline rules (DeepLIFT).
+    """
+    default = np.zeros([1, *[d or 1 for d in dims(x)[1:]]], np.float32) if isinstance(baseline, str) \
+        else np.asarray(baseline, np.float32)
+    if default.ndim == len(x.shape) - 1:
+        default = default[None]
+    if list(default.shape[1:]) != dims(x)[1:]:
+        raise RelgraphError(f"baseline has shape {list(default.shape)}, the input '{x.name}' is "
+                            f"[N, {', '.join(map(str, dims(x)[1:]))}]")
+    x_bar = b.const(default, name="baseline")
+    graph.inputs.append(x_bar)  # an input with a default: callers may pass their own baseline
+    mapping = {id(x): x_bar}
+    b.prefix = "baseline"
+    for node in nodes:
+        inputs = [mapping.get(id(v), v) if v is not None else None for v in node.inputs]
+        attributes = {name: a.value for name, a in node.attributes.items()}
+        outs = b.op(node.op_type, *inputs, outputs=len(node.outputs), **attributes)
+        for old, new in zip(node.outputs, outs if isinstance(outs, tuple) else (outs,)):
+            mapping[id(old)] = new
+            new.shape, new.type = old.shape, old.type
+    return mapping
 
 
 def _output_relevance(b: Builder, graph: ir.Graph, logits: ir.Value, init: str):

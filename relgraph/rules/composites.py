@@ -58,6 +58,7 @@ class Composite:
     multiply_input: bool = False                   # input × gradient
     params: RuleParams = field(default_factory=RuleParams)
     formulation: str = "r"                         # "q": propagate Q = R/a (see to_q_formulation)
+    baseline: object = None                        # "zeros" or an array: compare to this input (DeepLIFT)
 
     def choose(self, node, kind: str, first_layer: bool) -> Choice:
         """The rule for ``node``; raises when a user-given rule does not fit the node's kind."""
@@ -118,6 +119,10 @@ COMPOSITES = {
     "w-square": _affine("w-square"),
     "flat": _affine("flat"),
     "zbox": lambda: _lrp("zbox", first="zbox"),
+    # compare to baseline (seeds/001); DeepLIFT's rescale rule: multipliers propagate as gradients with Δy/Δx
+    # at nonlinearities, and the input's relevance is (x − x̄) ⊙ multiplier, so Σ R = f(x) − f(x̄)
+    "deeplift": lambda: _gradient("deeplift", kinds={ACTIVATION: "rescale"}, multiply_input=True,
+                                  baseline="zeros"),
     # zennit's composites
     "epsilon-plus": lambda: _lrp("epsilon-plus", op_types=dict(DENSE, Conv="zplus")),
     "epsilon-plus-flat": lambda: _lrp("epsilon-plus-flat", op_types=dict(DENSE, Conv="zplus"), first="flat"),

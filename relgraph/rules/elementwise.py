@@ -7,6 +7,9 @@
   the gradient for ReLU. Where x = 0 the limit f′(0) is used.
 - ``repeat``:          R_x = f(R) (seeds/001): the activation applied to the relevance itself; the only
   rule here that is not linear in R.
+- ``rescale``:         R_x = (Δy/Δx) ⊙ R with Δ the difference to the baseline's forward pass (seeds/001's
+  "compare to baseline"; DeepLIFT's rescale rule, Shrikumar et al. 2017); f′(x) ⊙ R where |Δx| < 1e-10,
+  as captum.
 - ``deconvnet``:       R_x = relu(R) at rectifiers (Zeiler & Fergus 2014); the gradient elsewhere.
 - ``guided-backprop``: R_x = relu(f′(x) ⊙ R) at rectifiers (Springenberg et al. 2015); the gradient
   elsewhere.
@@ -120,3 +123,16 @@ def activation_repeat(env: Env):
     node = env.node
     attributes = {name: a.value for name, a in node.attributes.items()}
     return _with_bounds_none(env, env.b.op(node.op_type, env.R, *node.inputs[1:], **attributes))
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "rescale")
+def activation_rescale(env: Env):
+    b, x = env.b, env.x
+    x_bar, y_bar = env.baseline(x), env.baseline(env.y)
+    if x_bar is None:
+        raise AssertionError("rescale needs the baseline's forward pass")
+    dx, dy = b.op("Sub", x, x_bar), b.op("Sub", env.y, y_bar)
+    close = b.op("Less", b.op("Abs", dx), b.scalar(1e-10))
+    safe_dx = b.op("Where", close, b.scalar(1.0), dx)
+    ratio = b.op("Mul", env.R, b.op("Div", dy, safe_dx))
+    return _with_bounds_none(env, b.op("Where", close, derivative_mask(env), ratio))

@@ -35,7 +35,7 @@ KIND_RULES: dict[str, tuple[str, ...]] = {
     LINEAR: ("gradient", "epsilon", "normalized", "zero"),
     SCALE: ("gradient", "epsilon", "normalized", "zero"),
     MAX: ("gradient", "radial"),
-    ACTIVATION: ("gradient", "pass", "ignore", "slope", "repeat", "deconvnet", "guided-backprop"),
+    ACTIVATION: ("gradient", "pass", "ignore", "slope", "repeat", "rescale", "deconvnet", "guided-backprop"),
     PRODUCT: ("gradient", "gate"),
     STRUCTURAL: ("gradient",),
 }
@@ -102,6 +102,7 @@ class Env:
     report_bias: Callable[[ir.Value], None]
     first_layer: bool = False
     formulation: str = "r"  # "q": the relevance graph carries Q = R/a (seeds/001); gradient rules report biases
+    baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline
 
     @property
     def R(self):
