@@ -9,6 +9,7 @@ the R tile, multiply by x in the epilogue). ``s`` is returned for the bias share
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnx.parser
 
@@ -45,7 +46,7 @@ def function_proto(name: str, opset: int) -> onnx.FunctionProto:
     return onnx.parser.parse_function(text)
 
 
-def epsilon_step(env, lin, w, epsilon: float):
+def epsilon_step(env, lin, epsilon: float):
     """Emit one ε step for the layer of ``env``; returns (R_x, s)."""
     from .linear import MatMulMap, activation
 
@@ -53,15 +54,15 @@ def epsilon_step(env, lin, w, epsilon: float):
     x = activation(env)
     if isinstance(lin, MatMulMap) and lin.left:  # W·x: no function form, plain ops
         s = b.op("Div", env.R, b.stabilize(env.y, epsilon))
-        return b.op("Mul", x, lin.transpose(s, w)), s
+        return b.op("Mul", x, lin.transpose(s, lin.w)), s
     name = "Epsilon" + node.op_type
     b.functions.add(name)
     extra = {}
     if node.op_type == "Conv":
         extra = dict(lin.geometry, output_padding=lin.output_padding)
+        weight = lin.param(lin.w)
     elif node.op_type == "MatMul":
-        import numpy as np
-
-        w = np.ascontiguousarray(np.swapaxes(w, -1, -2))
-    rx, s = b.op(name, x, b.const(w), env.y, env.R, domain=DOMAIN, outputs=2, epsilon=float(epsilon), **extra)
-    return rx, s
+        weight = lin.param(np.ascontiguousarray(np.swapaxes(lin.w, -1, -2)))
+    else:
+        weight = lin.param(lin.w)
+    return b.op(name, x, weight, env.y, env.R, domain=DOMAIN, outputs=2, epsilon=float(epsilon), **extra)

@@ -46,6 +46,22 @@ class LinearMap:
     def __init__(self, env: Env):
         self.env = env
         self.b = env.b
+        self.w, self.bias = layer_params(env)
+        self._params: dict[int, ir.Value] = {}
+
+    def param(self, array: np.ndarray) -> ir.Value:
+        """The graph value of a weight variant: the forward initializer itself for W and b (the explainer
+        must not carry a second copy of the model), one shared initializer per derived array (W⁺ is used by
+        both the forward and the transposed pass)."""
+        if id(array) not in self._params:
+            node = self.env.node
+            if array is self.w and node.op_type != "MatMul":
+                self._params[id(array)] = node.inputs[1]
+            elif array is self.bias:
+                self._params[id(array)] = node.inputs[2]
+            else:
+                self._params[id(array)] = self.b.const(array)
+        return self._params[id(array)]
 
     def forward(self, x, w: np.ndarray, bias: np.ndarray | None):
         raise NotImplementedError
@@ -70,14 +86,14 @@ class GemmMap(LinearMap):
     """z = x·Wᵀ + b with W of shape [out, in] (the canonical Gemm)."""
 
     def forward(self, x, w, bias):
-        args = [x, self.b.const(w)] + ([self.b.const(bias)] if bias is not None else [])
+        args = [x, self.param(w)] + ([self.param(bias)] if bias is not None else [])
         return self.b.op("Gemm", *args, transB=1)
 
     def transpose(self, s, w):
-        return self.b.op("MatMul", s, self.b.const(w))
+        return self.b.op("MatMul", s, self.param(w))
 
     def bias_share(self, s, bias):
-        return self.b.op("MatMul", s, self.b.const(bias))
+        return self.b.op("MatMul", s, self.param(bias))
 
 
 class MatMulMap(LinearMap):
@@ -88,8 +104,8 @@ class MatMulMap(LinearMap):
         self.left = const_array(env.node.inputs[0]) is not None
 
     def forward(self, x, w, bias):
-        z = self.b.op("MatMul", self.b.const(w), x) if self.left else self.b.op("MatMul", x, self.b.const(w))
-        return z if bias is None else self.b.op("Add", z, self.b.const(bias))
+        z = self.b.op("MatMul", self.param(w), x) if self.left else self.b.op("MatMul", x, self.param(w))
+        return z if bias is None else self.b.op("Add", z, self.param(bias))
 
     def transpose(self, s, w):
         wt = np.ascontiguousarray(np.swapaxes(w, -1, -2))
@@ -129,16 +145,16 @@ class ConvMap(LinearMap):
         return dict(strides=self.strides, pads=self.pads, dilations=self.dilations, group=self.group)
 
     def forward(self, x, w, bias):
-        args = [x, self.b.const(w)] + ([self.b.const(bias)] if bias is not None else [])
+        args = [x, self.param(w)] + ([self.param(bias)] if bias is not None else [])
         return self.b.op("Conv", *args, **self.geometry)
 
     def transpose(self, s, w):
-        return self.b.op("ConvTranspose", s, self.b.const(w), output_padding=self.output_padding, **self.geometry)
+        return self.b.op("ConvTranspose", s, self.param(w), output_padding=self.output_padding, **self.geometry)
 
     def bias_share(self, s, bias):
         spatial = len(self.kernel)
         per_channel = self.b.op("ReduceSum", s, self.b.ints(list(range(2, 2 + spatial))), keepdims=0)
-        return self.b.op("MatMul", per_channel, self.b.const(bias))
+        return self.b.op("MatMul", per_channel, self.param(bias))
 
 
 def conv_pads(node: ir.Node, in_dims, kernel, strides, dilations) -> list[int]:
@@ -227,9 +243,9 @@ def groups_for(rule: str, w, b, p) -> list[Group]:
     raise AssertionError(rule)
 
 
-def lrp_family(env: Env, groups: list[Group]) -> ir.Value:
+def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
     """Emit the relevance of the layer's input for ``groups``; report the bias share."""
-    b, lin, x = env.b, LINEAR_MAPS[env.node.op_type](env), activation(env)
+    b, x = env.b, activation(env)
     nonneg = env.nonnegative(x)
     inputs = {"x": x, "x+": x} if nonneg else {"x": x}
     if env.rule == "zbox":
@@ -307,11 +323,10 @@ def affine_gradient(env: Env):
     In the Q formulation this is LRP-0 rephrased (Q_x = Q_z ⋆ᵀ W), and the bias, the weight of a
     constant-one input, gets R_bias = 1 · ⟨b, Q_z⟩.
     """
-    w, bias = layer_params(env)
     lin = LINEAR_MAPS[env.node.op_type](env)
-    if env.formulation == "q" and bias is not None:
-        env.report_bias(lin.bias_share(env.R, bias))
-    return _place(env, lin.transpose(env.R, w))
+    if env.formulation == "q" and lin.bias is not None:
+        env.report_bias(lin.bias_share(env.R, lin.bias))
+    return _place(env, lin.transpose(env.R, lin.w))
 
 
 @defrule(AFFINE_OPS, AFFINE, "epsilon", "normalized", "zero")
@@ -321,21 +336,20 @@ def affine_epsilon(env: Env):
     ``zero`` is LRP-0 (ε = 0). z is the forward output itself: nothing is recomputed. The step is one
     call of the model-local function ``relgraph.Epsilon<Op>`` (body: standard ops).
     """
-    w, bias = layer_params(env)
     lin = LINEAR_MAPS[env.node.op_type](env)
     eps = 0.0 if env.rule == "zero" else env.params.epsilon
     from .functions import epsilon_step
 
-    relevance, s = epsilon_step(env, lin, w, eps)
-    if bias is not None:
-        env.report_bias(lin.bias_share(s, bias))
+    relevance, s = epsilon_step(env, lin, eps)
+    if lin.bias is not None:
+        env.report_bias(lin.bias_share(s, lin.bias))
     return _place(env, relevance)
 
 
 @defrule(AFFINE_OPS, AFFINE, "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat")
 def affine_lrp(env: Env):
-    w, bias = layer_params(env)
-    return _place(env, lrp_family(env, groups_for(env.rule, w, bias, env.params)))
+    lin = LINEAR_MAPS[env.node.op_type](env)
+    return _place(env, lrp_family(env, lin, groups_for(env.rule, lin.w, lin.bias, env.params)))
 
 
 def _activation_index(node: ir.Node) -> int:
