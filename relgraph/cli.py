@@ -1,4 +1,4 @@
-"""``relgraph`` command line: compile, explain, inspect, check, rules.
+"""``relgraph`` command line: compile, explain, inspect, check, rules, fit-patterns.
 
 Every problem with what the user gave ends in one line on stderr and exit status 2; a bug in relgraph
 ends in one line and status 3 (``RELGRAPH_DEBUG=1`` shows the traceback).
@@ -61,8 +61,20 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--formulation", choices=("r", "q"), default="r",
                    help="q: compile LRP-0 as Q = R/a propagation (no division by z)")
     c.add_argument("--input", dest="input_name", help="name of the input to explain (default: the first)")
+    c.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
     c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     c.set_defaults(run=cmd_compile)
+
+    f = sub.add_parser("fit-patterns", help="fit PatternNet/PatternAttribution patterns of MODEL on data")
+    f.add_argument("model")
+    f.add_argument("--data", required=True, help=".npy [N, ...] or a folder of .npy files")
+    f.add_argument("-o", "--output", required=True, help="patterns .npz")
+    f.add_argument("--estimator", choices=("linear", "two-component"), default="linear")
+    f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--quality", action="store_true", help="print ρ(S) per layer on --holdout data")
+    f.add_argument("--holdout", help="held-out data for --quality (.npy or folder)")
+    f.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    f.set_defaults(run=cmd_fit_patterns)
 
     e = sub.add_parser("explain", help="run an explainer on an input (.npy or image)")
     e.add_argument("explainer")
@@ -100,12 +112,57 @@ def cmd_compile(args):
     result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
                      bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
-                     formulation=args.formulation, baseline=args.baseline)
+                     formulation=args.formulation, baseline=args.baseline, patterns=args.patterns)
     rules = {}
     for rule in result.plan.rules().values():
         rules[rule] = rules.get(rule, 0) + 1
     summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
     print(f"wrote {result.path} ({len(result.plan.nodes)} nodes explained: {summary}; {result.seconds:.2f} s)")
+
+
+def cmd_fit_patterns(args):
+    """Fit, save and optionally measure: the sums are collected once, for both estimators when --quality."""
+    import warnings
+
+    from .patterns import collect_statistics, patterns_from, save_patterns
+
+    if args.quality and not args.holdout:
+        raise RelgraphError("--quality needs --holdout DATA: ρ is measured on data the patterns were not fitted on")
+    if os.path.exists(args.output) and not args.force:
+        raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
+    if os.path.abspath(args.output) in (os.path.abspath(args.model), os.path.abspath(args.data)):
+        raise RelgraphError("refusing to overwrite an input file; choose another -o")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        stats = collect_statistics(args.model, args.data, batch_size=args.batch_size,
+                                   two_component=args.estimator == "two-component" or args.quality)
+    for w in caught:
+        print(f"relgraph: warning: {w.message}", file=sys.stderr)
+    patterns = patterns_from(stats, args.estimator)
+    save_patterns(args.output, patterns, args.estimator)
+    samples = int(next(iter(stats.values())).n // next(iter(stats.values())).layer.samples_per_input())
+    print(f"wrote {args.output} ({args.estimator} patterns of {len(stats)} layers from {samples} samples)")
+    if args.quality:
+        _print_quality(args, {"S_a": patterns_from(stats, "linear"), "S_a+-": patterns_from(stats, "two-component")})
+
+
+def _print_quality(args, pattern_sets):
+    from .patterns import QUALITY_NOTE, quality
+
+    rows = quality(args.model, args.holdout, pattern_sets, batch_size=args.batch_size)
+    labels = ["S_x", "S_w", *pattern_sets]
+    print(f"\nρ(S) = 1 − max_v corr(y, vᵀ(x − S(x))) per layer, mean over neurons (higher is better); "
+          f"v fitted on the first half of {args.holdout}, ρ measured on the second")
+    print(f"{'layer':32} {'op':5} {'D':>6} {'K':>5} {'samples':>15} " + " ".join(f"{x:>7}" for x in labels))
+    for r in rows:
+        cells = " ".join("    n/a" if np.isnan(r.rho.get(x, np.nan)) else f"{r.rho[x]:7.3f}" for x in labels)
+        extra = f"  ({r.constant} constant neurons left out)" if r.constant else ""
+        extra += f"  ({r.measured} of {r.neurons} neurons)" if 0 < r.measured < r.neurons else ""
+        extra += f"  {r.note}" if r.note else ""
+        small = "  (fewer samples than features: v overfits)" if r.measured and r.samples[0] <= r.features else ""
+        print(f"{r.layer[:32]:32} {r.op:5} {r.features:6d} {r.neurons:5d} {r.samples[0]:>7}/{r.samples[1]:<7} "
+              f"{cells}{extra}{small}")
+    print(f"note: {QUALITY_NOTE}")
 
 
 def load_input(path: str, scale: float) -> np.ndarray:

@@ -19,6 +19,7 @@ from .export import explainer_proto, save
 from .graph import MIN_OPSET, load_model
 from .passes import build_relevance, canonicalize
 from .rules import RuleParams, load_rule_map, resolve, to_q_formulation
+from .rules.patterns import PATTERN_RULES
 
 
 @dataclass
@@ -58,8 +59,11 @@ def _upgrade(model: ir.Model, opset: int) -> ir.Model:
 def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
-            formulation: str = "r", baseline=None, write: bool = True) -> CompileResult:
+            formulation: str = "r", baseline=None, patterns=None, write: bool = True) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
+
+    ``patterns``: the fitted patterns the pattern rules read (``patternnet``, ``patternattribution``): a
+    .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
 
     Returns the written path (default: ``MODEL.<rule>.onnx`` beside the model), the ModelProto, the
     relevance plan (node → rule) and what canonicalization skipped.
@@ -73,6 +77,8 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         if not low < high:
             raise RelgraphError(f"bounds must satisfy LOW < HIGH, got {low} {high}")
         params = replace(params, low=low, high=high)
+    if patterns is not None:
+        params = replace(params, patterns=_load_patterns(patterns))
     composite = load_rule_map(rule_map, params) if rule_map else resolve(rule, params)
     label = Path(rule_map).stem if rule_map else rule
     if baseline is not None:
@@ -92,10 +98,13 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     model, skipped = prepare(model_path)
     plan = build_relevance(model, composite, input_name=input_name,
                            per_layer_bias=bias_relevance == "per-layer")
+    if patterns is not None and not any(c.rule in PATTERN_RULES for c in plan.choices.values()):
+        raise RelgraphError(f"--patterns applies to the pattern rules (patternnet, patternattribution), "
+                            f"not '{label}'")
     metadata = {
         "relgraph.version": __version__,
         "relgraph.rule": composite.name,
-        "relgraph.params": vars(params) | {"low": params.low, "high": params.high},
+        "relgraph.params": {k: v for k, v in vars(params).items() if k != "patterns"},
         "relgraph.input": plan.input.name,
         "relgraph.logits": plan.logits_output,
         "relgraph.output_init": composite.output_init,
@@ -105,6 +114,17 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     if write:
         save(proto, output, overwrite=overwrite)
     return CompileResult(output if write else None, proto, plan, skipped, time.perf_counter() - start)
+
+
+def _load_patterns(patterns) -> dict:
+    """A patterns .npz path, or a dict of layer name → array."""
+    from .patterns import check_patterns, load_patterns
+
+    if isinstance(patterns, (str, os.PathLike)):
+        return load_patterns(patterns)[0]
+    if not isinstance(patterns, dict):
+        raise RelgraphError(f"patterns must be a .npz path or a dict of arrays, got {type(patterns).__name__}")
+    return check_patterns(patterns)[0]
 
 
 def _load_baseline(baseline):

@@ -98,8 +98,14 @@ def _affine(rule):
     return lambda: Composite(rule, dict(LRP_KINDS, **{AFFINE: rule}))
 
 
+def _patterns(name, rule):
+    return Composite(name, dict(GRADIENT_KINDS, **{AFFINE: rule}), output_init="logit")
+
+
 def _zero():
-    return Composite("zero", dict(LRP_KINDS, **{AFFINE: "zero", LINEAR: "zero", SCALE: "zero"}))
+    # LRP-0 on the layers with weights; sums and pooling keep the ε guard (zennit's Norm always has it): an
+    # all-zero channel would otherwise give 0/0 at a global average pool
+    return Composite("zero", dict(LRP_KINDS, **{AFFINE: "zero"}))
 
 
 DENSE = {"Gemm": "epsilon", "MatMul": "epsilon"}
@@ -123,6 +129,11 @@ COMPOSITES = {
     # at nonlinearities, and the input's relevance is (x − x̄) ⊙ multiplier, so Σ R = f(x) − f(x̄)
     "deeplift": lambda: _gradient("deeplift", kinds={ACTIVATION: "rescale"}, multiply_input=True,
                                   baseline="zeros"),
+    # learned signal estimators (Kindermans et al. 2018): the gradient's backward pass with the weights
+    # replaced by the fitted patterns A (PatternNet) or W ⊙ A (PatternAttribution), started at the target
+    # logit (A.2.3, A.3.3), not multiplied by the input; they need compile(..., patterns=FILE)
+    "patternnet": lambda: _patterns("patternnet", "pattern"),
+    "patternattribution": lambda: _patterns("patternattribution", "pattern-attribution"),
     # zennit's composites
     "epsilon-plus": lambda: _lrp("epsilon-plus", op_types=dict(DENSE, Conv="zplus")),
     "epsilon-plus-flat": lambda: _lrp("epsilon-plus-flat", op_types=dict(DENSE, Conv="zplus"), first="flat"),
@@ -136,7 +147,7 @@ _ALL_RULES = sorted({r for rules in KIND_RULES.values() for r in rules})
 
 
 def _params(base: RuleParams, values: dict, where: str) -> RuleParams:
-    known = {f.name for f in dataclasses.fields(RuleParams)}
+    known = {f.name for f in dataclasses.fields(RuleParams)} - {"patterns"}  # patterns come from a file
     values = dict(values)
     if "bounds" in values:
         bounds = values.pop("bounds")

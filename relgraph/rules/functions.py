@@ -2,7 +2,8 @@
 
     Epsilon<Op>(x, W, z, R) -> (R_x, s):   s = R ⊘ stab(z),   R_x = x ⊙ (s ⋆ᵀ W)
 
-One function per linear map (Gemm, MatMul, Conv); the body is standard ONNX, so onnxruntime inlines
+One function per linear map (Gemm, MatMul, Conv, and stride-1 2-d Conv, whose transpose runs as a
+Conv); the body is standard ONNX, so onnxruntime inlines
 it, and a GPU lowering recognises the call and replaces it by one fused kernel (divide while loading
 the R tile, multiply by x in the epilogue). ``s`` is returned for the bias share ⟨b, s⟩.
 """
@@ -26,6 +27,22 @@ _STABILIZE = """
     s = Div (R, den)
 """
 
+# A stride-1 2-d convolution's transpose is itself a convolution: flip the kernel, swap its in/out
+# channels within each group, pad by d·(k − 1) − p. onnxruntime's Conv kernels are faster than its
+# ConvTranspose (NCHWc layouts), and the weight rewrite below folds to a constant at session start.
+_FLIP_AS_CONV = """
+    gshape = Constant <value_ints: ints = @grouped_shape> ()
+    bshape = Constant <value_ints: ints = @back_shape> ()
+    Wg = Reshape (W, gshape)
+    Wt = Transpose <perm = [0, 2, 1, 3, 4]> (Wg)
+    Wr = Reshape (Wt, bshape)
+    starts = Constant <value_ints = [-1, -1]> ()
+    ends = Constant <value_ints = [-9223372036854775807, -9223372036854775807]> ()
+    axes = Constant <value_ints = [2, 3]> ()
+    steps = Constant <value_ints = [-1, -1]> ()
+    Wf = Slice (Wr, starts, ends, axes, steps)
+    back = Conv <pads: ints = @back_pads, dilations: ints = @dilations, group: int = @group> (s, Wf)"""
+
 _BODIES = {
     "EpsilonGemm": ("<epsilon>", "back = MatMul (s, W)"),
     "EpsilonMatMul": ("<epsilon>", "back = MatMul (s, W)"),
@@ -34,6 +51,7 @@ _BODIES = {
         "back = ConvTranspose <strides: ints = @strides, pads: ints = @pads, dilations: ints = @dilations, "
         "group: int = @group, output_padding: ints = @output_padding> (s, W)",
     ),
+    "EpsilonConvUnitStride": ("<epsilon, back_pads, dilations, group, grouped_shape, back_shape>", _FLIP_AS_CONV),
 }
 
 
@@ -56,13 +74,17 @@ def epsilon_step(env, lin, epsilon: float):
         s = b.op("Div", env.R, b.stabilize(env.y, epsilon))
         return b.op("Mul", x, lin.transpose(s, lin.w)), s
     name = "Epsilon" + node.op_type
-    b.functions.add(name)
     extra = {}
-    if node.op_type == "Conv":
+    if node.op_type == "Conv" and lin.unit_stride_2d():
+        name = "EpsilonConvUnitStride"
+        extra = lin.flipped_geometry()
+        weight = lin.param(lin.w)
+    elif node.op_type == "Conv":
         extra = dict(lin.geometry, output_padding=lin.output_padding)
         weight = lin.param(lin.w)
     elif node.op_type == "MatMul":
         weight = lin.param(np.ascontiguousarray(np.swapaxes(lin.w, -1, -2)))
     else:
         weight = lin.param(lin.w)
+    b.functions.add(name)
     return b.op(name, x, weight, env.y, env.R, domain=DOMAIN, outputs=2, epsilon=float(epsilon), **extra)

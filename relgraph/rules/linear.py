@@ -140,6 +140,23 @@ class ConvMap(LinearMap):
                 zip(in_dims, out_dims, self.strides, self.dilations, self.kernel))
         ]
 
+    def unit_stride_2d(self) -> bool:
+        """Whether the transpose can run as a plain convolution (see ``flipped_geometry``)."""
+        n = len(self.kernel)
+        return n == 2 and all(s == 1 for s in self.strides) and all(
+            0 <= self.pads[i] <= d * (k - 1) and 0 <= self.pads[i + n] <= d * (k - 1)
+            for i, (d, k) in enumerate(zip(self.dilations, self.kernel)))
+
+    def flipped_geometry(self) -> dict:
+        """Attributes of the stride-1 transpose as a conv: pads d·(k−1) − p, weights regrouped
+        [g, Cout/g, Cin/g, k…] → [Cin, Cout/g, k…] and flipped."""
+        n, g = len(self.kernel), self.group
+        cout, cin_g = self.w.shape[:2]
+        back_pads = [d * (k - 1) - p for p, d, k in zip(self.pads[:n], self.dilations, self.kernel)] + \
+                    [d * (k - 1) - p for p, d, k in zip(self.pads[n:], self.dilations, self.kernel)]
+        return dict(back_pads=back_pads, dilations=self.dilations, group=g,
+                    grouped_shape=[g, cout // g, cin_g, *self.kernel], back_shape=[g * cin_g, cout // g, *self.kernel])
+
     @property
     def geometry(self) -> dict:
         return dict(strides=self.strides, pads=self.pads, dilations=self.dilations, group=self.group)

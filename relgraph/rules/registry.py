@@ -12,7 +12,7 @@ modules of this package, with :func:`defrule` — as JAX keeps its transpose rul
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import onnx_ir as ir
@@ -31,7 +31,7 @@ STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exa
 # ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names of seeds/001's per-layer-type tables.
 KIND_RULES: dict[str, tuple[str, ...]] = {
     AFFINE: ("gradient", "epsilon", "normalized", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square",
-             "flat"),
+             "flat", "pattern", "pattern-attribution"),
     LINEAR: ("gradient", "epsilon", "normalized", "zero"),
     SCALE: ("gradient", "epsilon", "normalized", "zero"),
     MAX: ("gradient", "radial"),
@@ -87,6 +87,8 @@ class RuleParams:
     low: object = None   # z^B bounds: float or per-channel list
     high: object = None
     stabilizer: float = 1e-6  # fixed ε of the rules whose denominators only need guarding (z⁺, αβ, γ, w², flat)
+    # layer name → fitted pattern (relgraph.patterns), read by the pattern rules; arrays, so left out of ==
+    patterns: dict | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
