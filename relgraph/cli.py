@@ -128,6 +128,8 @@ def cmd_fit_patterns(args):
 
     if args.quality and not args.holdout:
         raise RelgraphError("--quality needs --holdout DATA: ρ is measured on data the patterns were not fitted on")
+    if args.quality and not os.path.exists(args.holdout):
+        raise RelgraphError(f"held-out data not found: {args.holdout}")
     if os.path.exists(args.output) and not args.force:
         raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
     if os.path.abspath(args.output) in (os.path.abspath(args.model), os.path.abspath(args.data)):
@@ -140,8 +142,8 @@ def cmd_fit_patterns(args):
         print(f"relgraph: warning: {w.message}", file=sys.stderr)
     patterns = patterns_from(stats, args.estimator)
     save_patterns(args.output, patterns, args.estimator)
-    samples = int(next(iter(stats.values())).n // next(iter(stats.values())).layer.samples_per_input())
-    print(f"wrote {args.output} ({args.estimator} patterns of {len(stats)} layers from {samples} samples)")
+    inputs = next(iter(stats.values())).inputs
+    print(f"wrote {args.output} ({args.estimator} patterns of {len(stats)} layers from {inputs} samples)")
     if args.quality:
         _print_quality(args, {"S_a": patterns_from(stats, "linear"), "S_a+-": patterns_from(stats, "two-component")})
 
@@ -152,8 +154,9 @@ def _print_quality(args, pattern_sets):
     rows = quality(args.model, args.holdout, pattern_sets, batch_size=args.batch_size)
     labels = ["S_x", "S_w", *pattern_sets]
     print(f"\nρ(S) = 1 − max_v corr(y, vᵀ(x − S(x))) per layer, mean over neurons (higher is better); "
-          f"v fitted on the first half of {args.holdout}, ρ measured on the second")
-    print(f"{'layer':32} {'op':5} {'D':>6} {'K':>5} {'samples':>15} " + " ".join(f"{x:>7}" for x in labels))
+          f"v fitted on the first half of {args.holdout}, ρ measured on the second (a convolution's samples "
+          f"are its patches)")
+    print(f"{'layer':32} {'op':5} {'D':>6} {'K':>5} {'samples v/ρ':>15} " + " ".join(f"{x:>7}" for x in labels))
     for r in rows:
         cells = " ".join("    n/a" if np.isnan(r.rho.get(x, np.nan)) else f"{r.rho[x]:7.3f}" for x in labels)
         extra = f"  ({r.constant} constant neurons left out)" if r.constant else ""

@@ -170,7 +170,11 @@ QUALITY_NOTE = ("S_x (the identity) leaves the distractor x − S_x(x) = 0: corr
 
 @dataclass
 class LayerQuality:
-    """ρ(S) of Eq. 1 for one layer, averaged over its measured neurons; higher is better (≤ 1)."""
+    """ρ(S) of Eq. 1 for one layer, averaged over its measured neurons; higher is better.
+
+    In sample ρ ∈ [0, 1]; out of sample a read-out that does not generalize can anti-correlate with y,
+    and ρ can exceed 1 a little.
+    """
 
     layer: str
     op: str
@@ -294,7 +298,7 @@ def _neuron_subset(k: int, limit: int) -> list[int]:
 def _constant(st: LayerStats, k: int) -> bool:
     r = st.all
     ey, eyy = r.sum_y[k] / st.n, r.sum_yy[k] / st.n
-    return eyy - ey ** 2 <= 1e-12 * eyy
+    return eyy - ey ** 2 <= CONSTANT * eyy
 
 
 def neuron_rho(fit: LayerStats, measured: LayerStats, k: int, estimator: list) -> float:
@@ -304,12 +308,6 @@ def neuron_rho(fit: LayerStats, measured: LayerStats, k: int, estimator: list) -
     """
     cov_f, c_f, _ = residual_moments(fit, k, estimator)
     cov_m, c_m, var_m = residual_moments(measured, k, estimator)
-    w = fit.layer.matrix[k]
-    if all(abs(w @ a - 1) < 1e-9 for _, a in estimator):
-        # wᵀd = (1 − wᵀa)·wᵀx = 0 exactly: what the sums still show along w is the rounding of the float32
-        # forward pass (y − b ≠ wᵀx by ~1e-7), which the regression must not read y from
-        keep = np.eye(len(w)) - np.outer(w, w) / (w @ w)
-        cov_f, c_f = keep @ cov_f @ keep, keep @ c_f
     v = _least_squares(cov_f, c_f)
     spread = float(v @ cov_m @ v) * var_m
     return 1.0 - (float(v @ c_m) / np.sqrt(spread) if spread > 0 else 0.0)

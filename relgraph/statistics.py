@@ -21,7 +21,8 @@ weight gradient of the convolution for the output gradient h, itself a convoluti
 [K', N, Hₒ, Wₒ] as the kernel, with the forward strides as dilations, the forward dilations as strides and
 the same pads; its output [C, K', …] is cropped to the kernel size. The Gram matrix needs the patches
 themselves: they are unfolded by strided slices of the padded input (exact copies) and every sum of the
-quality graph is taken in float64 (onnxruntime has no float64 convolution, hence the two routes).
+quality graph is taken in float64, with y recomputed from the patches in float64 (onnxruntime has no
+float64 convolution, hence the two routes).
 """
 
 from __future__ import annotations
@@ -207,9 +208,7 @@ def statistics_model(model: ir.Model, layers: list[AffineLayer], *, two_componen
     outputs = []
     for layer in layers:
         b = Builder(graph, prefix=f"statistics/{layer.name}")
-        x, y = layer.node.inputs[0], layer.node.outputs[0]
-        sums = _sums_float64(b, layer, x, y, two_component) if gram else _sums_streamed(b, layer, x, y,
-                                                                                          two_component)
+        sums = _sums_float64(b, layer, two_component) if gram else _sums_streamed(b, layer, two_component)
         for key, value in sums.items():
             out = b.op("Identity", value)
             out.name = f"statistics/{layer.name}/{key}"
@@ -223,14 +222,14 @@ def statistics_model(model: ir.Model, layers: list[AffineLayer], *, two_componen
 
 def _regime_weights(b: Builder, y, two_component: bool, dtype):
     """h = [1, y, m₊, m₊y, m₋, m₋y] and q = [y, y², m₊, m₊y, m₊y², m₋, m₋y, m₋y²] along axis 1 of y."""
-    one = b.scalar(1.0, dtype)
+    one, onnx_type = b.scalar(1.0, dtype), ir.DataType.from_numpy(np.dtype(dtype))
     shape = b.op("Shape", y)
     ones_shape = b.op("Concat", b.op("Slice", shape, b.ints([0]), b.ints([1])), b.ints([1]),
                       b.op("Slice", shape, b.ints([2]), b.ints([np.iinfo(np.int64).max])), axis=0)
     ones = b.op("ConstantOfShape", ones_shape, value=ir.tensor(np.ones(1, dtype)))
     h, q = [ones, y], [y, b.op("Mul", y, y)]
     if two_component:
-        positive = b.op("Cast", b.op("Greater", y, b.scalar(0.0, dtype)), to=ir.DataType.from_numpy(np.dtype(dtype)))
+        positive = b.op("Cast", b.op("Greater", y, b.scalar(0.0, dtype)), to=onnx_type)
         for mask in (positive, b.op("Sub", one, positive)):
             my = b.op("Mul", mask, y)
             h += [mask, my]
@@ -238,8 +237,10 @@ def _regime_weights(b: Builder, y, two_component: bool, dtype):
     return b.op("Concat", *h, axis=1), b.op("Concat", *q, axis=1)
 
 
-def _sums_streamed(b: Builder, layer: AffineLayer, x, y, two_component: bool) -> dict:
-    """float32 cross sums and moments; convolutions by the weight-gradient convolution."""
+def _sums_streamed(b: Builder, layer: AffineLayer, two_component: bool) -> dict:
+    """float32 cross sums and moments of the layer's own input and output; convolutions by the
+    weight-gradient convolution."""
+    x, y = layer.node.inputs[0], layer.node.outputs[0]
     h, q = _regime_weights(b, y, two_component, np.float32)
     rank = 2 + len(layer.geometry.get("kernel", []))
     axes = [0] + list(range(2, rank))
@@ -262,12 +263,16 @@ def _conv_cross(b: Builder, layer: AffineLayer, x, h):
     return b.op("Reshape", b.op("Transpose", crop, perm=swap), b.ints([-1, layer.features]))
 
 
-def _sums_float64(b: Builder, layer: AffineLayer, x, y, two_component: bool) -> dict:
-    """float64 cross sums, moments and Gram matrix over the unfolded samples [S, D] and outputs [S, K]."""
-    if layer.op == "Conv":
-        x, y = _unfold(b, layer, x), _channels_last(b, y, layer.neurons)
-    xs = b.op("Cast", x, to=DOUBLE)
-    h, q = _regime_weights(b, b.op("Cast", y, to=DOUBLE), two_component, np.float64)
+def _sums_float64(b: Builder, layer: AffineLayer, two_component: bool) -> dict:
+    """float64 cross sums, moments and Gram matrix over the unfolded samples [S, D] and outputs [S, K].
+
+    y is recomputed in float64 from the samples, y = x·Wᵀ + b: the model's float32 output differs from it
+    by rounding, which the regressions of the quality measure would otherwise pick up as signal along w.
+    """
+    x = layer.node.inputs[0]
+    xs = b.op("Cast", _unfold(b, layer, x) if layer.op == "Conv" else x, to=DOUBLE)
+    y = b.op("Add", b.op("MatMul", xs, b.const(layer.matrix.T.copy())), b.const(layer.bias))
+    h, q = _regime_weights(b, y, two_component, np.float64)
     return {"cross": b.op("MatMul", b.op("Transpose", h, perm=[1, 0]), xs),
             "moments": b.op("ReduceSum", q, b.ints([0]), keepdims=0),
             "gram": b.op("MatMul", b.op("Transpose", xs, perm=[1, 0]), xs)}
@@ -289,11 +294,6 @@ def _unfold(b: Builder, layer: AffineLayer, x):
     stacked = b.op("Concat", *taps, axis=2)                                   # [N, C, Πk, *out]
     flat = b.op("Reshape", stacked, b.ints([0, layer.features, -1]))         # [N, D, P]
     return b.op("Reshape", b.op("Transpose", flat, perm=[0, 2, 1]), b.ints([-1, layer.features]))
-
-
-def _channels_last(b: Builder, y, channels: int):
-    rank = len(y.shape)
-    return b.op("Reshape", b.op("Transpose", y, perm=[0] + list(range(2, rank)) + [1]), b.ints([-1, channels]))
 
 
 # ------------------------------------------------------------------------------------------------ sums
@@ -322,6 +322,11 @@ class LayerStats:
     @property
     def all(self) -> Regime:
         return self.regimes["all"]
+
+    @property
+    def inputs(self) -> int:
+        """How many model inputs the sums cover (n counts a convolution's patches)."""
+        return int(round(self.n / self.layer.samples_per_input()))
 
 
 def _unpack(layer: AffineLayer, n: float, sums: dict) -> LayerStats:

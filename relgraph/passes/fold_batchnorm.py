@@ -17,13 +17,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from .base import ReportingPass
 from ..graph import add_initializer as _initializer, attr, const_array, replace_value
 
 
-class FoldBatchNormPass(ir.passes.InPlacePass):
-    def __init__(self):
-        super().__init__()
-        self.skipped: list[str] = []
+class FoldBatchNormPass(ReportingPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False

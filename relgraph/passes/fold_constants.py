@@ -26,16 +26,14 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
+from .base import ReportingPass
 from ..graph import add_initializer, attr, const_array, is_const, replace_value
 from .shapes import InferShapesPass
 
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 
 
-class FoldConstantsPass(ir.passes.InPlacePass):
-    def __init__(self):
-        super().__init__()
-        self.skipped: list[str] = []
+class FoldConstantsPass(ReportingPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False

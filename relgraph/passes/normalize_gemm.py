@@ -15,13 +15,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from .base import ReportingPass
 from ..graph import add_initializer as _initializer, attr, const_array, rank, replace_value
 
 
-class NormalizeGemmPass(ir.passes.InPlacePass):
-    def __init__(self):
-        super().__init__()
-        self.skipped: list[str] = []
+class NormalizeGemmPass(ReportingPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False

@@ -47,7 +47,7 @@ class LinearMap:
         self.env = env
         self.b = env.b
         self.w, self.bias = layer_params(env)
-        self._params: dict[int, ir.Value] = {}
+        self._params: dict = {}
 
     def param(self, array: np.ndarray) -> ir.Value:
         """The graph value of a weight variant: the forward initializer itself for W and b (the explainer
@@ -134,11 +134,7 @@ class ConvMap(LinearMap):
         self.dilations = list(attr(node, "dilations", [1] * spatial))
         self.group = attr(node, "group", 1)
         self.pads = conv_pads(node, in_dims, self.kernel, self.strides, self.dilations)
-        self.output_padding = [
-            h_in - ((h_out - 1) * s - self.pads[i] - self.pads[i + spatial] + d * (k - 1) + 1)
-            for i, (h_in, h_out, s, d, k) in enumerate(
-                zip(in_dims, out_dims, self.strides, self.dilations, self.kernel))
-        ]
+        self.output_padding = output_padding(in_dims, out_dims, self.kernel, self.strides, self.dilations, self.pads)
 
     def unit_stride_2d(self) -> bool:
         """Whether the transpose can run as a plain convolution (see ``flipped_geometry``)."""
@@ -166,12 +162,37 @@ class ConvMap(LinearMap):
         return self.b.op("Conv", *args, **self.geometry)
 
     def transpose(self, s, w):
+        if self.unit_stride_2d():
+            geo = self.flipped_geometry()
+            return self.b.op("Conv", s, self._flipped(w), pads=geo["back_pads"], dilations=self.dilations,
+                             group=self.group)
         return self.b.op("ConvTranspose", s, self.param(w), output_padding=self.output_padding, **self.geometry)
+
+    def _flipped(self, w):
+        """The stride-1 transpose's kernel, as graph ops on the weight (onnxruntime folds them once at
+        session start, so the explainer file keeps one copy of each weight)."""
+        key = ("flipped", id(w))
+        if key not in self._params:
+            b, geo = self.b, self.flipped_geometry()
+            grouped = b.op("Reshape", self.param(w), b.ints(geo["grouped_shape"]))
+            swapped = b.op("Reshape", b.op("Transpose", grouped, perm=[0, 2, 1, 3, 4]), b.ints(geo["back_shape"]))
+            self._params[key] = b.op("Slice", swapped, b.ints([-1, -1]), b.ints([-2**63 + 1] * 2), b.ints([2, 3]),
+                                     b.ints([-1, -1]))
+        return self._params[key]
 
     def bias_share(self, s, bias):
         spatial = len(self.kernel)
         per_channel = self.b.op("ReduceSum", s, self.b.ints(list(range(2, 2 + spatial))), keepdims=0)
         return self.b.op("MatMul", per_channel, self.param(bias))
+
+
+def output_padding(in_dims, out_dims, kernel, strides, dilations, pads) -> list[int]:
+    """ConvTranspose's output_padding that lands a window op's transpose on the input's exact size:
+    op = H_in − ((H_out − 1)·s − p_begin − p_end + d·(k − 1) + 1). Negative where ceil_mode windows hang
+    past the padded input (the caller crops those)."""
+    n = len(kernel)
+    return [h_in - ((h_out - 1) * s - pads[i] - pads[i + n] + d * (k - 1) + 1)
+            for i, (h_in, h_out, s, d, k) in enumerate(zip(in_dims, out_dims, strides, dilations, kernel))]
 
 
 def conv_pads(node: ir.Node, in_dims, kernel, strides, dilations) -> list[int]:

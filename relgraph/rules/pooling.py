@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import attr, const_array, rank, static_dims
-from .linear import conv_pads
+from .linear import conv_pads, output_padding
 from .registry import LINEAR, MAX, Env, defrule
 
 # ------------------------------------------------------------------------------------------- transposes
@@ -42,30 +42,39 @@ def _window_counts(in_dims, out_dims, kernel, strides, pads, dilations, include_
     return counts.reshape((1, 1) + tuple(out_dims)).astype(np.float32)
 
 
-def avgpool_transpose(env: Env, g):
-    node, b = env.node, env.b
-    in_dims = static_dims(env.x, "AveragePool input")
-    out_dims = static_dims(env.y, "AveragePool output")[2:]
+def pool_geometry(env: Env) -> dict:
+    """Window geometry of a pooling node: dims, kernel, strides, dilations, explicit pads, and the
+    transposed conv's pads/output_padding (ceil_mode surplus cropped through the end pads)."""
+    node = env.node
+    in_dims = static_dims(env.x, f"{node.op_type} input")
+    out_dims = static_dims(env.y, f"{node.op_type} output")[2:]
     kernel = list(attr(node, "kernel_shape"))
     n = len(kernel)
     strides = list(attr(node, "strides", [1] * n))
     dilations = list(attr(node, "dilations", [1] * n))
     pads = conv_pads(node, in_dims[2:], kernel, strides, dilations)
-    counts = _window_counts(in_dims[2:], out_dims, kernel, strides, pads, dilations,
-                            bool(attr(node, "count_include_pad", 0)))
-    channels = in_dims[1]
-    output_padding = [
-        h_in - ((h_out - 1) * s - pads[i] - pads[i + n] + d * (k - 1) + 1)
-        for i, (h_in, h_out, s, d, k) in enumerate(zip(in_dims[2:], out_dims, strides, dilations, kernel))
-    ]
-    # ceil_mode windows may hang past the padded input: crop the surplus with the transposed conv's end pads
-    t_pads = pads[:n] + [pads[n + i] + max(0, -op) for i, op in enumerate(output_padding)]
-    output_padding = [max(0, op) for op in output_padding]
-    ones = np.ones([channels, 1, *kernel], np.float32)
+    op = output_padding(in_dims[2:], out_dims, kernel, strides, dilations, pads)
+    return dict(in_dims=in_dims, out_dims=out_dims, kernel=kernel, strides=strides, dilations=dilations,
+                pads=pads, t_pads=pads[:n] + [pads[n + i] + max(0, -o) for i, o in enumerate(op)],
+                output_padding=[max(0, o) for o in op])
+
+
+def window_sum_transpose(env: Env, g, geo: dict):
+    """Σᵀ: spread each window's value back over its elements (a depthwise ConvTranspose with ones)."""
+    channels = geo["in_dims"][1]
+    ones = env.b.const(np.ones([channels, 1, *geo["kernel"]], np.float32))
+    return env.b.op("ConvTranspose", g, ones, strides=geo["strides"], pads=geo["t_pads"],
+                    dilations=geo["dilations"], group=channels, output_padding=geo["output_padding"])
+
+
+def avgpool_transpose(env: Env, g):
+    node, b = env.node, env.b
+    geo = pool_geometry(env)
+    counts = _window_counts(geo["in_dims"][2:], geo["out_dims"], geo["kernel"], geo["strides"], geo["pads"],
+                            geo["dilations"], bool(attr(node, "count_include_pad", 0)))
     scaled = b.op("Div", g, b.const(counts)) if np.any(counts != counts.flat[0]) else \
         b.op("Mul", g, b.scalar(1.0 / counts.flat[0]))
-    return b.op("ConvTranspose", scaled, b.const(ones), strides=strides, pads=t_pads, dilations=dilations,
-                group=channels, output_padding=output_padding)
+    return window_sum_transpose(env, scaled, geo)
 
 
 def _reduce_axes(env: Env) -> list[int]:
@@ -153,26 +162,14 @@ def maxpool_gradient(env: Env):
 
 def _window_sum(env: Env):
     """(forward, transpose) of the window sum Σ_{i ∈ window} v_i with MaxPool's geometry (padding adds 0)."""
-    node, b = env.node, env.b
-    in_dims = static_dims(env.x, "MaxPool input")
-    out_dims = static_dims(env.y, "MaxPool output")[2:]
-    kernel = list(attr(node, "kernel_shape"))
-    n = len(kernel)
-    strides = list(attr(node, "strides", [1] * n))
-    dilations = list(attr(node, "dilations", [1] * n))
-    pads = conv_pads(node, in_dims[2:], kernel, strides, dilations)
-    ones = b.const(np.ones([in_dims[1], 1, *kernel], np.float32))
-    output_padding = [
-        h_in - ((h_out - 1) * s - pads[i] - pads[i + n] + d * (k - 1) + 1)
-        for i, (h_in, h_out, s, d, k) in enumerate(zip(in_dims[2:], out_dims, strides, dilations, kernel))
-    ]
-    # ceil_mode: extend the forward sum's end padding so it yields as many windows as the pool
-    f_pads = pads[:n] + [pads[n + i] + max(0, -op) for i, op in enumerate(output_padding)]
-    geometry = dict(strides=strides, dilations=dilations, group=in_dims[1])
-    forward = lambda v: b.op("Conv", v, ones, pads=f_pads, **geometry)  # noqa: E731
-    transpose = lambda s: b.op("ConvTranspose", s, ones, pads=f_pads, output_padding=[  # noqa: E731
-        max(0, op) for op in output_padding], **geometry)
-    return forward, transpose
+    geo = pool_geometry(env)
+    ones = env.b.const(np.ones([geo["in_dims"][1], 1, *geo["kernel"]], np.float32))
+
+    def forward(v):  # the end pads grow with ceil_mode so the sum yields as many windows as the pool
+        return env.b.op("Conv", v, ones, pads=geo["t_pads"], strides=geo["strides"], dilations=geo["dilations"],
+                        group=geo["in_dims"][1])
+
+    return forward, lambda s: window_sum_transpose(env, s, geo)
 
 
 @defrule("MaxPool", MAX, "radial")

@@ -1,0 +1,198 @@
+"""LRP composites and single rules against zennit.
+
+zennit attributes with hooks on the torch model (BatchNorm merged into the convolutions by its
+canonizers, residual sums made ``Sum`` modules) and starts from a one-hot output gradient; relgraph
+starts from the target logit, R_out = f_c(x). Every rule is linear in R_out, so relevance / f_c(x) must
+equal zennit's attribution: per-sample cosine similarity > 0.9999 (zennit runs in float64).
+
+The ratio is not compared: the ε of the last layer divides by the logit itself, so near-zero target
+logits amplify float32 round-off of the scale while leaving the direction untouched.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from zennit.attribution import Gradient
+from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus,
+                               EpsilonPlusFlat, LayerMapComposite, SpecialFirstLayerMapComposite)
+from zennit.layer import Sum
+from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
+from zennit.torchvision import ResNetCanonizer, VGGCanonizer
+from zennit.types import Activation, AvgPool, Convolution
+
+import relgraph
+
+try:
+    import torch_models as tm
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import torch_models as tm
+
+THRESHOLD = 0.9999
+LOW, HIGH = -2.5, 2.5   # z^B bounds; the inputs are clipped to them
+FORMS = {"legacy": False, "dynamo": True}
+
+
+def zennit_relevance(model: nn.Module, composite, x: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """zennit's attribution of ``target`` (one-hot output gradient), in float64 on a copy of ``model``."""
+    double = copy.deepcopy(model).double().eval()
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    picked = torch.tensor(np.asarray(target))
+
+    def onehot(output):
+        hot = torch.zeros_like(output)
+        hot[torch.arange(len(output)), picked] = 1.0
+        return hot
+
+    with Gradient(double, composite) as attributor:
+        _, relevance = attributor(xt, onehot)
+    return relevance.detach().numpy()
+
+
+def relgraph_relevance(path, rule: str, x: np.ndarray, target: np.ndarray, **params):
+    """relgraph's relevance divided by the target logit, and the logits."""
+    out_path = str(path).replace(".onnx", f".{rule}.onnx")
+    result = relgraph.compile(path, rule=rule, output=out_path, overwrite=True, **params)
+    out = relgraph.Explainer(result.path).explain(x, target=target)
+    logit = out["logits"][np.arange(len(x)), out["target"]]
+    return out["relevance"] / logit.reshape((-1,) + (1,) * (x.ndim - 1)), out["logits"]
+
+
+def _box(shape):
+    return dict(low=torch.full(shape, LOW, dtype=torch.float64), high=torch.full(shape, HIGH, dtype=torch.float64))
+
+
+# zennit composite per relgraph composite; the canonizer is the model's
+COMPOSITES = {
+    "epsilon-plus-flat": lambda canonizer, shape: EpsilonPlusFlat(canonizers=[canonizer]),
+    "epsilon-gamma-box": lambda canonizer, shape: EpsilonGammaBox(**_box(shape), canonizers=[canonizer]),
+    "epsilon-alpha2-beta1-flat": lambda canonizer, shape: EpsilonAlpha2Beta1Flat(canonizers=[canonizer]),
+}
+
+
+def _exports(tmp_path_factory, name, model, shape, forms):
+    folder = tmp_path_factory.mktemp(name)
+    return model, {form: tm.export(model, torch.zeros(1, *shape), folder / f"{name}_{form}.onnx", FORMS[form])
+                   for form in forms}
+
+
+@pytest.fixture(scope="module")
+def resnet18(tmp_path_factory):
+    return _exports(tmp_path_factory, "resnet18", tm.resnet18(seed=0), (3, 64, 64), FORMS)
+
+
+@pytest.fixture(scope="module")
+def vgg16(tmp_path_factory):
+    return _exports(tmp_path_factory, "vgg16", tm.vgg16(seed=0), (3, 224, 224), ["legacy"])
+
+
+@pytest.fixture(scope="module")
+def small_cnn(tmp_path_factory):
+    return {bias: _exports(tmp_path_factory, f"small_cnn_bias{int(bias)}", tm.small(tm.SmallCNN, seed=3, bias=bias),
+                           tm.SmallCNN.input_shape, FORMS)
+            for bias in (True, False)}
+
+
+def _compare(model, path, rule, composite, x, target):
+    relevance, logits = relgraph_relevance(path, rule, x, target, bounds=(LOW, HIGH))
+    expected = zennit_relevance(model, composite, x, target)
+    np.testing.assert_allclose(logits, tm.reference_logits(model, x), rtol=1e-4, atol=1e-4)
+    similarity = tm.cosine(relevance, expected)
+    assert np.all(similarity > THRESHOLD), f"cosine per sample {similarity}"
+    return similarity
+
+
+# ------------------------------------------------------------------------------------------ torchvision
+
+
+@pytest.mark.parametrize("rule", COMPOSITES)
+@pytest.mark.parametrize("form", FORMS)
+def test_resnet18_composites(resnet18, form, rule):
+    model, paths = resnet18
+    x = tm.random_input((2, 3, 64, 64), 4, LOW, HIGH)
+    target = tm.pick_targets(tm.reference_logits(model, x), 4)
+    _compare(model, paths[form], rule, COMPOSITES[rule](ResNetCanonizer(), x.shape), x, target)
+
+
+@pytest.mark.parametrize("rule", COMPOSITES)
+def test_vgg16_composites(vgg16, rule):
+    model, paths = vgg16
+    x = tm.random_input((1, 3, 224, 224), 5, LOW, HIGH)
+    target = tm.pick_targets(tm.reference_logits(model, x), 5)
+    _compare(model, paths["legacy"], rule, COMPOSITES[rule](VGGCanonizer(), x.shape), x, target)
+
+
+# ------------------------------------------------------------------------------------------ single rules
+
+
+def _layer_map(rule):
+    """zennit's defaults elsewhere (as relgraph's single-rule composites): Pass on activations, Norm on
+    sums and average pooling, the gradient through max pooling; ``rule`` on every conv and linear layer."""
+    return [(Activation, Pass()), (Sum, Norm()), (AvgPool, Norm()), ((Convolution, nn.Linear), rule)]
+
+
+SINGLE_RULES = {
+    "epsilon": lambda: Epsilon(epsilon=1e-6),
+    "zplus": ZPlus,
+    "alpha-beta": lambda: AlphaBeta(alpha=2.0, beta=1.0),
+    "gamma": lambda: Gamma(gamma=0.25),
+    "flat": Flat,
+    # zennit's WSquare squares the bias too; relgraph's w² is the paper's form without it
+    "w-square": lambda: WSquare(zero_params="bias"),
+}
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("rule", SINGLE_RULES)
+def test_single_rules_small_cnn(small_cnn, rule, form):
+    model, paths = small_cnn[True]
+    x = tm.random_input((3, *tm.SmallCNN.input_shape), 6)
+    target = tm.pick_targets(tm.reference_logits(model, x), 6)
+    _compare(model, paths[form], rule, LayerMapComposite(_layer_map(SINGLE_RULES[rule]())), x, target)
+
+
+@pytest.fixture(scope="module")
+def geometry_net(tmp_path_factory):
+    return _exports(tmp_path_factory, "geometry", tm.small(tm.ConvGeometryNet, seed=5),
+                    tm.ConvGeometryNet.input_shape, FORMS)
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("rule", SINGLE_RULES)
+def test_single_rules_conv_geometries(geometry_net, rule, form):
+    """Strides, dilation, groups, asymmetric padding and every pooling under each rule."""
+    model, paths = geometry_net
+    x = tm.random_input((3, *tm.ConvGeometryNet.input_shape), 10)
+    target = tm.pick_targets(tm.reference_logits(model, x), 10)
+    _compare(model, paths[form], rule, LayerMapComposite(_layer_map(SINGLE_RULES[rule]())), x, target)
+
+
+def test_w_square_without_bias(small_cnn):
+    """On bias-free layers zennit's default WSquare is relgraph's w²."""
+    model, paths = small_cnn[False]
+    x = tm.random_input((3, *tm.SmallCNN.input_shape), 7)
+    target = tm.pick_targets(tm.reference_logits(model, x), 7)
+    _compare(model, paths["legacy"], "w-square", LayerMapComposite(_layer_map(WSquare())), x, target)
+
+
+def test_zbox_first_layer_small_cnn(small_cnn):
+    """relgraph's ``zbox``: z^B on the first layer, ε elsewhere."""
+    model, paths = small_cnn[True]
+    x = tm.random_input((3, *tm.SmallCNN.input_shape), 8, LOW, HIGH)
+    target = tm.pick_targets(tm.reference_logits(model, x), 8)
+    composite = SpecialFirstLayerMapComposite(
+        layer_map=_layer_map(Epsilon(epsilon=1e-6)),
+        first_map=[(Convolution, ZBox(**_box(x.shape)))],
+    )
+    _compare(model, paths["legacy"], "zbox", composite, x, target)
+
+
+@pytest.mark.parametrize("rule, composite", [("epsilon-plus", EpsilonPlus),
+                                             ("epsilon-alpha2-beta1", EpsilonAlpha2Beta1)])
+def test_composites_without_flat_small_cnn(small_cnn, rule, composite):
+    model, paths = small_cnn[True]
+    x = tm.random_input((3, *tm.SmallCNN.input_shape), 9)
+    target = tm.pick_targets(tm.reference_logits(model, x), 9)
+    _compare(model, paths["dynamo"], rule, composite(), x, target)
