@@ -28,7 +28,11 @@ class Progress:
             self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total}")
             self.stream.flush()
 
-    def __exit__(self, *exc):
+    def close(self) -> None:
         if self.enabled:
             self.stream.write("\n")
             self.stream.flush()
+            self.enabled = False
+
+    def __exit__(self, *exc):
+        self.close()

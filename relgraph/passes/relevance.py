@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from ..errors import RelgraphError, UnsupportedOpsError
 from ..graph import Builder, attr, const_array, dims, is_const
+from ..progress import Progress
 from ..rules import RULES, Env, kind_of, supported_ops
 from ..rules.composites import Composite
 from ..rules.registry import AFFINE, CHECKS
@@ -168,7 +169,9 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
 
     contributions: dict[int, list] = {id(logits): [R_out]}
     biases: list = []
+    bar = Progress(len(nodes), "relevance graph", min_total=150)  # big models only: small ones take no time
     for node in reversed(nodes):
+        bar.update()
         Rs = [_sum(b, contributions.pop(id(o), None)) for o in node.outputs]
         if all(R is None for R in Rs):
             continue
@@ -194,6 +197,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
             "bias": bias.name if bias is not None else None,
         })
 
+    bar.close()
     b.prefix = "relevance/output"
     relevance = _sum(b, contributions.pop(id(x), None))
     if relevance is None:
