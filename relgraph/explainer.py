@@ -12,14 +12,15 @@ from .errors import RelgraphError
 
 
 class Explainer:
-    """A compiled explainer (``*.onnx``) in an onnxruntime session.
+    """A compiled explainer (``*.onnx``) in an onnxruntime session (``threads``: intra-op threads;
+    ``spinning=False`` stops idle worker threads from spinning).
 
     ``explain(x, target)`` returns a dict with ``logits`` [N, C], ``relevance`` (x's shape),
     ``bias_relevance`` [N], ``target`` [N] (the explained classes) and ``outputs`` (every output of the
     model by name, per-layer bias relevance included when compiled with it).
     """
 
-    def __init__(self, path, *, threads: int | None = None, providers=None):
+    def __init__(self, path, *, threads: int | None = None, spinning: bool = True, providers=None):
         import onnxruntime as ort
 
         path = str(path)
@@ -40,6 +41,8 @@ class Explainer:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if not spinning:  # on small VMs, spinning worker threads steal the cores the kernels need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:

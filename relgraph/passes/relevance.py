@@ -27,7 +27,7 @@ from ..graph import Builder, attr, const_array, dims, is_const
 from ..progress import Progress
 from ..rules import RULES, Env, kind_of, supported_ops
 from ..rules.composites import Composite
-from ..rules.registry import AFFINE, CHECKS
+from ..rules.registry import ACTIVATION, AFFINE, CHECKS, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL
 
 OUTPUT_OPS = ("Softmax", "LogSoftmax")
 # ops whose output is ≥ 0 whatever their input; and ops that keep non-negativity of their inputs
@@ -150,6 +150,68 @@ def first_layers(nodes: list[ir.Node], x: ir.Value) -> set[str]:
     return first
 
 
+ZERO_KEEPING_ACTIVATIONS = {"Relu", "LeakyRelu", "Tanh", "HardSwish"}  # f(0) = 0
+INPUT_MULTIPLYING = {AFFINE: {"epsilon", "normalized", "zero", "zplus", "alpha-beta", "gamma"},
+                     LINEAR: {"epsilon", "normalized", "zero"}}
+STABILIZED = {"epsilon", "normalized"}
+
+
+def vanishing_values(nodes, choices: dict, logits: ir.Value, composite: Composite) -> set[int]:
+    """Values whose relevance is zero wherever the value is zero, under the chosen rules.
+
+    R_out = onehot ⊙ logits vanishes with the logit; a rule that multiplies by its input (ε, z⁺, αβ, γ,
+    sums, pooling) gives a value relevance that vanishes with it; a rule that moves relevance (reshapes,
+    max pooling's winner routing, a pass through f with f(0) = 0) keeps the property of its outputs.
+    A value has the property when every consumer on the relevance path gives it.
+    """
+    if composite.output_init != "logit" or composite.formulation != "r" or composite.baseline is not None:
+        return set()
+    consumers: dict[int, list] = {}
+    for node in nodes:
+        for v in node.inputs:
+            if v is not None:
+                consumers.setdefault(id(v), []).append(node)
+    vanish = {id(logits)}
+
+    def keeps_zero(consumer) -> bool:
+        kind, rule = kind_of(consumer), choices[consumer.name].rule
+        if rule in INPUT_MULTIPLYING.get(kind, ()):
+            return True
+        if kind == SCALE and consumer.op_type in ("Add", "Sub", "BatchNormalization") and rule != "gradient":
+            return True  # x ⊙ R ⊘ stab(z)
+        moves = kind in (MAX, STRUCTURAL, PRODUCT, SCALE) or (
+            kind == ACTIVATION and rule in ("pass", "ignore") and consumer.op_type in ZERO_KEEPING_ACTIVATIONS)
+        return moves and all(id(o) in vanish for o in consumer.outputs if o.uses())
+
+    for node in reversed(nodes):
+        for out in node.outputs:
+            users = consumers.get(id(out), [])
+            if id(out) not in vanish and users and not out.is_graph_output() and all(map(keeps_zero, users)):
+                vanish.add(id(out))
+    return vanish
+
+
+def rectified_outputs(nodes, choices: dict, vanish: set[int]) -> dict[str, ir.Value]:
+    """Node → the ReLU output y = max(z, 0) of its output z, where R_z is proven zero wherever z ≤ 0.
+
+    That holds when z's only consumer on the relevance path is a ReLU that passes relevance unchanged and
+    y's relevance vanishes wherever y = 0: the ε denominator stab(z) may then be read as y + ε.
+    """
+    on_path = {id(n) for n in nodes}
+    out = {}
+    for node in nodes:
+        if choices[node.name].rule not in STABILIZED or len(node.outputs) != 1:
+            continue
+        z = node.outputs[0]
+        users = [u.node for u in z.uses() if id(u.node) in on_path]
+        if len(users) != 1 or z.is_graph_output():
+            continue
+        relu = users[0]
+        if relu.op_type == "Relu" and choices[relu.name].rule in ("pass", "ignore") and id(relu.outputs[0]) in vanish:
+            out[node.name] = relu.outputs[0]
+    return out
+
+
 def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | None = None,
                     per_layer_bias: bool = False) -> RelevancePlan:
     graph = model.graph
@@ -162,6 +224,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
     for node in nodes:
         plan.choices[node.name] = composite.choose(node, kind_of(node), node.name in plan.first_layers)
 
+    rectified = rectified_outputs(nodes, plan.choices, vanishing_values(nodes, plan.choices, logits, composite))
     b = Builder(graph)
     proven = nonnegative_values(graph)
     reference = _baseline_forward(b, graph, nodes, x, composite.baseline) if composite.baseline is not None else {}
@@ -180,7 +243,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         b.prefix = f"relevance/{node.name}"
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
                   first_layer=node.name in plan.first_layers, formulation=composite.formulation,
-                  baseline=lambda v: reference.get(id(v)))
+                  baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name))
         result = RULES[node.op_type][choice.rule](env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"

@@ -122,7 +122,7 @@ def arithmetic_epsilon(env: Env):
         idx, _ = _operands(env)
         out[idx] = unbroadcast(env, R, node.inputs[idx])
         return out
-    s = b.op("Div", R, b.stabilize(env.y, eps))
+    s = b.op("Div", R, env.stabilized_output(eps))
     if op == "BatchNormalization":
         a, c = _bn_affine(node)
         out[0] = b.op("Mul", b.op("Mul", env.x, b.const(a)), s)

@@ -1,11 +1,12 @@
 """The ε step as model-local ONNX functions in the ``relgraph`` domain.
 
-    Epsilon<Op>(x, W, z, R) -> (R_x, s):   s = R ⊘ stab(z),   R_x = x ⊙ (s ⋆ᵀ W)
+    Epsilon<Op>(x, W, den, R) -> (R_x, s):   s = R ⊘ den,   R_x = x ⊙ (s ⋆ᵀ W),   den = stab(z)
 
 One function per linear map (Gemm, MatMul, Conv, and stride-1 2-d Conv, whose transpose runs as a
-Conv); the body is standard ONNX, so onnxruntime inlines
-it, and a GPU lowering recognises the call and replaces it by one fused kernel (divide while loading
-the R tile, multiply by x in the epilogue). ``s`` is returned for the bias share ⟨b, s⟩.
+Conv); the body is standard ONNX, so onnxruntime inlines it, and a GPU lowering recognises the call and replaces it by one fused kernel (divide while loading
+the R tile, multiply by x in the epilogue). ``s`` is returned for the bias share ⟨b, s⟩. The stabilized
+denominator is an input: the caller computes it, from z in general, or more cheaply from a following ReLU's
+output where the graph allows it (see ``Env.stabilized_output``).
 """
 
 from __future__ import annotations
@@ -17,16 +18,9 @@ import onnx.parser
 DOMAIN = "relgraph"
 DOMAIN_VERSION = 1
 
-_STABILIZE = """
-    eps = Constant <value_float: float = @epsilon> ()
-    zero = Constant <value_float = 0.0> ()
-    neg_eps = Neg (eps)
-    nonneg = GreaterOrEqual (z, zero)
-    signed = Where (nonneg, eps, neg_eps)
-    den = Add (z, signed)
+_DIVIDE = """
     s = Div (R, den)
 """
-
 # A stride-1 2-d convolution's transpose is itself a convolution: flip the kernel, swap its in/out
 # channels within each group, pad by d·(k − 1) − p. onnxruntime's Conv kernels are faster than its
 # ConvTranspose (NCHWc layouts), and the weight rewrite below folds to a constant at session start.
@@ -44,14 +38,14 @@ _FLIP_AS_CONV = """
     back = Conv <pads: ints = @back_pads, dilations: ints = @dilations, group: int = @group> (s, Wf)"""
 
 _BODIES = {
-    "EpsilonGemm": ("<epsilon>", "back = MatMul (s, W)"),
-    "EpsilonMatMul": ("<epsilon>", "back = MatMul (s, W)"),
+    "EpsilonGemm": ("", "back = MatMul (s, W)"),
+    "EpsilonMatMul": ("", "back = MatMul (s, W)"),
     "EpsilonConv": (
-        "<epsilon, strides, pads, dilations, group, output_padding>",
+        "<strides, pads, dilations, group, output_padding>",
         "back = ConvTranspose <strides: ints = @strides, pads: ints = @pads, dilations: ints = @dilations, "
         "group: int = @group, output_padding: ints = @output_padding> (s, W)",
     ),
-    "EpsilonConvUnitStride": ("<epsilon, back_pads, dilations, group, grouped_shape, back_shape>", _FLIP_AS_CONV),
+    "EpsilonConvUnitStride": ("<back_pads, dilations, group, grouped_shape, back_shape>", _FLIP_AS_CONV),
 }
 
 
@@ -59,7 +53,7 @@ def function_proto(name: str, opset: int) -> onnx.FunctionProto:
     attrs, back = _BODIES[name]
     text = (
         f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
-        f"{name} {attrs} (x, W, z, R) => (Rx, s) {{{_STABILIZE}    {back}\n    Rx = Mul (x, back)\n}}"
+        f"{name} {attrs} (x, W, den, R) => (Rx, s) {{{_DIVIDE}    {back}\n    Rx = Mul (x, back)\n}}"
     )
     return onnx.parser.parse_function(text)
 
@@ -71,7 +65,7 @@ def epsilon_step(env, lin, epsilon: float):
     b, node = env.b, env.node
     x = activation(env)
     if isinstance(lin, MatMulMap) and lin.left:  # W·x: no function form, plain ops
-        s = b.op("Div", env.R, b.stabilize(env.y, epsilon))
+        s = b.op("Div", env.R, env.stabilized_output(epsilon))
         return b.op("Mul", x, lin.transpose(s, lin.w)), s
     name = "Epsilon" + node.op_type
     extra = {}
@@ -87,4 +81,4 @@ def epsilon_step(env, lin, epsilon: float):
     else:
         weight = lin.param(lin.w)
     b.functions.add(name)
-    return b.op(name, x, weight, env.y, env.R, domain=DOMAIN, outputs=2, epsilon=float(epsilon), **extra)
+    return b.op(name, x, weight, env.stabilized_output(epsilon), env.R, domain=DOMAIN, outputs=2, **extra)

@@ -130,7 +130,7 @@ def mean_gradient(env: Env):
 def mean_epsilon(env: Env):
     b = env.b
     eps = 0.0 if env.rule == "zero" else env.params.epsilon
-    s = b.op("Div", env.R, b.stabilize(env.y, eps))
+    s = b.op("Div", env.R, env.stabilized_output(eps))
     rx = b.op("Mul", env.x, TRANSPOSES[env.node.op_type](env, s))
     return [rx] + [None] * (len(env.node.inputs) - 1)
 

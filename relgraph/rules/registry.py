@@ -105,6 +105,19 @@ class Env:
     first_layer: bool = False
     formulation: str = "r"  # "q": the relevance graph carries Q = R/a (seeds/001); gradient rules report biases
     baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline
+    rectified: ir.Value | None = None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
+
+    def stabilized_output(self, epsilon: float):
+        """stab(z) for the node's output z, where it matters: only where R_z ≠ 0.
+
+        When the relevance pass proved that R_z vanishes wherever z ≤ 0 (z feeds only a ReLU whose relevance
+        is zero where the ReLU gives 0), stab(z) = z + ε wherever R_z ≠ 0, and y + ε with y the ReLU output
+        (≥ 0, already computed) is exact there and a positive denominator elsewhere: one elementwise op
+        instead of three.
+        """
+        if self.rectified is not None and epsilon > 0:
+            return self.b.op("Add", self.rectified, self.b.scalar(epsilon))
+        return self.b.stabilize(self.y, epsilon)
 
     @property
     def R(self):
