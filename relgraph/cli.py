@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--scale", type=float, default=1 / 255)
     k.set_defaults(run=cmd_check)
 
+    t = sub.add_parser("export-triton", help="write an explainer as a Triton Inference Server model repository")
+    t.add_argument("explainer")
+    t.add_argument("--repo", required=True, help="model repository folder (created if missing)")
+    t.add_argument("--name", help="model name (default: the explainer's file name)")
+    t.add_argument("--max-batch", type=int, default=64)
+    t.add_argument("--force", action="store_true", help="replace the model's folder if it exists")
+    t.set_defaults(run=cmd_export_triton)
+
     r = sub.add_parser("rules", help="list rules, composites and supported ops")
     r.set_defaults(run=cmd_rules)
     return p
@@ -300,6 +308,15 @@ def cmd_check(args):
     rel, bias = float(values["relevance"].sum()), float(values["bias_relevance"].sum())
     print(f"\nR_out {start:.6g} = Σ relevance {rel:.6g} + Σ bias {bias:.6g} + leak {start - rel - bias:.6g} "
           f"(Σ per-layer leak {leak_sum:.6g})")
+
+
+def cmd_export_triton(args):
+    from .triton_repo import export_triton
+
+    folder = export_triton(args.explainer, args.repo, name=args.name, max_batch=args.max_batch,
+                           overwrite=args.force)
+    print(f"wrote {folder} (config.pbtxt, 1/model.onnx); serve with: "
+          f"tritonserver --model-repository={os.path.abspath(args.repo)}")
 
 
 def cmd_rules(args):
