@@ -96,3 +96,15 @@ def test_compile_time_and_canonical_form(tmp_path):
     ops = [n.op_type for n in onnx.load(res.path).graph.node]
     assert "BatchNormalization" not in ops  # folded into the first conv
     assert res.seconds < 5
+
+
+def test_every_composite_default_fits_its_kind():
+    """A composite's per-kind defaults must be rules of that kind (a typo would otherwise only surface when a
+    model with that kind of op is compiled)."""
+    from relgraph.rules import COMPOSITES, KIND_RULES
+
+    for name, make in COMPOSITES.items():
+        composite = make()
+        assert set(composite.kinds) == set(KIND_RULES), name
+        for kind, rule in composite.kinds.items():
+            assert rule in KIND_RULES[kind], (name, kind, rule)

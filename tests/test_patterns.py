@@ -16,11 +16,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import relgraph
+from onnx_models import save_model
 from relgraph.errors import RelgraphError
 from relgraph.patterns import (collect_statistics, fit_patterns, load_patterns, patterns_from, quality,
                                save_patterns)
@@ -33,14 +33,6 @@ DIGITS_X = ROOT / "models" / "digits" / "test_x.npy"
 # ------------------------------------------------------------------------------------------- models
 
 
-def save_model(path, nodes, inits, x_shape, classes):
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-                          [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 10
-    onnx.save(m, str(path))
-    return str(path)
 
 
 # conv2 geometries: stride 2 with pads; dilation 2 with asymmetric pads; stride 3 leaving two rows unread

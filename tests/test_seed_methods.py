@@ -6,30 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import relgraph
+from onnx_models import save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = str(ROOT / "models" / "digits" / "digits_cnn.onnx")
 X = np.load(ROOT / "models" / "digits" / "test_x.npy")[:12]
-
-
-def save(path, nodes, inits, x_shape, classes):
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *x_shape])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-                          [onnx.numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 10
-    onnx.save(m, path)
-    return str(path)
-
-
-def explain(tmp_path, model, target, name="e", **kw):
-    res = relgraph.compile(model, output=str(tmp_path / f"{name}.onnx"), overwrite=True, **kw)
-    return relgraph.Explainer(res.path).explain(X if model == DIGITS else kw.pop("x", None), target)
 
 
 def run(tmp_path, model, x, target, name="e", **kw):
@@ -74,7 +59,7 @@ def test_radial_max_against_reference(tmp_path, seed, k, s):
     x[0, 1] = -np.abs(x[0, 1]) - 0.1  # an all-negative channel: every window takes the 1/a branch
     ho = (7 - k) // s + 1
     head = rng.normal(size=(4, 2 * ho * ho)).astype(np.float32)
-    model = save(tmp_path / "m.onnx", [
+    model = save_model(tmp_path / "m.onnx", [
         helper.make_node("MaxPool", ["x"], ["p"], name="pool", kernel_shape=[k, k], strides=[s, s]),
         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "V"], ["logits"], name="head", transB=1)], {"V": head}, shape, 4)
@@ -98,7 +83,7 @@ def _act_model(tmp_path, op, **attrs):
     nodes = [helper.make_node("Gemm", ["x", "W1"], ["h"], name="fc1", transB=1),
              helper.make_node(op, ["h"], ["a"], name="act", **attrs),
              helper.make_node("Gemm", ["a", "W2"], ["logits"], name="fc2", transB=1)]
-    return save(tmp_path / f"{op}.onnx", nodes, {"W1": w1, "W2": w2}, (5,), 3), w1, w2
+    return save_model(tmp_path / f"{op}.onnx", nodes, {"W1": w1, "W2": w2}, (5,), 3), w1, w2
 
 
 ACTS = {"Relu": lambda h: np.maximum(h, 0), "Tanh": np.tanh, "LeakyRelu": lambda h: np.where(h > 0, h, 0.01 * h)}
@@ -157,7 +142,7 @@ def test_q_stays_finite_where_r_divides_by_zero(tmp_path):
     formulation divides 0 by 0; the Q formulation never divides."""
     w1 = np.array([[1.0, -1.0, 0.0], [0.5, 0.5, 1.0], [0.0, 0.0, 1.0]], np.float32)
     w2 = np.array([[1.0, 2.0, 0.0], [0.0, 1.0, -1.0]], np.float32)
-    model = save(tmp_path / "z.onnx", [helper.make_node("Gemm", ["x", "W1"], ["h"], name="fc1", transB=1),
+    model = save_model(tmp_path / "z.onnx", [helper.make_node("Gemm", ["x", "W1"], ["h"], name="fc1", transB=1),
                                        helper.make_node("Gemm", ["h", "W2"], ["logits"], name="fc2", transB=1)],
                  {"W1": w1, "W2": w2}, (3,), 2)
     x = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, -1.0]], np.float32)  # h0 = 0; sample 2 has logit 1 = 0
@@ -175,12 +160,12 @@ def test_scaling_equivalence(tmp_path):
     alpha = 2.5
     rng = np.random.default_rng(3)
     w = rng.normal(size=(3, 4)).astype(np.float32)
-    as_matrix = save(tmp_path / "mat.onnx", [
+    as_matrix = save_model(tmp_path / "mat.onnx", [
         helper.make_node("Relu", ["x"], ["r"], name="relu"),
         helper.make_node("Gemm", ["r", "A"], ["s"], name="scale", transB=1),
         helper.make_node("Gemm", ["s", "W"], ["logits"], name="fc", transB=1)],
         {"A": alpha * np.eye(4), "W": w}, (4,), 3)
-    as_elementwise = save(tmp_path / "ew.onnx", [
+    as_elementwise = save_model(tmp_path / "ew.onnx", [
         helper.make_node("Relu", ["x"], ["r"], name="relu"),
         helper.make_node("Mul", ["r", "a"], ["s"], name="scale"),
         helper.make_node("Gemm", ["s", "W"], ["logits"], name="fc", transB=1)],

@@ -12,7 +12,6 @@ of an Add/Sub — so the relevance pass reports what flows into it.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from ..graph import add_initializer, const_array, is_const, replace_value

@@ -72,11 +72,9 @@ class Composite:
         if picked is None and node.op_type in self.op_types:
             picked, source = self.op_types[node.op_type], f"op type {node.op_type}"
         if picked is None:
-            picked = self.kinds[kind]
+            picked, source = self.kinds[kind], f"the default of composite '{self.name}'"
         choice = picked if isinstance(picked, Choice) else Choice(picked, self.params)
         if choice.rule not in KIND_RULES[kind]:
-            if source is None:
-                return Choice(LRP_KINDS[kind] if choice.rule != "gradient" else "gradient", choice.params)
             raise RelgraphError(
                 f"rule '{choice.rule}' ({source}) does not apply to {node.op_type} '{node.name}' "
                 f"(a {kind} op: {', '.join(KIND_RULES[kind])})"

@@ -45,6 +45,7 @@ RuleFn = Callable[["Env"], list]
 RULES: dict[str, dict[str, RuleFn]] = {}
 KINDS: dict[str, Callable[[ir.Node], str]] = {}
 CHECKS: dict[str, Callable[[ir.Node], str | None]] = {}
+_DECLARED: dict[str, object] = {}  # op type → the kind (name or function) it was registered with
 
 
 def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] | None = None):
@@ -58,6 +59,10 @@ def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] 
 
     def register(fn: RuleFn) -> RuleFn:
         for op in op_types:
+            # one kind per op type: a later registration with another kind would silently reclassify every
+            # node of that op (a per-node kind is one function, registered the same way each time)
+            if _DECLARED.setdefault(op, kind) != kind:
+                raise AssertionError(f"{op} registered as kind {kind!r} and as {_DECLARED[op]!r}")
             KINDS[op] = kind if callable(kind) else (lambda node, k=kind: k)
             if check is not None:
                 CHECKS[op] = check
