@@ -7,6 +7,7 @@ ends in one line and status 3 (``RELGRAPH_DEBUG=1`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -108,7 +109,13 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("rules", help="list rules, composites and supported ops")
     r.set_defaults(run=cmd_rules)
+    for name in _COMMAND_MODULES:  # commands that live beside what they run: add_command(sub) in each
+        importlib.import_module(f".{name}", __package__).add_command(sub)
     return p
+
+
+# Modules that define their own subcommand. They must stay cheap to import (no torch, no triton at top level).
+_COMMAND_MODULES: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------------------------------- commands
