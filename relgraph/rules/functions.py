@@ -60,25 +60,33 @@ def function_proto(name: str, opset: int) -> onnx.FunctionProto:
 
 def epsilon_step(env, lin, epsilon: float):
     """Emit one ε step for the layer of ``env``; returns (R_x, s)."""
+    return normalized_step(env, lin, lin.w, env.stabilized_output(epsilon))
+
+
+def normalized_step(env, lin, w: np.ndarray, den):
+    """R_x = x ⊙ ((R ⊘ den) ⋆ᵀ w), s = R ⊘ den, as one ``relgraph.Epsilon<Op>`` call.
+
+    ``w`` is the weight the layer's rule pushes back through: W itself for ε, W⁺ for z⁺ on an input proved
+    non-negative (one group, one term: the same step with another weight). ``den`` is the stabilized
+    denominator. Returns (R_x, s).
+    """
     from .linear import MatMulMap, activation
 
     b, node = env.b, env.node
     x = activation(env)
     if isinstance(lin, MatMulMap) and lin.left:  # W·x: no function form, plain ops
-        s = b.op("Div", env.R, env.stabilized_output(epsilon))
-        return b.op("Mul", x, lin.transpose(s, lin.w)), s
+        s = b.op("Div", env.R, den)
+        return b.op("Mul", x, lin.transpose(s, w)), s
     name = "Epsilon" + node.op_type
     extra = {}
     if node.op_type == "Conv" and lin.unit_stride_2d():
         name = "EpsilonConvUnitStride"
         extra = lin.flipped_geometry()
-        weight = lin.param(lin.w)
     elif node.op_type == "Conv":
         extra = dict(lin.geometry, output_padding=lin.output_padding)
-        weight = lin.param(lin.w)
-    elif node.op_type == "MatMul":
-        weight = lin.param(np.ascontiguousarray(np.swapaxes(lin.w, -1, -2)))
+    if node.op_type == "MatMul":
+        weight = lin.param(np.ascontiguousarray(np.swapaxes(w, -1, -2)))
     else:
-        weight = lin.param(lin.w)
+        weight = lin.param(w)
     b.functions.add(name)
-    return b.op(name, x, weight, env.stabilized_output(epsilon), env.R, domain=DOMAIN, outputs=2, **extra)
+    return b.op(name, x, weight, den, env.R, domain=DOMAIN, outputs=2, **extra)

@@ -297,6 +297,17 @@ def _stabilize_group(b, z, terms, nonneg: bool, eps: float):
     return b.stabilize(z, eps)
 
 
+def _single_term(groups: list[Group], nonneg: bool) -> Term | None:
+    """The one term of a rule that reduces to x ⊙ ((R ⊘ stab(x⋆w + b)) ⋆ᵀ w) on this input, else None."""
+    if len(groups) != 1 or groups[0].mask or groups[0].coeff != 1.0:
+        return None
+    terms = [t for t in groups[0].terms if not (t.input == "x-" and nonneg)]
+    if len(terms) != 1 or terms[0].sign != 1.0:
+        return None
+    t = terms[0]
+    return t if t.input == "x" or (t.input == "x+" and nonneg) else None
+
+
 def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
     """Emit the relevance of the layer's input for ``groups``; report the bias share."""
     b, x = env.b, activation(env)
@@ -312,6 +323,17 @@ def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
         if name not in inputs:
             inputs[name] = b.positive(x) if name == "x+" else b.negative(x)
         return inputs[name]
+
+    single = _single_term(groups, nonneg)
+    if single is not None:  # z⁺ on x ≥ 0 and the like: an ε step with another weight, one fused call
+        from .functions import normalized_step
+
+        z = lin.forward(x, single.weight, single.bias)
+        relevance, s = normalized_step(env, lin, single.weight, _stabilize_group(b, z, [single], nonneg,
+                                                                                  groups[0].stabilizer))
+        if single.bias is not None:
+            env.report_bias(lin.bias_share(s, single.bias))
+        return relevance
 
     z_forward = env.y
     relevance, bias_shares = None, []
