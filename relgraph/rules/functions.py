@@ -50,6 +50,8 @@ _BODIES = {
 
 
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:
+    if name.startswith(("Gamma", "AlphaBeta")):
+        return parts_function_proto(name, opset)
     attrs, back = _BODIES[name]
     text = (
         f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
@@ -90,3 +92,161 @@ def normalized_step(env, lin, w: np.ndarray, den):
         weight = lin.param(w)
     b.functions.add(name)
     return b.op(name, x, weight, den, env.R, domain=DOMAIN, outputs=2, **extra)
+
+
+# ------------------------------------------------------------------------------------------- γ and αβ
+
+"""γ and αβ as model-local functions: one call per layer, so that a GPU lowering can run the layer as two
+fused kernels (split forward, push-back) that read x and W once.
+
+    <Rule><Op>[UnitStride][OnNonnegative](x, W, b⁺, b⁻, [z,] R) -> (R_x, s_a, s_b)
+
+With x⁺ = max(x, 0), x⁻ = min(x, 0) and W⁺, W⁻ likewise, both rules need only the split forward
+
+    Z⁺ = x⁺⋆W⁺ + x⁻⋆W⁻ + b⁺,      Z⁻ = x⁺⋆W⁻ + x⁻⋆W⁺ + b⁻
+
+and push back two shares through the transposed map:
+
+    R_x = x⁺ ⊙ (s_a ⋆ᵀ W⁺ + s_b ⋆ᵀ W⁻) + x⁻ ⊙ (s_b ⋆ᵀ W⁺ + s_a ⋆ᵀ W⁻),     R_bias = ⟨b⁺, s_a⟩ + ⟨b⁻, s_b⟩
+
+- γ (zennit's Gamma): z₁ = (1+γ)Z⁺ + Z⁻, z₂ = Z⁺ + (1+γ)Z⁻, s₁ = [z > 0]·R ⊘ stab(z₁), s₂ = [z < 0]·R ⊘ stab(z₂)
+  with z the layer's output; s_a = (1+γ)s₁ + s₂, s_b = s₁ + (1+γ)s₂.
+- αβ: s_a = α·R ⊘ stab(Z⁺), s_b = −β·R ⊘ stab(Z⁻).
+
+These are the group sums of ``linear.groups_for`` regrouped by the signs of x and W. ``OnNonnegative``: x ≥ 0
+is proved (it comes out of a ReLU), every x⁻ term is dropped: half the products. ``UnitStride``: the 2-d
+stride-1 transpose runs as a flipped-kernel Conv, as in ``EpsilonConvUnitStride``.
+"""
+
+PARTS_RULES = {"gamma": "Gamma", "alpha-beta": "AlphaBeta"}
+
+
+class _Body:
+    """A function body in ONNX text, one fresh name per value."""
+
+    def __init__(self):
+        self.lines, self.count = [], 0
+
+    def __call__(self, expr: str) -> str:
+        self.count += 1
+        name = f"v{self.count}"
+        self.lines.append(f"    {name} = {expr}")
+        return name
+
+
+def _parts_parse(name: str):
+    rule = "gamma" if name.startswith("Gamma") else "alpha-beta"
+    rest = name[len(PARTS_RULES[rule]):]
+    nonneg = rest.endswith("OnNonnegative")
+    rest = rest.removesuffix("OnNonnegative")
+    unit = rest.endswith("UnitStride")
+    return rule, rest.removesuffix("UnitStride"), unit, nonneg
+
+
+def parts_function_proto(name: str, opset: int) -> onnx.FunctionProto:
+    rule, op, unit, nonneg = _parts_parse(name)
+    v = _Body()
+    geometry = "strides: ints = @strides, pads: ints = @pads, dilations: ints = @dilations, group: int = @group"
+    if op == "Gemm":
+        attrs = []
+        forward = lambda x, w, b="": v(f"Gemm <transB = 1> ({x}, {w}{', ' + b if b else ''})")  # noqa: E731
+        back = lambda s, w: v(f"MatMul ({s}, {w})")  # noqa: E731
+    else:
+        attrs = ["strides", "pads", "dilations", "group"]
+        forward = lambda x, w, b="": v(f"Conv <{geometry}> ({x}, {w}{', ' + b if b else ''})")  # noqa: E731
+        if unit:
+            attrs += ["back_pads", "grouped_shape", "back_shape"]
+
+            def back(s, w):
+                g = v(f"Reshape ({w}, gshape)")
+                t = v(f"Transpose <perm = [0, 2, 1, 3, 4]> ({g})")
+                r = v(f"Reshape ({t}, bshape)")
+                f = v(f"Slice ({r}, starts, ends, axes, steps)")
+                return v(f"Conv <pads: ints = @back_pads, dilations: ints = @dilations, group: int = @group> "
+                         f"({s}, {f})")
+        else:
+            attrs += ["output_padding"]
+            back = lambda s, w: v(f"ConvTranspose <{geometry}, output_padding: ints = @output_padding> "  # noqa
+                                  f"({s}, {w})")
+    attrs += ["epsilon"] + (["gamma"] if rule == "gamma" else ["alpha", "beta"])
+    consts = ["    zero = Constant <value_float = 0.0> ()", "    eps = Constant <value_float: float = @epsilon> ()"]
+    if unit:
+        consts += ["    gshape = Constant <value_ints: ints = @grouped_shape> ()",
+                   "    bshape = Constant <value_ints: ints = @back_shape> ()",
+                   "    starts = Constant <value_ints = [-1, -1]> ()",
+                   "    ends = Constant <value_ints = [-9223372036854775807, -9223372036854775807]> ()",
+                   "    axes = Constant <value_ints = [2, 3]> ()",
+                   "    steps = Constant <value_ints = [-1, -1]> ()"]
+    if rule == "gamma":
+        consts += ["    g = Constant <value_float: float = @gamma> ()", "    one = Constant <value_float = 1.0> ()",
+                   "    g1 = Add (one, g)"]
+    else:
+        consts += ["    alpha = Constant <value_float: float = @alpha> ()",
+                   "    beta = Constant <value_float: float = @beta> ()"]
+
+    def stab(z):  # z + ε·sign(z), sign(0) = +1
+        ge = v(f"GreaterOrEqual ({z}, zero)")
+        signed = v(f"Where ({ge}, eps, {v('Neg (eps)')})")
+        return v(f"Add ({z}, {signed})")
+
+    wp, wn = v("Relu (W)"), v("Min (W, zero)")
+    xp = "x" if nonneg else v("Relu (x)")
+    zp, zn = forward(xp, wp, "bp"), forward(xp, wn, "bn")
+    if not nonneg:
+        xn = v("Min (x, zero)")
+        zp, zn = v(f"Add ({zp}, {forward(xn, wn)})"), v(f"Add ({zn}, {forward(xn, wp)})")
+    if rule == "gamma":
+        z1 = v(f"Add ({v(f'Mul ({zp}, g1)')}, {zn})")
+        z2 = v(f"Add ({zp}, {v(f'Mul ({zn}, g1)')})")
+        q1, q2 = v(f"Div (R, {stab(z1)})"), v(f"Div (R, {stab(z2)})")
+        s1 = v(f"Where ({v('Greater (z, zero)')}, {q1}, zero)")
+        s2 = v(f"Where ({v('Less (z, zero)')}, {q2}, zero)")
+        v.lines.append(f"    sa = Add ({v(f'Mul ({s1}, g1)')}, {s2})")
+        v.lines.append(f"    sb = Add ({s1}, {v(f'Mul ({s2}, g1)')})")
+    else:
+        qp, qn = v(f"Div (R, {stab(zp)})"), v(f"Div (R, {stab(zn)})")
+        v.lines.append(f"    sa = Mul ({qp}, alpha)")
+        v.lines.append(f"    sb = Neg ({v(f'Mul ({qn}, beta)')})")
+    pos = v(f"Add ({back('sa', wp)}, {back('sb', wn)})")
+    if nonneg:
+        v.lines.append(f"    Rx = Mul (x, {pos})")
+    else:
+        neg = v(f"Add ({back('sb', wp)}, {back('sa', wn)})")
+        rp, rn = v(f"Mul ({xp}, {pos})"), v(f"Mul ({xn}, {neg})")
+        v.lines.append(f"    Rx = Add ({rp}, {rn})")
+    inputs = "x, W, bp, bn, " + ("z, " if rule == "gamma" else "") + "R"
+    text = (f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
+            f"{name} <{', '.join(attrs)}> ({inputs}) => (Rx, sa, sb) {{\n"
+            + "\n".join(consts + v.lines) + "\n}")
+    return onnx.parser.parse_function(text)
+
+
+def parts_step(env, lin, rule: str):
+    """Emit one γ or αβ step for a Gemm or Conv layer; returns (R_x, R_bias or None)."""
+    from .linear import activation
+
+    b, node, p = env.b, env.node, env.params
+    x = activation(env)
+    nonneg = env.nonnegative(x)
+    extra = {}
+    name = PARTS_RULES[rule] + node.op_type
+    if node.op_type == "Conv":
+        extra = dict(lin.geometry)
+        if lin.unit_stride_2d():
+            name += "UnitStride"
+            geo = lin.flipped_geometry()
+            extra.update(back_pads=geo["back_pads"], grouped_shape=geo["grouped_shape"],
+                         back_shape=geo["back_shape"])
+        else:
+            extra["output_padding"] = lin.output_padding
+    name += "OnNonnegative" if nonneg else ""
+    extra.update(epsilon=float(p.stabilizer))
+    extra.update(gamma=float(p.gamma)) if rule == "gamma" else extra.update(alpha=float(p.alpha), beta=float(p.beta))
+    bias = lin.bias if lin.bias is not None else np.zeros(lin.w.shape[0], np.float32)
+    bp, bn = np.maximum(bias, 0).astype(np.float32), np.minimum(bias, 0).astype(np.float32)
+    inputs = [x, lin.param(lin.w), lin.param(bp), lin.param(bn)] + ([env.y] if rule == "gamma" else []) + [env.R]
+    b.functions.add(name)
+    rx, sa, sb = b.op(name, *inputs, domain=DOMAIN, outputs=3, **extra)
+    if lin.bias is None:
+        return rx, None
+    return rx, b.op("Add", lin.bias_share(sa, bp), lin.bias_share(sb, bn))

@@ -425,7 +425,23 @@ def affine_epsilon(env: Env):
 @defrule(AFFINE_OPS, AFFINE, "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat")
 def affine_lrp(env: Env):
     lin = LINEAR_MAPS[env.node.op_type](env)
+    if _parts_form(env, lin):
+        from .functions import parts_step
+
+        relevance, bias_share = parts_step(env, lin, env.rule)
+        if bias_share is not None:
+            env.report_bias(bias_share)
+        return _place(env, relevance)
     return _place(env, lrp_family(env, lin, groups_for(env.rule, lin.w, lin.bias, env.params)))
+
+
+def _parts_form(env: Env, lin: LinearMap) -> bool:
+    """γ and αβ (β ≠ 0) on a Gemm or 2-d Conv run as one ``relgraph.<Rule><Op>`` call (see functions.py)."""
+    if env.rule == "gamma":
+        pass
+    elif env.rule != "alpha-beta" or env.params.beta == 0:
+        return False
+    return env.node.op_type == "Gemm" or (env.node.op_type == "Conv" and len(lin.kernel) == 2)
 
 
 def _activation_index(node: ir.Node) -> int:
