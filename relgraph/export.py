@@ -26,8 +26,8 @@ def explainer_proto(model, plan, metadata: dict) -> onnx.ModelProto:
         if not any(o.domain == DOMAIN for o in proto.opset_import):
             proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         proto.functions.extend(function_proto(name, opset) for name in plan.functions)
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
+    for key, value in metadata.items():  # the source model's own keys ride along; the compiler's replace them
+        entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
     proto.ir_version = EXPORT_IR_VERSION
     proto.producer_name = "relgraph"

@@ -5,9 +5,12 @@ CPU thread) and uses scikit-learn's bundled ``load_digits`` data set, so it
 runs offline. It writes, next to this file:
 
 * ``digits_cnn.onnx``     -- the classifier (input ``input`` [N,1,8,8] float32
-  in [0,1], output ``logits`` [N,10]), opset 17, IR version 10.
+  in [0,1], output ``logits`` [N,10]), opset 17, IR version 10, with the
+  ``relgraph.preprocess`` and ``relgraph.classes`` metadata that ``relgraph serve``
+  uses to turn uploaded pictures into inputs.
 * ``samples.npy`` / ``sample_labels.npy`` -- the first 8 test images / labels.
 * ``test_x.npy`` / ``test_y.npy``         -- the whole test split.
+* ``train_x.npy``         -- the training images (to fit PatternAttribution's patterns on).
 * ``sample0.png``         -- the first test image as an 8x8 grayscale PNG.
 
 Usage (from the repository root)::
@@ -37,6 +40,13 @@ NUM_SAMPLES = 8
 MIN_ACCURACY = 0.95
 MAX_ONNX_DIFF = 1e-4
 MAX_ONNX_BYTES = 2 * 1024 * 1024
+
+# How a picture becomes an input (relgraph serve reads these from the model's metadata_props): sklearn's
+# digits are light ink on black, 8x8 area averages of 32x32 bitmaps, 0..16 scaled to [0, 1]; a photo of a
+# dark digit on white paper is recognized by its brighter border and inverted, then stretched to 0..255.
+PREPROCESS = {"channels": 1, "height": 8, "width": 8, "scale": 1 / 255, "mean": [0.0], "std": [1.0],
+              "invert": "auto", "autocontrast": True}
+CLASSES = [str(d) for d in range(10)]
 
 
 def _configure_determinism(seed: int) -> None:
@@ -169,6 +179,18 @@ def _torchscript_export(model, dummy, path: Path) -> None:
         )
 
 
+def annotate(onnx_model) -> None:
+    """Write the preprocessing and class names into ``metadata_props`` (replacing earlier values)."""
+    import json
+
+    props = {p.key: p.value for p in onnx_model.metadata_props}
+    props.update({"relgraph.preprocess": json.dumps(PREPROCESS), "relgraph.classes": json.dumps(CLASSES)})
+    del onnx_model.metadata_props[:]
+    for key, value in props.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
 def export_onnx(model, path: Path) -> None:
     """Export to ONNX (opset 17, dynamic batch), set IR version 10, check and save.
 
@@ -185,6 +207,7 @@ def export_onnx(model, path: Path) -> None:
     tmp_path.unlink()
     onnx_model.ir_version = 10
     onnx_model.doc_string = "8x8 digits CNN (scikit-learn load_digits), inputs in [0,1]"
+    annotate(onnx_model)
     onnx.checker.check_model(onnx_model, full_check=True)
     onnx.save(onnx_model, str(path))
     size = path.stat().st_size
@@ -206,12 +229,13 @@ def verify_onnx(path: Path, images: np.ndarray, reference: np.ndarray) -> float:
     return diff
 
 
-def save_artifacts(out_dir: Path, test_x: np.ndarray, test_y: np.ndarray) -> None:
-    """Save the test split, the first samples and a PNG of the first sample."""
+def save_artifacts(out_dir: Path, train_x: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> None:
+    """Save the training images, the test split, the first samples and a PNG of the first sample."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     from relgraph.heatmap import write_png
 
+    np.save(out_dir / "train_x.npy", train_x.astype(np.float32))
     np.save(out_dir / "test_x.npy", test_x.astype(np.float32))
     np.save(out_dir / "test_y.npy", test_y.astype(np.int64))
     np.save(out_dir / "samples.npy", test_x[:NUM_SAMPLES].astype(np.float32))
@@ -248,7 +272,7 @@ def main(argv=None) -> int:
     export_onnx(model, onnx_path)
     diff = verify_onnx(onnx_path, test_x, logits)
     print(f"onnxruntime vs torch max abs diff: {diff:.3g}")
-    save_artifacts(args.out_dir, test_x, test_y)
+    save_artifacts(args.out_dir, train_x, test_x, test_y)
     print(
         f"wrote {onnx_path} ({onnx_path.stat().st_size} bytes) "
         f"in {time.perf_counter() - started:.1f} s (torch {torch.__version__})"
