@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper
 
 import relgraph
 
@@ -108,3 +109,28 @@ def test_every_composite_default_fits_its_kind():
         assert set(composite.kinds) == set(KIND_RULES), name
         for kind, rule in composite.kinds.items():
             assert rule in KIND_RULES[kind], (name, kind, rule)
+
+
+def test_inner_value_named_like_an_output(tmp_path):
+    """A softmax model whose pre-softmax value is called 'logits' (and an inner 'relevance'): the explainer
+    still returns outputs of those names, and they carry the explainer's values."""
+    rng = np.random.default_rng(3)
+    w, w2 = rng.normal(size=(5, 4)).astype(np.float32), rng.normal(size=(3, 5)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W"], ["relevance"], transB=1),
+         helper.make_node("Relu", ["relevance"], ["h"]),
+         helper.make_node("Gemm", ["h", "W2"], ["logits"], transB=1),
+         helper.make_node("Softmax", ["logits"], ["prob"], axis=1)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 3])],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(w2, "W2")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    onnx.save(model, tmp_path / "m.onnx")
+    relgraph.compile(str(tmp_path / "m.onnx"), rule="zero", output=str(tmp_path / "e.onnx"))
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    out = relgraph.Explainer(str(tmp_path / "e.onnx")).explain(x, target=1)
+    logits = np.maximum(x @ w.T, 0) @ w2.T
+    np.testing.assert_allclose(out["logits"], logits, rtol=1e-5)
+    # LRP-0 without biases conserves: Σ R_x = the target logit
+    np.testing.assert_allclose(out["relevance"].sum(1), logits[:, 1], rtol=1e-4)

@@ -339,7 +339,27 @@ def _free_name(graph: ir.Graph, name: str) -> str:
 
 
 def _add_output(graph: ir.Graph, value: ir.Value, name: str, shape) -> None:
+    _claim_name(graph, name)
     value.name = name
     value.shape = shape
     value.type = ir.TensorType(ir.DataType.FLOAT)
     graph.outputs.append(value)
+
+
+def _claim_name(graph: ir.Graph, name: str) -> None:
+    """Free ``name`` for an explainer output: a model's inner value of that name (a softmax input called
+    'logits', say) is renamed; only the graph's inputs and outputs are names the user relies on."""
+    values = [v for node in graph for v in node.outputs] + list(graph.initializers.values())
+    taken = {v.name for v in values} | {v.name for v in graph.inputs}
+    for v in values:
+        if v.name == name and not v.is_graph_output():
+            fresh, k = f"{name}.inner", 1
+            while fresh in taken:
+                fresh, k = f"{name}.inner{k}", k + 1
+            if v.name in graph.initializers:
+                graph.initializers.pop(v.name)
+                v.name = fresh
+                graph.register_initializer(v)
+            else:
+                v.name = fresh
+            taken.add(fresh)
