@@ -49,7 +49,8 @@ def test_upload_shows_the_direct_calls_class_and_heatmap(server, explainer_path,
     predicted = int(ref["logits"][0].argmax())
     expected_heatmap = heatmap_image(ref["relevance"][0], image=pixels, size=256)
 
-    shot = tmp_path / "page.png"
+    # RELGRAPH_SCREENSHOT=path keeps the screenshot (the README's picture of the page is made this way)
+    shot = Path(os.environ.get("RELGRAPH_SCREENSHOT") or tmp_path / "page.png")
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
