@@ -21,7 +21,7 @@ from .conv import GEOMETRY_PARAMS, conv_shape, grid_2d, transposed_weight_tile, 
 from .epsilon_matmul import MODES
 from .gemm import PRECISIONS
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs
-from .tiles import stabilize
+from .tiles import dot_operand, stabilize
 
 
 @triton.jit
@@ -44,7 +44,7 @@ def _epsilon_conv2d_kernel(x, w, r, den, rx, s_out,
         s = tl.load(r + offs, mask=valid, other=0.0) / stabilize(tl.load(den + offs, mask=valid, other=1.0),
                                                                   epsilon, MODE)
         wt = transposed_weight_tile(w, kk, rc, g, C, K, R, S, groups)
-        acc = tl.dot(s.to(wt.dtype), wt, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(dot_operand(s, wt), wt, acc, input_precision=DOT_PRECISION)
     n = rm // (H * W)
     offs = (n[:, None] * C + g * C_G + rc[None, :]) * (H * W) + (rm % (H * W))[:, None]
     mask = (rm[:, None] < N * H * W) & (rc[None, :] < C_G)

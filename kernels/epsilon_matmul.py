@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .gemm import PRECISIONS
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs
-from .tiles import grouped_tile, stabilize
+from .tiles import dot_operand, grouped_tile, stabilize
 
 MODES = ("den", "stab", "shift")
 
@@ -42,7 +42,7 @@ def _epsilon_linear_kernel(x, w, r, den, rx, s_out, M, N, K, epsilon,
         if WANT_S:  # the first column of programs sweeps every (row, output) once
             tl.store(s_out + offs, s, mask=mask & (pid_k == 0))
         wt = tl.load(w + rn[:, None] * K + rk[None, :], mask=(rn[:, None] < N) & (rk[None, :] < K), other=0.0)
-        acc = tl.dot(s.to(wt.dtype), wt, acc, input_precision=DOT_PRECISION)
+        acc = tl.dot(dot_operand(s, wt), wt, acc, input_precision=DOT_PRECISION)
     offs = rm[:, None] * K + rk[None, :]
     mask = (rm[:, None] < M) & (rk[None, :] < K)
     xt = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)

@@ -27,7 +27,7 @@ from .conv import GEOMETRY_PARAMS, conv_shape, grid_2d, patch_tile, transposed_w
 from .epsilon_conv import relevance_shape
 from .gemm import PRECISIONS
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs
-from .tiles import grouped_tile, parts_shares
+from .tiles import dot_operand, grouped_tile, parts_shares
 
 RULES = ("gamma", "alpha-beta")
 
@@ -55,8 +55,8 @@ def push_back(s_a, s_b, wt, acc_a, acc_b, X_NONNEG: tl.constexpr, DOT_PRECISION:
     """acc_a += s_a·W⁺ + s_b·W⁻ (what x⁺ receives), acc_b += s_b·W⁺ + s_a·W⁻ (what x⁻ receives)."""
     w_pos = tl.maximum(wt, 0.0).to(wt.dtype)
     w_neg = tl.minimum(wt, 0.0).to(wt.dtype)
-    s_a = s_a.to(wt.dtype)
-    s_b = s_b.to(wt.dtype)
+    s_a = dot_operand(s_a, wt)
+    s_b = dot_operand(s_b, wt)
     acc_a = tl.dot(s_a, w_pos, acc_a, input_precision=DOT_PRECISION)
     acc_a = tl.dot(s_b, w_neg, acc_a, input_precision=DOT_PRECISION)
     if not X_NONNEG:

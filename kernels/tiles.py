@@ -17,6 +17,20 @@ def grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def dot_operand(s, like):
+    """A share s = r ⊘ d as an operand of the dot with ``like`` (the weight tile), in its dtype.
+
+    fp16 tops out at 65504. A share at a near-zero denominator (a window wholly in the padding of a layer with
+    a non-positive bias: z⁺ = 0, d = ε) would round to ±inf, and inf × 0 = NaN would poison every input its
+    tile reaches; saturating keeps it finite. Such a share reaches no input, or its fp16 product is out of
+    range whatever is done. fp32 and bf16 (fp32's exponent range) convert as they are.
+    """
+    if like.dtype == tl.float16:
+        s = tl.minimum(tl.maximum(s, -65504.0), 65504.0)
+    return s.to(like.dtype)
+
+
+@triton.jit
 def stabilize(den, epsilon, MODE: tl.constexpr):
     """The denominator d of an ε step: den ("den"), den + ε·sign(den) with sign(0) = +1 ("stab", den = z)
     or den + ε ("shift", den = a ReLU output ≥ 0, where the two agree)."""

@@ -304,6 +304,24 @@ def test_fp16_operands():
     assert rel_err(got, want) < TOL[h]
 
 
+def test_fp16_shares_at_zero_denominators_stay_finite():
+    """αβ with a non-positive bias on a padded conv: windows wholly in the padding have z⁺ + b⁺ = 0, so
+    s = α·r ⊘ ε ≈ 2e6·r, beyond fp16's range. Those shares reach no input; the fp16 push-back must still
+    give the float64 result, not the NaN of inf × 0."""
+    gen = torch.Generator().manual_seed(5)
+    g = (4, 6, 3, 3, (1, 1), (3, 3, 3, 3), (1, 1), 1, 6, 6)  # pads as wide as the kernel: border windows see zeros
+    x, w = conv_operands(gen, g, dtype=torch.float16)
+    x = x.relu()
+    b = -rand(gen, w.shape[0]).abs()
+    zp, zn = kernels.lrp_parts_conv2d(x, w, x_nonneg=True, **geometry(g))
+    r = rand(gen, *zp.shape)
+    got = kernels.lrp_parts_conv2d_back(x, w, r, zp, zn, *_bias_parts(b), rule="alpha-beta", x_nonneg=True,
+                                        out=poisoned(x.shape), **geometry(g))
+    want = ref.lrp_parts_conv2d_back(f64(x), f64(w), f64(r), f64(zp), f64(zn), *map(f64, _bias_parts(b)),
+                                     rule="alpha-beta", **geometry(g))
+    assert rel_err(got, want) < TOL[torch.float16]
+
+
 # ------------------------------------------------------------------------------------------- onnxruntime
 
 
