@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input", dest="input_name", help="name of the input to explain (default: the first)")
     c.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
     c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    c.add_argument("--target", default="onnx", metavar="{onnx,triton}",
+                   help="onnx: one explainer .onnx (default); triton: a folder with the explainer and its "
+                        "launch plan of Triton kernels")
     c.set_defaults(run=cmd_compile)
 
     f = sub.add_parser("fit-patterns", help="fit PatternNet/PatternAttribution patterns of MODEL on data")
@@ -84,12 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help=".png heatmap, .npy relevance or .npz (all outputs)")
     e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (PNG only)")
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
+                   help="default: triton for a folder compiled with --target triton, else onnxruntime")
     e.set_defaults(run=cmd_explain)
 
     i = sub.add_parser("inspect", help="show node → op → rule, and unsupported nodes")
     i.add_argument("model")
     i.add_argument("--rule", default="epsilon")
     i.add_argument("--rule-map", metavar="FILE")
+    i.add_argument("--target", default="onnx", metavar="{onnx,triton}",
+                   help="triton: list the launch plan's steps (MODEL may be a triton folder or an explainer)")
     i.set_defaults(run=cmd_inspect)
 
     k = sub.add_parser("check", help="conservation per layer: relevance in, out, to biases, absorbed")
@@ -123,6 +130,11 @@ _COMMAND_MODULES: tuple[str, ...] = ("serve", "evaluate", "aot", "bench")
 
 def cmd_compile(args):
     from .compiler import compile
+
+    if args.target != "onnx":
+        from .lowering.commands import cmd_compile_triton
+
+        return cmd_compile_triton(args)
 
     result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
@@ -221,7 +233,7 @@ def cmd_explain(args):
         raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
     if os.path.abspath(args.output) in (os.path.abspath(args.input), os.path.abspath(args.explainer)):
         raise RelgraphError("refusing to overwrite an input file; choose another -o")
-    explainer = Explainer(args.explainer)
+    explainer = Explainer(args.explainer, backend=args.backend)
     x = _explainer_input(explainer, args.input, args.scale)
     out = explainer.explain(x, args.target)
     for n in range(x.shape[0]):
@@ -251,6 +263,10 @@ def cmd_inspect(args):
     from .rules import RULES, kind_of, load_rule_map, resolve, RuleParams
     from .rules.registry import CHECKS
 
+    if args.target != "onnx":
+        from .lowering.commands import cmd_inspect_triton
+
+        return cmd_inspect_triton(args)
     composite = load_rule_map(args.rule_map, RuleParams()) if args.rule_map else resolve(args.rule, RuleParams())
     model, skipped = prepare(args.model)
     x, logits = explained_values(model)
@@ -285,10 +301,10 @@ def cmd_check(args):
 
     from .explainer import Explainer
 
-    explainer = Explainer(args.explainer)
+    explainer = Explainer(args.explainer, backend="onnxruntime")  # a triton folder: its ONNX explainer
     x = _explainer_input(explainer, args.input, args.scale)
     trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))
-    model = onnx.load(args.explainer)
+    model = onnx.load(explainer.path)
     known = {o.name for o in model.graph.output}
     names = sorted({n for step in trace for n in step["in"] + step["out"] + [step["bias"]] if n} - known)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)

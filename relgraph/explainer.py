@@ -18,12 +18,25 @@ class Explainer:
     ``explain(x, target)`` returns a dict with ``logits`` [N, C], ``relevance`` (x's shape),
     ``bias_relevance`` [N], ``target`` [N] (the explained classes) and ``outputs`` (every output of the
     model by name, per-layer bias relevance included when compiled with it).
+
+    ``backend``: "onnxruntime" or "triton"; by default "triton" for a folder compiled with
+    ``--target triton`` (a :class:`relgraph.lowering.explainer.TritonExplainer` is returned), else
+    "onnxruntime" (on such a folder: its ``explainer.onnx``).
     """
 
-    def __init__(self, path, *, threads: int | None = None, spinning: bool = True, providers=None):
+    def __new__(cls, path, *args, backend=None, **kwargs):
+        if cls is Explainer and _backend(path, backend) == "triton":
+            from .lowering.explainer import TritonExplainer
+
+            cls = TritonExplainer
+        return super().__new__(cls)
+
+    def __init__(self, path, *, threads: int | None = None, spinning: bool = True, providers=None, backend=None):
         import onnxruntime as ort
 
         path = str(path)
+        if os.path.isdir(path):  # a triton folder holds the ONNX explainer it was lowered from
+            path = os.path.join(path, "explainer.onnx")
         if not os.path.isfile(path):
             raise RelgraphError(f"explainer not found: {path}")
         try:
@@ -107,3 +120,14 @@ class Explainer:
             "target": chosen,
             "outputs": outputs,
         }
+
+
+BACKENDS = ("onnxruntime", "triton")
+
+
+def _backend(path, backend) -> str:
+    if backend is None:
+        return "triton" if os.path.isfile(os.path.join(str(path), "plan.json")) else "onnxruntime"
+    if backend not in BACKENDS:
+        raise RelgraphError(f"unknown backend '{backend}' (choose one of: {', '.join(BACKENDS)})")
+    return backend

@@ -1,0 +1,63 @@
+"""The triton target on the command line: ``compile --target triton`` and ``inspect --target triton``."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+from ..errors import RelgraphError
+from . import check_target, compile_triton, is_plan_dir, load
+
+
+def cmd_compile_triton(args) -> None:
+    check_target(args.target)
+    result = compile_triton(args.model, args.output, overwrite=args.force, rule=args.rule, epsilon=args.epsilon,
+                            gamma=args.gamma, alpha=args.alpha, beta=args.beta, bounds=args.bounds,
+                            rule_map=args.rule_map, bias_relevance=args.bias_relevance,
+                            input_name=args.input_name, formulation=args.formulation, baseline=args.baseline,
+                            patterns=args.patterns)
+    rules = Counter(result.plan.rules().values())
+    summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
+    print(f"wrote {result.path}/ (explainer.onnx, plan.json; {len(result.plan.nodes)} nodes explained: "
+          f"{summary}; {result.seconds:.2f} s)")
+    print(plan_summary(result.launch_plan))
+
+
+def plan_summary(plan) -> str:
+    kernels = Counter(s.op for s in plan.kernel_steps())
+    torch_ops = len(plan.steps) - sum(kernels.values())
+    launched = ", ".join(f"{op}×{n}" for op, n in sorted(kernels.items())) or "none"
+    return (f"launch plan: {len(plan.steps)} steps, {sum(kernels.values())} kernel launches ({launched}), "
+            f"{torch_ops} torch ops, {len(plan.prelude)} prelude steps on weights, "
+            f"{len(plan.specializations())} kernel specializations")
+
+
+def cmd_inspect_triton(args) -> None:
+    """Each step of the launch plan of a triton folder, an ONNX explainer, or a model (compiled with
+    ``--rule`` / ``--rule-map`` on the spot)."""
+    check_target(args.target)
+    if is_plan_dir(args.model) or _is_explainer(args.model):
+        plan = load(args.model)[0]
+    else:
+        plan = compile_triton(args.model, write=False, rule=args.rule, rule_map=args.rule_map).launch_plan
+    print(f"{'#':>4}  {'step':58} replaces")
+    for k, step in enumerate(plan.prelude):
+        print(f"{'p' + str(k):>4}  {step.describe():58} {', '.join(step.nodes)} (once, on weights)")
+    for k, step in enumerate(plan.steps):
+        print(f"{k:>4}  {step.describe():58} {', '.join(step.nodes)}")
+    print(plan_summary(plan))
+    for spec in plan.specializations():
+        flags = ", ".join(f"{k}={v}" for k, v in spec["flags"].items())
+        print(f"  specialization {spec['op']}[{spec['dtype']}]({flags})")
+
+
+def _is_explainer(path) -> bool:
+    import onnx
+
+    if not os.path.isfile(path):
+        return False
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:
+        raise RelgraphError(f"not a readable ONNX model: {path}") from None
+    return any(p.key == "relgraph.input" for p in proto.metadata_props)

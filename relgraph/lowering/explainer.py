@@ -1,0 +1,65 @@
+"""Run a lowered explainer with the same interface as the onnxruntime one.
+
+``relgraph.Explainer(DIR)`` on a triton folder (or ``Explainer(FILE, backend="triton")`` on an ONNX
+explainer, lowered on the spot) returns a :class:`TritonExplainer`: the same ``prepare``, ``targets`` and
+``explain(x, target)`` result dict, computed by the launch plan on CUDA, or on the CPU under Triton's
+interpreter (``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ..errors import RelgraphError
+from ..explainer import Explainer
+
+
+class TritonExplainer(Explainer):
+    """A launch plan bound to its weights on one device.
+
+    ``kernels="torch"`` runs the kernel steps as their torch reference (no Triton needed); ``device``
+    defaults to CUDA, or the CPU under the interpreter. onnxruntime's options (``threads``,
+    ``spinning``, ``providers``) do not apply and are ignored.
+    """
+
+    def __init__(self, path, *, backend=None, kernels: str = "triton", device=None, threads=None, spinning=True,
+                 providers=None):
+        from . import load
+        from .executor import Executor, read_constants
+
+        plan, proto, onnx_path = load(path)
+        self.path, self.plan = str(path), plan
+        self.metadata = {p.key: p.value for p in proto.metadata_props}
+        self.rule = self.metadata.get("relgraph.rule", "")
+        self.input_name = self.metadata["relgraph.input"]
+        self.logits_name = self.metadata["relgraph.logits"]
+        self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+                  for v in [*proto.graph.input, *proto.graph.output]}
+        self.input_shape = shapes[self.input_name]
+        classes = shapes.get(self.logits_name, [None, None])
+        self.num_classes = classes[1] if len(classes) > 1 else None
+        self.output_names = list(plan.outputs)
+        self.executor = Executor(plan, read_constants(proto, plan.constants), kernels=kernels, device=device)
+
+    def explain(self, x, target=None, *, baseline=None) -> dict:
+        """As :meth:`relgraph.Explainer.explain`; the arrays come back as numpy on the host."""
+        x = self.prepare(x)
+        t = self.targets(target, x.shape[0])
+        feeds = {self.input_name: x, "target": t}
+        if baseline is not None:
+            if "baseline" not in self.plan.inputs:
+                raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
+            feeds["baseline"] = self.prepare(baseline)
+        outputs = {k: v.detach().cpu().numpy() for k, v in self.executor.run(feeds).items()}
+        logits = outputs[self.logits_name]
+        chosen = np.where(t < 0, logits.argmax(1), t)
+        return {
+            "logits": logits,
+            "relevance": outputs["relevance"],
+            "bias_relevance": outputs["bias_relevance"],
+            "target": chosen,
+            "outputs": outputs,
+        }

@@ -1,0 +1,340 @@
+"""The triton target: the launch plan reproduces the ONNX explainer (onnxruntime is the reference).
+
+A small CNN with a strided (ragged) grouped conv, a dilated grouped conv, a residual sum, max pooling
+and a linear head is compiled with ``--target triton``; its plan runs the Triton kernels (CUDA, or
+Triton's interpreter on the CPU, see conftest.py) and must give onnxruntime's outputs on the ONNX
+explainer in the same folder. Single ONNX ops of the torch op table are checked against onnxruntime too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from torch import nn
+
+import relgraph
+from relgraph.cli import main
+from relgraph.errors import RelgraphError
+from relgraph.lowering import PLAN_FILE, Plan, compile_triton, lower
+from relgraph.lowering.explainer import TritonExplainer
+from relgraph.lowering.torch_ops import TORCH_OPS
+from torch_models import export, pick_targets, random_input, relative_error, small
+
+
+class LoweringNet(nn.Module):
+    """Conv → strided grouped conv (k3 s2, leaves a row unread) → dilated grouped conv in a residual sum →
+    max pool → linear head; ReLU between them."""
+
+    input_shape = (4, 12, 12)
+
+    def __init__(self, classes: int = 5):
+        super().__init__()
+        self.stem = nn.Conv2d(4, 8, 3, padding=1)                          # 12x12
+        self.strided = nn.Conv2d(8, 8, 3, stride=2, groups=2)               # 5x5, row 11 unread
+        self.dilated = nn.Conv2d(8, 8, 3, padding=2, dilation=2, groups=4)  # 5x5
+        self.head = nn.Linear(8 * 2 * 2, classes)
+
+    def logits(self, x):
+        x = F.relu(self.stem(x))
+        x = F.relu(self.strided(x))
+        x = F.relu(x + self.dilated(x))
+        x = F.max_pool2d(x, 2)                                              # 2x2
+        return self.head(torch.flatten(x, 1))
+
+    def forward(self, x):
+        return self.logits(x)
+
+
+CONVS = 3
+RULES = ("epsilon", "gamma")
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    net = small(LoweringNet, seed=3)
+    return export(net, torch.zeros(1, *LoweringNet.input_shape), tmp_path_factory.mktemp("lowering") / "net.onnx",
+                  dynamo=False)
+
+
+@pytest.fixture(scope="module")
+def folders(model_path):
+    """rule → the compiled triton folder."""
+    return {rule: compile_triton(model_path, model_path.with_name(f"net.{rule}.triton"), rule=rule).path
+            for rule in RULES}
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return random_input((2, *LoweringNet.input_shape), seed=11)
+
+
+def ops(plan: Plan) -> Counter:
+    return Counter(s.op for s in plan.steps)
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+
+def test_epsilon_plan_lowers_epsilon_steps_and_forward_layers(folders):
+    plan = Plan.load(Path(folders["epsilon"]) / PLAN_FILE)
+    count = ops(plan)
+    assert count["epsilon_conv2d"] == CONVS and count["epsilon_linear"] == 1
+    assert count["conv2d"] == CONVS and count["linear"] == 1
+    # nothing of the layers' maps is left to torch: no convolution, transpose or dense product, and the
+    # only Relu left is the residual sum's, which no layer's epilogue can take
+    assert not {"Conv", "ConvTranspose", "Gemm"} & set(count)
+    assert count["Relu"] == 1
+    assert plan.prelude == []
+    forward = {o: s for s in plan.steps if s.op in ("conv2d", "linear") for o in s.outputs}
+    modes = Counter()
+    for step in plan.steps:
+        if step.op.startswith("epsilon_"):
+            # the stabilizer runs in the kernel: den is a forward layer's own output (z or its ReLU),
+            # not an elementwise Add/Where chain
+            assert step.inputs[3] in forward, step
+            modes[step.flags["mode"]] += 1
+            assert step.flags["want_s"] and len(step.outputs) == 2  # every layer has a bias to share with
+            assert step.attrs["epsilon"] == pytest.approx(1e-6)
+    # z feeds only a ReLU for stem and strided conv (mode shift on y); the dilated conv (into the residual
+    # sum) and the head have signed z (mode stab)
+    assert modes == Counter(shift=2, stab=2)
+    relu = [s.flags["relu"] for s in plan.steps if s.op == "conv2d"]
+    assert relu == [True, True, False]
+    assert not any(s.flags["keep_z"] for s in plan.steps if s.op in ("conv2d", "linear"))
+
+
+def test_gamma_plan_uses_the_parts_kernels(folders):
+    plan = Plan.load(Path(folders["gamma"]) / PLAN_FILE)
+    count = ops(plan)
+    assert count["lrp_parts_conv2d"] == count["lrp_parts_conv2d_back"] == CONVS
+    assert count["lrp_parts_linear"] == count["lrp_parts_linear_back"] == 1
+    assert count["conv2d"] == CONVS and count["linear"] == 1
+    assert not {"Conv", "ConvTranspose", "Gemm"} & set(count)
+    backs = [s for s in plan.steps if s.op.endswith("_back")]
+    assert all(s.flags["rule"] == "gamma" and s.flags["has_bias"] for s in backs)
+    # the stem reads the raw input (signed); every later layer reads a ReLU output
+    assert [s.flags["x_nonneg"] for s in backs] == [True, True, True, False]
+
+
+def test_plan_round_trips_and_names_real_specializations(folders, model_path):
+    kernel_registry = pytest.importorskip("kernels.registry")
+    for rule in RULES:
+        path = Path(folders[rule]) / PLAN_FILE
+        plan = Plan.load(path)
+        assert Plan.from_json(plan.to_json()).to_json() == plan.to_json()
+        onnx_outputs = [o.name for o in onnx.load(str(Path(folders[rule]) / "explainer.onnx")).graph.output]
+        assert plan.outputs == onnx_outputs
+        for spec in plan.specializations():
+            found = kernel_registry.specializations(spec["op"], spec["dtype"], **spec["flags"])
+            assert found and all(s.family == spec["op"] for s in found)
+
+
+# ------------------------------------------------------------------------------------------- numerics
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_triton_explainer_matches_onnxruntime(folders, sample, rule):
+    reference = relgraph.Explainer(folders[rule], backend="onnxruntime")
+    lowered = relgraph.Explainer(folders[rule])
+    assert isinstance(lowered, TritonExplainer) and not isinstance(reference, TritonExplainer)
+    targets = pick_targets(reference.explain(sample)["logits"], seed=5)
+    for target in (targets, None):
+        want, got = reference.explain(sample, target), lowered.explain(sample, target)
+        assert list(got["outputs"]) == list(want["outputs"])
+        np.testing.assert_array_equal(got["target"], want["target"])
+        for name, value in want["outputs"].items():
+            assert got["outputs"][name].shape == value.shape, name
+            assert relative_error(got["outputs"][name], value).max() < 1e-4, name
+        assert np.abs(got["relevance"]).sum() > 0
+
+
+def test_torch_reference_of_the_kernels_matches_onnxruntime(folders, sample):
+    """The kernel steps computed by their torch reference: the plan's rewrites alone are exact."""
+    reference = relgraph.Explainer(folders["epsilon"], backend="onnxruntime")
+    lowered = TritonExplainer(folders["epsilon"], kernels="torch", device="cpu")
+    want, got = reference.explain(sample, 1), lowered.explain(sample, 1)
+    for name, value in want["outputs"].items():
+        assert relative_error(got["outputs"][name], value).max() < 1e-5, name
+
+
+def test_onnx_explainer_file_is_lowered_on_the_spot(folders, sample):
+    onnx_file = Path(folders["epsilon"]) / "explainer.onnx"
+    reference = relgraph.Explainer(onnx_file)
+    lowered = relgraph.Explainer(onnx_file, backend="triton")
+    want, got = reference.explain(sample, 2), lowered.explain(sample, 2)
+    assert relative_error(got["relevance"], want["relevance"]).max() < 1e-4
+
+
+def test_matmul_over_a_sequence_runs_as_linear_kernels(tmp_path):
+    """StructureZoo multiplies a [N, 32, 8] activation by a weight matrix: the forward MatMul and its ε step
+    run as ``linear`` / ``epsilon_linear`` over N·32 rows, the weight transposed once in the prelude."""
+    from torch_models import StructureZoo
+
+    path = export(small(StructureZoo, seed=2), torch.zeros(1, *StructureZoo.input_shape), tmp_path / "s.onnx",
+                  dynamo=True)
+    folder = compile_triton(path, tmp_path / "s.triton", rule="epsilon").path
+    plan = Plan.load(Path(folder) / PLAN_FILE)
+    matmuls = [s for s in plan.steps if any("MatMul" in n for n in s.nodes) and s.kind == "kernel"]
+    assert {s.op for s in matmuls} == {"linear", "epsilon_linear"}
+    assert plan.prelude and {s.op for s in plan.prelude} == {"Transpose"}
+    x = random_input((2, *StructureZoo.input_shape), seed=4)
+    want = relgraph.Explainer(folder, backend="onnxruntime").explain(x, 0)
+    got = relgraph.Explainer(folder).explain(x, 0)
+    for name, value in want["outputs"].items():
+        assert relative_error(got["outputs"][name], value).max() < 1e-4, name
+
+
+# ------------------------------------------------------------------------------------------- torch ops
+
+
+def _single_op(op_type, inputs: dict, n_out=1, **attrs):
+    """A one-node model; constant operands (ints) become initializers."""
+    feeds = {k: v for k, v in inputs.items() if v.dtype.kind == "f"}
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in inputs.items() if v.dtype.kind != "f"]
+    outputs = [f"y{i}" for i in range(n_out)]
+    node = helper.make_node(op_type, list(inputs), outputs, **attrs)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info(o, TensorProto.INT64 if (op_type, i) == ("MaxPool", 1) else TensorProto.FLOAT,
+                                       None) for i, o in enumerate(outputs)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, feeds)
+    step_attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    step_attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in step_attrs.items()}
+    got = TORCH_OPS[op_type]([torch.from_numpy(v) for v in inputs.values()], step_attrs)
+    got = got if isinstance(got, tuple) else (got,)
+    return [g.numpy() for g in got], want
+
+
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 3, 7, 6)).astype(np.float32)
+
+OP_CASES = {
+    "maxpool asymmetric pads, ceil mode, indices": (
+        "MaxPool", {"x": X}, 2, dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1)),
+    "maxpool dilated": ("MaxPool", {"x": X}, 2, dict(kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 1, 1, 1])),
+    "avgpool count_include_pad, ceil mode": (
+        "AveragePool", {"x": X}, 1, dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1,
+                                         count_include_pad=1)),
+    "avgpool excluding pads, asymmetric": (
+        "AveragePool", {"x": X}, 1, dict(kernel_shape=[2, 3], strides=[1, 2], pads=[0, 2, 1, 0])),
+    "conv same_lower grouped": (
+        "Conv", {"x": X[:, :2], "w": RNG.standard_normal((4, 1, 2, 3)).astype(np.float32)}, 1,
+        dict(auto_pad="SAME_LOWER", group=2, strides=[2, 1])),
+    "convtranspose pads and output_padding": (
+        "ConvTranspose", {"x": X, "w": RNG.standard_normal((3, 2, 3, 3)).astype(np.float32)}, 1,
+        dict(strides=[2, 3], pads=[1, 0, 0, 2], output_padding=[1, 2], dilations=[1, 1])),
+    "slice negative steps": (
+        "Slice", {"x": X, "s": np.array([-1, 5], np.int64), "e": np.array([-100, 0], np.int64),
+                  "a": np.array([3, 2], np.int64), "t": np.array([-2, -3], np.int64)}, 1, {}),
+    "scatter-add duplicates": (
+        "ScatterElements", {"x": X.reshape(-1)[:10].copy(), "i": np.array([1, 1, -2, 3], np.int64),
+                            "u": X.reshape(-1)[10:14].copy()}, 1, dict(axis=0, reduction="add")),
+    "reshape with 0 and -1": ("Reshape", {"x": X, "s": np.array([0, -1, 6], np.int64)}, 1, {}),
+    "split in num_outputs": ("Split", {"x": X}, 3, dict(axis=2, num_outputs=3)),
+    "pad on two axes": ("Pad", {"x": X, "p": np.array([1, 0, 2, 3], np.int64), "v": np.array(0.5, np.float32),
+                                "a": np.array([1, 3], np.int64)}, 1, dict(mode="constant")),
+}
+
+
+@pytest.mark.parametrize("case", list(OP_CASES))
+def test_torch_op_matches_onnxruntime(case):
+    op_type, inputs, n_out, attrs = OP_CASES[case]
+    got, want = _single_op(op_type, inputs, n_out, **attrs)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_unsupported_ops_are_reported_at_once(folders):
+    proto = onnx.load(str(Path(folders["epsilon"]) / "explainer.onnx"))
+    logits = proto.graph.output[0].name
+    proto.graph.node.extend([helper.make_node("Hardmax", [logits], ["h"], name="odd_one"),
+                             helper.make_node("Det", ["h"], ["d"], name="odd_two"),
+                             helper.make_node("Unsqueeze", [logits, "axes"], ["u"], name="u"),
+                             helper.make_node("MaxPool", ["u"], ["p", "i"], kernel_shape=[1], storage_order=1,
+                                              name="column_major")])
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), "axes"))
+    proto.graph.output.extend([helper.make_tensor_value_info(n, t, None)
+                               for n, t in (("d", TensorProto.FLOAT), ("i", TensorProto.INT64))])
+    with pytest.raises(RelgraphError) as err:
+        lower(proto)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("cannot lower 3 node(s)")
+    assert "Hardmax 'odd_one'" in message and "Det 'odd_two'" in message and "Torch ops: " in message
+    assert "MaxPool 'column_major' (storage_order=1)" in message
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+
+def _digest(folder) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).iterdir())}
+
+
+def _one_line_error(capsys, code, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("relgraph: error:"), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_cli_round_trip(model_path, sample, tmp_path, capsys):
+    folder = tmp_path / "net.triton"
+    assert main(["compile", str(model_path), "--rule", "epsilon", "--target", "triton", "-o", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "epsilon_conv2d×3" in out and "epsilon_linear×1" in out
+    assert sorted(p.name for p in folder.iterdir()) == ["explainer.onnx", "plan.json"]
+
+    inputs = tmp_path / "x.npy"
+    np.save(inputs, sample)
+    assert main(["explain", str(folder), str(inputs), "--backend", "triton", "--target", "3",
+                 "-o", str(tmp_path / "triton.npz")]) == 0
+    assert main(["explain", str(folder), str(inputs), "--backend", "onnxruntime", "--target", "3",
+                 "-o", str(tmp_path / "onnx.npz")]) == 0
+    got, want = np.load(tmp_path / "triton.npz"), np.load(tmp_path / "onnx.npz")
+    assert sorted(got.files) == sorted(want.files)
+    for name in want.files:
+        assert relative_error(got[name], want[name]).max() < 1e-4, name
+    capsys.readouterr()
+
+    assert main(["inspect", str(folder), "--target", "triton"]) == 0
+    listing = capsys.readouterr().out
+    assert "kernel epsilon_conv2d[fp32](mode=shift, want_s=True)" in listing
+    assert "kernel conv2d[fp32](has_bias=True, relu=True, keep_z=False)" in listing
+    assert "torch MaxPool" in listing and "specialization epsilon_linear[fp32](mode=stab, want_s=True)" in listing
+
+
+def test_cli_errors(model_path, folders, tmp_path, capsys, monkeypatch):
+    folder = folders["epsilon"]
+    before = _digest(folder)
+    code = main(["compile", str(model_path), "--rule", "epsilon", "--target", "triton", "-o", folder])
+    _one_line_error(capsys, code, "output exists", "--force")
+    assert _digest(folder) == before
+
+    code = main(["compile", str(model_path), "--target", "cuda", "-o", str(tmp_path / "x")])
+    _one_line_error(capsys, code, "unknown target 'cuda'", "onnx, triton")
+    code = main(["inspect", str(model_path), "--target", "ptx"])
+    _one_line_error(capsys, code, "unknown target 'ptx'")
+    code = main(["explain", folder, str(tmp_path / "missing.npy"), "--backend", "tpu", "-o", str(tmp_path / "o.npy")])
+    _one_line_error(capsys, code, "unknown backend 'tpu'")
+    assert not (tmp_path / "x").exists()
+
+    if not torch.cuda.is_available():  # without a GPU and without the interpreter: how to run it, in one line
+        np.save(tmp_path / "x.npy", random_input((1, *LoweringNet.input_shape), seed=1))
+        monkeypatch.setenv("TRITON_INTERPRET", "0")
+        code = main(["explain", folder, str(tmp_path / "x.npy"), "--backend", "triton", "-o", str(tmp_path / "o.npy")])
+        _one_line_error(capsys, code, "TRITON_INTERPRET=1")
+        assert not (tmp_path / "o.npy").exists()
