@@ -135,3 +135,22 @@ def test_standard_sweep_has_no_spills():
     for r in rows:
         assert 0 < r.registers <= 255 and r.registers == r.ptxas_registers, r
         assert 0 <= r.shared_bytes <= (163 if r.target == "sm_80" else 227) * 1024, r  # per-block maxima
+
+
+def test_compiled_explainers_kernels_have_no_spills(tmp_path):
+    """The specializations a model's launch plans ask for (flag combinations outside the standard sweep
+    among them: ReLU epilogues without z, γ and αβ on rectified inputs) compile for sm_80 and sm_90 without
+    spills."""
+    from relgraph.lowering import compile_triton
+
+    model = HERE.parents[1] / "models" / "digits" / "digits_cnn.onnx"
+    sources = []
+    for rule in ("epsilon", "epsilon-plus-flat", "gamma", "alpha-beta"):
+        out = compile_triton(str(model), str(tmp_path / rule), rule=rule).path
+        sources += aot.sources_for(out, sweep=False)
+    rows = aot.report(sources, ["sm_80", "sm_90"], progress=False)
+    families = {r.family for r in rows}
+    assert {"conv2d", "linear", "epsilon_conv2d", "lrp_parts_conv2d", "lrp_parts_conv2d_back"} <= families
+    spilling = [f"{r.kernel} {r.target}" for r in rows if r.spills]
+    assert not spilling, spilling
+    assert all(0 < r.registers <= 255 and r.registers == r.ptxas_registers for r in rows)
