@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -291,8 +290,8 @@ def bound(layer: Layer, pass_: str, schedule: str, dtype: str) -> str:
 
 
 def layer_table(layers: list[Layer], dtype: str) -> list[str]:
-    lines = [f"| layer | op | output | GFLOP fwd | GFLOP rel | MB fwd unfused | MB fwd fused | MB rel unfused | "
-             f"MB rel fused | µs fwd unfused | µs fwd fused | µs rel unfused | µs rel fused | rel fused bound |",
+    lines = ["| layer | op | output | GFLOP fwd | GFLOP rel | MB fwd unfused | MB fwd fused | MB rel unfused | "
+             "MB rel fused | µs fwd unfused | µs fwd fused | µs rel unfused | µs rel fused | rel fused bound |",
              "|---|---|---|" + "---:|" * 10 + "---|"]
     for layer in layers:
         cells = [_gf(layer.flops("forward", "fused")), _gf(layer.flops("relevance", "fused"))]

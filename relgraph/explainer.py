@@ -105,12 +105,10 @@ class Explainer:
         t = self.targets(target, x.shape[0])
         feed = {self.input_name: x, "target": t}
         if baseline is not None:
-            overridable = self.session.get_inputs() + self.session.get_overridable_initializers()
-            if "baseline" not in {i.name for i in overridable}:
+            if "baseline" not in self.overridable_inputs():
                 raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
             feed["baseline"] = self.prepare(baseline)
-        values = self.session.run(None, feed)
-        outputs = dict(zip(self.output_names, values))
+        outputs = self.run(feed)
         logits = outputs[self.logits_name]
         chosen = np.where(t < 0, logits.argmax(1), t)
         return {
@@ -120,6 +118,14 @@ class Explainer:
             "target": chosen,
             "outputs": outputs,
         }
+
+    def overridable_inputs(self) -> set[str]:
+        """Inputs a caller may feed: the graph's, and initializers with a default (the baseline)."""
+        return {i.name for i in self.session.get_inputs() + self.session.get_overridable_initializers()}
+
+    def run(self, feed: dict) -> dict:
+        """Every output by name, as numpy arrays."""
+        return dict(zip(self.output_names, self.session.run(None, feed)))
 
 
 BACKENDS = ("onnxruntime", "triton")

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 
-from ..errors import RelgraphError
 from ..explainer import Explainer
 
 
@@ -44,22 +42,9 @@ class TritonExplainer(Explainer):
         self.output_names = list(plan.outputs)
         self.executor = Executor(plan, read_constants(proto, plan.constants), kernels=kernels, device=device)
 
-    def explain(self, x, target=None, *, baseline=None) -> dict:
-        """As :meth:`relgraph.Explainer.explain`; the arrays come back as numpy on the host."""
-        x = self.prepare(x)
-        t = self.targets(target, x.shape[0])
-        feeds = {self.input_name: x, "target": t}
-        if baseline is not None:
-            if "baseline" not in self.plan.inputs:
-                raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
-            feeds["baseline"] = self.prepare(baseline)
-        outputs = {k: v.detach().cpu().numpy() for k, v in self.executor.run(feeds).items()}
-        logits = outputs[self.logits_name]
-        chosen = np.where(t < 0, logits.argmax(1), t)
-        return {
-            "logits": logits,
-            "relevance": outputs["relevance"],
-            "bias_relevance": outputs["bias_relevance"],
-            "target": chosen,
-            "outputs": outputs,
-        }
+    def overridable_inputs(self) -> set[str]:
+        return set(self.plan.inputs)
+
+    def run(self, feed: dict) -> dict:
+        """The plan's outputs, back on the host as numpy arrays."""
+        return {k: v.detach().cpu().numpy() for k, v in self.executor.run(feed).items()}
