@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="onnx", metavar="{onnx,triton}",
                    help="onnx: one explainer .onnx (default); triton: a folder with the explainer and its "
                         "launch plan of Triton kernels")
+    c.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                   help="triton target: the kernels' operand type (x and W; fp32 accumulation and outputs)")
     c.set_defaults(run=cmd_compile)
 
     f = sub.add_parser("fit-patterns", help="fit PatternNet/PatternAttribution patterns of MODEL on data")
@@ -135,6 +137,8 @@ def cmd_compile(args):
         from .lowering.commands import cmd_compile_triton
 
         return cmd_compile_triton(args)
+    if args.dtype != "fp32":
+        raise RelgraphError("--dtype applies to --target triton; an ONNX explainer computes in fp32")
 
     result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,

@@ -157,6 +157,29 @@ def test_triton_explainer_matches_onnxruntime(folders, sample, rule):
         assert np.abs(got["relevance"]).sum() > 0
 
 
+def test_fp16_operands_plan(model_path, sample, tmp_path):
+    """``--dtype fp16``: x and W go to the kernels in fp16 (fp32 accumulation). The kernels match their
+    torch reference fed the same fp16 operands; against the fp32 explainer the relevance moves by fp16's
+    rounding, amplified by the ε divisions (about 3 % here, the same for the torch reference). bf16 needs
+    a GPU: the interpreter's bf16 dot is wrong."""
+    folder = tmp_path / "fp16.triton"
+    assert main(["compile", str(model_path), "--rule", "epsilon", "--target", "triton", "--dtype", "fp16",
+                 "-o", str(folder)]) == 0
+    lowered = relgraph.Explainer(folder)
+    assert lowered.plan.dtype == "fp16" and {s["dtype"] for s in lowered.plan.specializations()} == {"fp16"}
+    fp32 = relgraph.Explainer(folder, backend="onnxruntime").explain(sample, 2)
+    torch_ref = TritonExplainer(folder, kernels="torch", device="cpu").explain(sample, 2)
+    got = lowered.explain(sample, 2)
+
+    def err(a, b):
+        return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+    for name in ("logits", "relevance"):
+        assert err(got[name], torch_ref[name]) < 2e-3, name
+        assert 0 < err(got[name], fp32[name]) < 5e-2, name  # > 0: the operands really were rounded
+        assert np.corrcoef(got[name].ravel(), fp32[name].ravel())[0, 1] > 0.999, name
+
+
 def test_torch_reference_of_the_kernels_matches_onnxruntime(folders, sample):
     """The kernel steps computed by their torch reference: the plan's rewrites alone are exact."""
     reference = relgraph.Explainer(folders["epsilon"], backend="onnxruntime")
@@ -330,6 +353,8 @@ def test_cli_errors(model_path, folders, tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, code, "unknown target 'ptx'")
     code = main(["explain", folder, str(tmp_path / "missing.npy"), "--backend", "tpu", "-o", str(tmp_path / "o.npy")])
     _one_line_error(capsys, code, "unknown backend 'tpu'")
+    code = main(["compile", str(model_path), "--dtype", "fp16", "-o", str(tmp_path / "x.onnx")])
+    _one_line_error(capsys, code, "--dtype applies to --target triton")
     assert not (tmp_path / "x").exists()
 
     if not torch.cuda.is_available():  # without a GPU and without the interpreter: how to run it, in one line
