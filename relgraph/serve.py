@@ -20,6 +20,7 @@ import base64
 import io
 import json
 import queue
+import signal
 import sys
 import threading
 import time
@@ -546,6 +547,19 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (what `docker stop`, systemd and Kubernetes send) stop the server cleanly; SIGINT is
+    set explicitly because a server started in the background of a script inherits it ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def cmd_serve(args) -> int:
     from .explainer import Explainer
 
@@ -570,6 +584,7 @@ def cmd_serve(args) -> int:
     print(f"serving {args.explainer} ({explainer.rule}, {device}) on {server.url}  "
           f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, queue {args.queue}; Ctrl-C stops",
           flush=True)
+    _stop_on_signals()
     try:
         server.serve_forever(poll_interval=0.25)
     except KeyboardInterrupt:

@@ -432,11 +432,13 @@ def test_full_queue_answers_503_then_serves(explainer_path, direct):
 # ------------------------------------------------------------------------------------------- command line
 
 
-def test_cli_serves_until_ctrl_c(explainer_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serves_until_ctrl_c_or_sigterm(explainer_path, stop):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # started as a script's background job would be: SIGINT ignored on entry
     proc = subprocess.Popen([sys.executable, "-m", "relgraph.cli", "serve", explainer_path, "--port", "0",
                              "--max-batch", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=ROOT)
+                            env=env, cwd=ROOT, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         line = proc.stdout.readline()
         url = re.search(r"http://[\d.]+:\d+", line).group(0)
@@ -447,7 +449,7 @@ def test_cli_serves_until_ctrl_c(explainer_path):
                                capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
         assert taken.returncode == 2 and taken.stderr.startswith("relgraph: error: cannot listen")
         assert len(taken.stderr.strip().splitlines()) == 1
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         assert proc.wait(timeout=20) == 0
         assert "Traceback" not in proc.stderr.read()
     finally:
