@@ -12,8 +12,10 @@ the script counts the FLOPs and the HBM bytes of each kernel launch, in two sche
 - **fused**: the kernels of ``kernels/``: the forward GEMM / implicit-GEMM convolution with bias and ReLU in its
   epilogue (it writes y only: the ε step divides by y + ε, mode ``shift``, or by stab(z) where no ReLU follows,
   mode ``stab``), and one ε kernel that reads R, den, W and x and writes R_x (plus s for the bias share, as
-  ``want_s``). Layers without a kernel in ``kernels/`` (max pooling, residual add, global average pooling)
-  are counted as one single-pass elementwise kernel each, marked † in the tables.
+  ``want_s``). Max pooling's relevance is ``maxpool2d_back`` (reads x and R, writes R_x: no indices), its
+  forward a values-only max pool; a residual add's relevance is ``epsilon_sum`` (reads a, b, R, den, writes
+  R_a, R_b), its forward the Add and ReLU the plan runs as torch ops. Global average pooling has no kernel
+  in ``kernels/``: it is counted as one single-pass elementwise kernel per pass, marked † in the tables.
 
 Traffic is the compulsory traffic: every tensor a kernel touches is read or written once (perfect reuse of
 tiles in L2/shared memory, the same assumption in both columns). Each kernel's time is
@@ -140,26 +142,30 @@ def affine_layer(name, op, shape, *, x: int, w: int, bias: int, y: int, macs: in
 
 
 def residual_add_layer(name, shape, y: int, rectified: bool) -> Layer:
-    """s = a + b (then ReLU). ε (zennit's Norm): R_a = a ⊙ R ⊘ den, R_b = b ⊙ R ⊘ den."""
-    forward_unfused = [Kernel("Add(a, b)", (y, y), (y,))] + ([Kernel("Relu", (y,), (y,))] if rectified else [])
+    """s = a + b (then ReLU). ε (zennit's Norm): R_a = a ⊙ R ⊘ den, R_b = b ⊙ R ⊘ den. The forward stays
+    the plan's torch ops in both schedules; the fused split is ``epsilon_sum``, its stabilizer inside."""
+    forward = [Kernel("Add(a, b)", (y, y), (y,))] + ([Kernel("Relu", (y,), (y,))] if rectified else [])
     relevance_unfused = stabilizer_ops(y, rectified) + [
         Kernel("Div(R, den)", (y, y), (y,)), Kernel("Mul(a, s)", (y, y), (y,)), Kernel("Mul(b, s)", (y, y), (y,))]
     return Layer(name, "Add" + ("+Relu" if rectified else ""), shape, {
-        ("forward", "unfused"): forward_unfused,
-        ("forward", "fused"): [Kernel("add(+relu)", (y, y), (y,))],
+        ("forward", "unfused"): forward,
+        ("forward", "fused"): list(forward),
         ("relevance", "unfused"): relevance_unfused,
-        ("relevance", "fused"): [Kernel("norm split", (y, y, y, y), (y, y))]}, no_kernel=True)
+        ("relevance", "fused"): [Kernel(f"epsilon_sum(mode={'shift' if rectified else 'stab'})", (y, y, y, y),
+                                        (y, y))]})
 
 
 def maxpool_layer(name, shape, x: int, y: int) -> Layer:
-    """Winner takes all. The explainer stores int64 indices and scatter-adds R over them (ScatterElements
-    copies its zero-filled data input first); a fused kernel re-finds each window's winner from x and y."""
+    """Winner takes all. The ONNX explainer pools once for the values, and ``relgraph.MaxPoolRoute`` pools
+    again for the int64 indices and scatter-adds R over them (ScatterElements copies its zero-filled data
+    input first). Fused: a values-only pool, and ``maxpool2d_back`` re-finds each window's winner from x."""
     return Layer(name, "MaxPool", shape, {
-        ("forward", "unfused"): [Kernel("MaxPool (values, indices)", (x,), (y, (y, "index")))],
-        ("forward", "fused"): [Kernel("max pool", (x,), (y,))],
-        ("relevance", "unfused"): [Kernel("ConstantOfShape", (), (x,)),
+        ("forward", "unfused"): [Kernel("MaxPool", (x,), (y,))],
+        ("forward", "fused"): [Kernel("max_pool2d (values only)", (x,), (y,))],
+        ("relevance", "unfused"): [Kernel("MaxPool (values, indices)", (x,), (y, (y, "index"))),
+                                   Kernel("ConstantOfShape", (), (x,)),
                                    Kernel("ScatterElements(add)", (x, (y, "index"), y), (x,))],
-        ("relevance", "fused"): [Kernel("route to winners", (x, y, y), (x,))]}, no_kernel=True)
+        ("relevance", "fused"): [Kernel("maxpool2d_back", (x, y), (x,))]})
 
 
 def global_pool_layer(name, shape, x: int, y: int) -> Layer:
@@ -371,9 +377,12 @@ def markdown(resnet: list[Layer], linear: list[Layer], batch: int, linear_batch:
         "- Fused: `kernels/`' traffic: the forward GEMM/implicit-GEMM convolution with the bias and ReLU "
         "epilogue writes y only; one ε kernel reads R, den (y after a ReLU, mode `shift`; z otherwise, mode "
         "`stab`), W, x and writes R_x and s (`want_s`, for the bias share, whose reduction is counted in both "
-        "schedules). † marks layers without a kernel in `kernels/` (max pool, residual add, global average "
-        "pool): their fused figure is one single-pass elementwise kernel, an estimate of what a pointwise "
-        "lowering gives.",
+        "schedules). Max pooling: a values-only pool forward (the unfused explainer pools once more inside "
+        "`relgraph.MaxPoolRoute` for the int64 indices it scatters over); relevance `maxpool2d_back` reads x "
+        "and R and writes R_x. Residual add: forward `Add` and `Relu` as the plan's torch ops in both "
+        "schedules; relevance `epsilon_sum` reads a, b, R, den and writes R_a, R_b. † marks layers without a "
+        "kernel in `kernels/` (global average pool): their fused figure is one single-pass elementwise kernel, "
+        "an estimate of what a pointwise lowering gives.",
         "- ΣR rows: a tensor read by two layers (a residual block's input) receives the sum of their "
         "relevances: one Add, the same in both schedules.",
         "",

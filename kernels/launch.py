@@ -20,7 +20,7 @@ import triton
 from relgraph.errors import RelgraphError
 
 CONFIGS_FILE = Path(__file__).with_name("configs.json")
-BLOCKS = ("BLOCK_M", "BLOCK_N", "BLOCK_K")
+LAUNCH_KEYS = ("num_warps", "num_stages")  # the rest of a configuration is block sizes
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -40,6 +40,11 @@ def configs(family: str) -> list[dict]:
     if family not in table or family.startswith("_"):
         raise KeyError(f"no kernel family '{family}' in {CONFIGS_FILE.name}")
     return [dict(c) for c in table[family]]
+
+
+def blocks(config: dict) -> dict:
+    """The block-size constexprs of one configuration (every key but the launch shape)."""
+    return {k: v for k, v in config.items() if k not in LAUNCH_KEYS}
 
 
 @dataclass(frozen=True, eq=False)  # hashed by identity: one autotuner per op
@@ -77,7 +82,7 @@ class KernelSpec:
 
 @functools.cache
 def _autotuned(spec: KernelSpec):
-    tuned = [triton.Config({b: c[b] for b in BLOCKS}, num_warps=c["num_warps"], num_stages=c["num_stages"])
+    tuned = [triton.Config(blocks(c), num_warps=c["num_warps"], num_stages=c["num_stages"])
              for c in configs(spec.op)]
     return triton.autotune(configs=tuned, key=list(spec.key))(spec.fn)
 
@@ -92,7 +97,7 @@ def launch(spec: KernelSpec, grid, args: tuple, **flags) -> None:
     constexprs = spec.constexprs(**flags)
     if interpreting():
         first = configs(spec.op)[0]
-        spec.fn[grid](*args, **constexprs, **{b: first[b] for b in BLOCKS},
+        spec.fn[grid](*args, **constexprs, **blocks(first),
                       num_warps=first["num_warps"], num_stages=first["num_stages"])
     else:
         _autotuned(spec)[grid](*args, **constexprs)

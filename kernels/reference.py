@@ -128,7 +128,9 @@ def _parts(forward, x, w):
 
 
 def _parts_back(forward, transpose, x, w, r, z_pos, z_neg, b_pos, b_neg, rule, gamma, alpha, beta, epsilon):
-    """The γ / αβ relevance of x term by term (zennit's form), for any linear map."""
+    """(R_x, s_a, s_b): the γ / αβ relevance of x term by term (zennit's form), for any linear map, and the
+    shares the bias parts take (R_bias = ⟨b⁺, s_a⟩ + ⟨b⁻, s_b⟩), read off the same terms: s_a multiplies
+    every product with x⁺W⁺ (and x⁻W⁻), s_b every product with x⁺W⁻ (and x⁻W⁺)."""
     x, w, r, z_pos, z_neg = _f64(x, w, r, z_pos, z_neg)
     shape = [1] * x.ndim
     shape[1] = -1
@@ -143,12 +145,15 @@ def _parts_back(forward, transpose, x, w, r, z_pos, z_neg, b_pos, b_neg, rule, g
         z2 = forward(xp, down) + forward(xn, up) + bp + bn + gamma * bn
         s1 = np.where(z > 0, r / stabilize(z1, "stab", epsilon), 0.0)
         s2 = np.where(z < 0, r / stabilize(z2, "stab", epsilon), 0.0)
-        return xp * transpose(s1, up) + xn * transpose(s1, down) + xp * transpose(s2, down) + xn * transpose(s2, up)
+        rx = xp * transpose(s1, up) + xn * transpose(s1, down) + xp * transpose(s2, down) + xn * transpose(s2, up)
+        # up = (1+γ)W⁺ + W⁻ and down = W⁺ + (1+γ)W⁻: collect the W⁺ and W⁻ parts of x⁺'s terms
+        return rx, (1 + gamma) * s1 + s2, s1 + (1 + gamma) * s2
     assert rule == "alpha-beta", rule
     s_alpha = alpha * r / stabilize(forward(xp, wp) + forward(xn, wn) + bp, "stab", epsilon)
     s_beta = beta * r / stabilize(forward(xp, wn) + forward(xn, wp) + bn, "stab", epsilon)
-    return (xp * transpose(s_alpha, wp) + xn * transpose(s_alpha, wn)
-            - xp * transpose(s_beta, wn) - xn * transpose(s_beta, wp))
+    rx = (xp * transpose(s_alpha, wp) + xn * transpose(s_alpha, wn)
+          - xp * transpose(s_beta, wn) - xn * transpose(s_beta, wp))
+    return rx, s_alpha, -s_beta
 
 
 def lrp_parts_linear(x, w):
@@ -158,10 +163,12 @@ def lrp_parts_linear(x, w):
 
 
 def lrp_parts_linear_back(x, w, r, z_pos, z_neg, b_pos=None, b_neg=None, *, rule, gamma=0.25, alpha=2.0, beta=1.0,
-                          epsilon=1e-6):
-    """γ / αβ relevance of x for z = x·Wᵀ + b; the mask of γ uses z = z_pos + z_neg + b."""
-    return _parts_back(lambda a, b: a @ b.T, lambda s, b: s @ b, x, w, r, z_pos, z_neg, b_pos, b_neg,
-                       rule, gamma, alpha, beta, epsilon)
+                          epsilon=1e-6, want_s=False):
+    """γ / αβ relevance of x for z = x·Wᵀ + b; the mask of γ uses z = z_pos + z_neg + b. With ``want_s``:
+    (R_x, s_a, s_b)."""
+    out = _parts_back(lambda a, b: a @ b.T, lambda s, b: s @ b, x, w, r, z_pos, z_neg, b_pos, b_neg,
+                      rule, gamma, alpha, beta, epsilon)
+    return out if want_s else out[0]
 
 
 def lrp_parts_conv2d(x, w, *, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
@@ -171,9 +178,56 @@ def lrp_parts_conv2d(x, w, *, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
 
 
 def lrp_parts_conv2d_back(x, w, r, z_pos, z_neg, b_pos=None, b_neg=None, *, rule, gamma=0.25, alpha=2.0, beta=1.0,
-                          epsilon=1e-6, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1):
+                          epsilon=1e-6, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1), groups=1, want_s=False):
     geo = dict(stride=stride, pads=pads, dilation=dilation, groups=groups)
     x_shape = np.shape(x)
-    return _parts_back(lambda a, b: conv2d_linear(a, b, **geo),
-                       lambda s, b: conv2d_transpose(s, b, x_shape, **geo),
-                       x, w, r, z_pos, z_neg, b_pos, b_neg, rule, gamma, alpha, beta, epsilon)
+    out = _parts_back(lambda a, b: conv2d_linear(a, b, **geo),
+                      lambda s, b: conv2d_transpose(s, b, x_shape, **geo),
+                      x, w, r, z_pos, z_neg, b_pos, b_neg, rule, gamma, alpha, beta, epsilon)
+    return out if want_s else out[0]
+
+
+# ------------------------------------------------------------------------------------------- pointwise
+
+
+def epsilon_sum(a, b, r, den, *, mode="den", epsilon=0.0):
+    """(ra, rb): the ε rule of a sum z = a + b, ra = a ⊙ r ⊘ d, rb = b ⊙ r ⊘ d."""
+    a, b, r = _f64(a, b, r)
+    s = r / stabilize(den, mode, epsilon)
+    return a * s, b * s
+
+
+# ------------------------------------------------------------------------------------------- pooling
+
+
+def maxpool2d_output_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode):
+    """ONNX's pooled size along one axis; under ceil_mode the last window must start inside the input or
+    its begin padding."""
+    span = dilation * (kernel - 1) + 1
+    room = size + pad_begin + pad_end - span
+    out = (-(-room // stride) if ceil_mode else room // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad_begin:
+        out -= 1
+    return out
+
+
+def maxpool2d_back(x, r, *, kernel, stride=None, pads=(0, 0, 0, 0), dilation=(1, 1), ceil_mode=False):
+    """Max pooling's winner-takes-all route, written as a scatter: each window (padding = −∞) hands its r
+    to its first maximum in row-major window order (``np.argmax``), overlapping windows sum."""
+    x, r = _f64(x, r)
+    stride = stride or kernel
+    N, C, H, W = x.shape
+    P, Q = r.shape[2:]
+    rx = np.zeros_like(x)
+    for p in range(P):
+        rows = p * stride[0] - pads[0] + np.arange(kernel[0]) * dilation[0]
+        for q in range(Q):
+            cols = q * stride[1] - pads[1] + np.arange(kernel[1]) * dilation[1]
+            inside = ((rows >= 0) & (rows < H))[:, None] & ((cols >= 0) & (cols < W))[None, :]
+            hh, ww = np.clip(rows, 0, H - 1), np.clip(cols, 0, W - 1)
+            window = np.where(inside, x[:, :, hh[:, None], ww[None, :]], -np.inf).reshape(N, C, -1)
+            first = window.argmax(axis=2)
+            i, j = first // kernel[1], first % kernel[1]
+            n, c = np.meshgrid(np.arange(N), np.arange(C), indexing="ij")
+            np.add.at(rx, (n, c, hh[i], ww[j]), r[:, :, p, q])
+    return rx

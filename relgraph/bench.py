@@ -162,6 +162,22 @@ def sweep_cases(size: str = "small"):
             label = "g{groups} s{stride[0]}x{stride[1]} d{dilation[0]}".format(**geo)
             cases += [(f"conv2d {label}", dtype, conv_case), (f"epsilon_conv2d {label}", dtype, epsilon_conv_case),
                       (f"lrp_parts_conv2d(+_back) {label}", dtype, parts_conv_case)]
+
+    def maxpool_case():  # ResNet's overlapping 3×3 s2 p1 windows, over a ReLU output full of ties
+        x, r = f32(randn(2, 3, 11, 9)).relu(), f32(randn(2, 3, 6, 5))
+        geo = dict(kernel=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1))
+        rx = kernels.maxpool2d_back(x, r, out=nan(*x.shape), **geo)
+        return [(*np64(rx), ref.maxpool2d_back(x.double().numpy(), r.double().numpy(), **geo))]
+
+    def epsilon_sum_case():
+        a, b, r = (f32(randn(3, 5, 7, 9)) for _ in range(3))
+        den = (a + b).relu()
+        ra, rb = kernels.epsilon_sum(a, b, r, den, mode="shift", epsilon=1e-2, out=(nan(*a.shape), nan(*a.shape)))
+        want = ref.epsilon_sum(*np64(a, b, r, den), mode="shift", epsilon=1e-2)
+        return [(*np64(ra), want[0]), (*np64(rb), want[1])]
+
+    # no matmul operands: fp32 alone
+    cases += [("maxpool2d_back 3x3 s2 p1", "fp32", maxpool_case), ("epsilon_sum", "fp32", epsilon_sum_case)]
     return cases
 
 

@@ -31,7 +31,7 @@ def test_bench_without_gpu_reports_the_sweep(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out.splitlines()[0].startswith("no GPU")
-    assert "interpreter sweep: 7 cases, all pass" in out and "FAIL" not in out
+    assert "interpreter sweep: 9 cases, all pass" in out and "FAIL" not in out
     assert "onnxruntime CPU, digits_cnn.onnx, rule epsilon, batch 4" in out
     data = json.loads(out_json.read_text())
     assert data["gpu"] is False and data["sweep"] == {"size": "small", "passed": True}

@@ -3,7 +3,7 @@
 Every run writes into outputs poisoned with NaN, so an element a kernel fails to write shows up. Shapes
 are small and ragged (not multiples of the blocks). References: ``kernels.reference`` (float64 numpy),
 torch autograd for the transposed convolution, relgraph's own rule groups (``groups_for``) for γ and αβ,
-and onnxruntime running a compiled ε explainer.
+onnxruntime's pooling indices for max pooling's route, and onnxruntime running a compiled ε explainer.
 """
 
 from __future__ import annotations
@@ -236,6 +236,39 @@ def _groups_relevance(groups, x, z, r, forward, transpose):
     return total
 
 
+@pytest.mark.parametrize("rule", ["gamma", "alpha-beta"])
+@pytest.mark.parametrize("has_bias,x_nonneg", [(True, False), (False, True)])
+def test_lrp_parts_back_writes_the_shares(rule, has_bias, x_nonneg):
+    """``want_s``: the push-back kernels also write s_a, s_b (every one, in the dense and the conv form;
+    the conv's pads are as wide as its kernel, so whole windows lie in the padding, where the gather never
+    reads the shares), equal to the float64 reference's, and rx is unchanged."""
+    gen = torch.Generator().manual_seed(29)
+    x, w, b = rand(gen, 19, 37), rand(gen, 21, 37), rand(gen, 21)
+    g = (4, 6, 2, 2, (2, 1), (2, 1, 2, 2), (1, 1), 2, 7, 6)
+    xc, wc = conv_operands(gen, g)
+    bc = rand(gen, wc.shape[0])
+    if x_nonneg:
+        x, xc = x.relu(), xc.relu()
+    cases = [(x, w, b, {}, kernels.lrp_parts_linear, kernels.lrp_parts_linear_back, ref.lrp_parts_linear_back),
+             (xc, wc, bc, geometry(g), kernels.lrp_parts_conv2d, kernels.lrp_parts_conv2d_back,
+              ref.lrp_parts_conv2d_back)]
+    for xi, wi, bi, geo, forward, back, reference in cases:
+        parts = _bias_parts(bi if has_bias else None)
+        z_pos, z_neg = forward(xi, wi, x_nonneg=x_nonneg, **geo)
+        r = rand(gen, *z_pos.shape)
+        out = poisoned(xi.shape, z_pos.shape, z_pos.shape)
+        got = back(xi, wi, r, z_pos, z_neg, *parts, rule=rule, gamma=0.3, x_nonneg=x_nonneg, want_s=True, out=out,
+                   **geo)
+        assert all(g_ is o for g_, o in zip(got, out))
+        want = reference(f64(xi), f64(wi), f64(r), f64(z_pos), f64(z_neg), *map(f64, parts), rule=rule, gamma=0.3,
+                         want_s=True, **geo)
+        for name, g_, w_ in zip(("rx", "s_a", "s_b"), got, want):
+            assert rel_err(g_, w_) < 1e-4, (name, geo)
+        alone = back(xi, wi, r, z_pos, z_neg, *parts, rule=rule, gamma=0.3, x_nonneg=x_nonneg, out=poisoned(xi.shape),
+                     **geo)
+        assert rel_err(alone, want[0]) < 1e-4
+
+
 @pytest.mark.parametrize("rule", ["gamma", "alpha-beta", "zplus"])
 @pytest.mark.parametrize("layer", ["dense", "conv"])
 def test_parts_match_relgraph_groups(rule, layer):
@@ -267,6 +300,90 @@ def test_parts_match_relgraph_groups(rule, layer):
     groups = groups_for(rule, w.cpu().numpy(), b.cpu().numpy(), params)
     want = _groups_relevance(groups, f64(x), z, f64(r), forward, transpose)
     assert rel_err(got, want) < 1e-4
+
+
+# ------------------------------------------------------------------------------------------- max pooling
+
+# (kernel, stride, pads (t, l, b, r), dilation, ceil_mode): ResNet's overlapping 3×3 s2 p1, 2×2 s2,
+# ceil_mode with a ragged last window, dilated with asymmetric pads, stride 1 (every pixel in many windows)
+POOLS = [((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False),
+         ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False),
+         ((3, 3), (2, 2), (0, 0, 0, 0), (1, 1), True),
+         ((3, 2), (2, 1), (1, 0, 2, 1), (2, 1), True),
+         ((2, 3), (1, 1), (1, 1, 0, 2), (1, 1), False)]
+POOL_IDS = ["3x3-s2-p1", "2x2-s2", "3x3-s2-ceil", "dilated-asym-ceil", "stride1"]
+
+
+def pool_input(gen, n=2, c=3, h=11, w=9):
+    """A ReLU output with a plateau: many zeros and equal values, so most windows tie."""
+    x = rand(gen, n, c, h, w).relu()
+    x[:, :, 2:6, 1:5] = 0.5
+    return x
+
+
+def onnxruntime_route(x: np.ndarray, r: np.ndarray, kernel, stride, pads, dilation, ceil_mode) -> np.ndarray:
+    """r scatter-added over onnxruntime's MaxPool indices: the ONNX explainer's route."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], kernel_shape=list(kernel), strides=list(stride),
+                            pads=list(pads), dilations=list(dilation), ceil_mode=int(ceil_mode))
+    graph = helper.make_graph([node], "pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("i", TensorProto.INT64, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    y, idx = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert y.shape == r.shape
+    routed = np.zeros(x.size)
+    np.add.at(routed, idx.reshape(-1), r.reshape(-1).astype(np.float64))
+    return routed.reshape(x.shape)
+
+
+@pytest.mark.parametrize("pool", POOLS, ids=POOL_IDS)
+def test_maxpool2d_back(pool):
+    """Winner takes all, ties to the first maximum: the kernel equals the float64 scatter reference, which
+    equals the route over onnxruntime's own pooling indices (on inputs full of ties)."""
+    kernel, stride, pads, dilation, ceil_mode = pool
+    gen = torch.Generator().manual_seed(31)
+    x = pool_input(gen)
+    geo = dict(kernel=kernel, stride=stride, pads=pads, dilation=dilation, ceil_mode=ceil_mode)
+    P = ref.maxpool2d_output_size(x.shape[2], kernel[0], stride[0], pads[0], pads[2], dilation[0], ceil_mode)
+    Q = ref.maxpool2d_output_size(x.shape[3], kernel[1], stride[1], pads[1], pads[3], dilation[1], ceil_mode)
+    r = rand(gen, x.shape[0], x.shape[1], P, Q)
+    got = kernels.maxpool2d_back(x, r, out=poisoned(x.shape), **geo)
+    want = ref.maxpool2d_back(f64(x), f64(r), **geo)
+    assert np.abs(want - onnxruntime_route(x.cpu().numpy(), r.cpu().numpy(), **geo)).max() < 1e-6
+    assert rel_err(got, want) < 1e-6
+    # winner takes all: the relevance is conserved, and it lands on maxima only
+    assert abs(float(got.sum()) - float(r.sum())) < 1e-4 * float(r.abs().sum())
+
+
+def test_maxpool2d_back_rejects_a_mismatched_r():
+    x = torch.ones(1, 2, 6, 6, device=DEVICE)
+    with pytest.raises(RelgraphError, match="r has shape"):
+        kernels.maxpool2d_back(x, torch.ones(1, 2, 2, 2, device=DEVICE), kernel=(2, 2), stride=(2, 2))
+    with pytest.raises(RelgraphError, match="smaller than the kernel"):
+        kernels.maxpool2d_back(x, torch.ones(1, 2, 4, 4, device=DEVICE), kernel=(2, 2), pads=(2, 2, 2, 2))
+
+
+# ------------------------------------------------------------------------------------------- residual sum
+
+
+@pytest.mark.parametrize("mode", ["den", "stab", "shift"])
+def test_epsilon_sum(mode):
+    gen = torch.Generator().manual_seed(37)
+    a, b, r = rand(gen, 3, 5, 7, 9), rand(gen, 3, 5, 7, 9), rand(gen, 3, 5, 7, 9)  # 945: not a multiple of BLOCK
+    z = a + b
+    den = {"den": z.sign() * (z.abs() + 0.5), "stab": z, "shift": z.relu()}[mode]
+    eps = 0.0 if mode == "den" else 0.25
+    got = kernels.epsilon_sum(a, b, r, den, mode=mode, epsilon=eps, out=poisoned(a.shape, a.shape))
+    want = ref.epsilon_sum(f64(a), f64(b), f64(r), f64(den), mode=mode, epsilon=eps)
+    for g_, w_ in zip(got, want):
+        assert rel_err(g_, w_) < TOL[torch.float32]
+    if mode == "stab":  # the ε split conserves what the stabilizer does not absorb: Σ ra + rb = Σ r·z/stab(z)
+        total = f64(got[0]) + f64(got[1])
+        assert np.allclose(total, f64(r) * f64(z) / (f64(z) + eps * np.where(f64(z) >= 0, 1.0, -1.0)), atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- fp16 operands
@@ -382,7 +499,13 @@ def test_registry_and_sweep():
     assert 40 <= len(sweep) <= 72
     assert len({s.name for s in sweep}) == len(sweep)
     assert {s.family for s in sweep} == {"linear", "epsilon_linear", "conv2d", "epsilon_conv2d", "lrp_parts_linear",
-                                         "lrp_parts_linear_back", "lrp_parts_conv2d", "lrp_parts_conv2d_back"}
+                                         "lrp_parts_linear_back", "lrp_parts_conv2d", "lrp_parts_conv2d_back",
+                                         "maxpool2d_back", "epsilon_sum"}
+    # ops without matmul operands are compiled for fp32 alone
+    assert {s.signature["x"] for s in sweep if s.family == "maxpool2d_back"} == {"*fp32"}
+    assert len([s for s in sweep if s.family == "epsilon_sum"]) == 2 * len(kernels.configs("epsilon_sum"))
+    back = kernels.specializations("lrp_parts_conv2d_back", "fp16", rule="gamma", want_s=True)
+    assert back[0].constexprs["WANT_S"] is True and back[0].signature["sa_out"] == "*fp32"
     for s in sweep:
         assert list(s.signature) == s.fn.arg_names
         assert {n for n, t in s.signature.items() if t == "constexpr"} == set(s.constexprs)

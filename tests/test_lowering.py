@@ -32,7 +32,7 @@ from torch_models import export, pick_targets, random_input, relative_error, sma
 
 class LoweringNet(nn.Module):
     """Conv → strided grouped conv (k3 s2, leaves a row unread) → dilated grouped conv in a residual sum →
-    max pool → linear head; ReLU between them."""
+    max pool → linear head; ReLU between them. The ReLU outputs pooled hold zeros: ties for max pooling."""
 
     input_shape = (4, 12, 12)
 
@@ -97,7 +97,7 @@ def test_epsilon_plan_lowers_epsilon_steps_and_forward_layers(folders):
     forward = {o: s for s in plan.steps if s.op in ("conv2d", "linear") for o in s.outputs}
     modes = Counter()
     for step in plan.steps:
-        if step.op.startswith("epsilon_"):
+        if step.op in ("epsilon_linear", "epsilon_conv2d"):
             # the stabilizer runs in the kernel: den is a forward layer's own output (z or its ReLU),
             # not an elementwise Add/Where chain
             assert step.inputs[3] in forward, step
@@ -119,10 +119,35 @@ def test_gamma_plan_uses_the_parts_kernels(folders):
     assert count["lrp_parts_linear"] == count["lrp_parts_linear_back"] == 1
     assert count["conv2d"] == CONVS and count["linear"] == 1
     assert not {"Conv", "ConvTranspose", "Gemm"} & set(count)
-    backs = [s for s in plan.steps if s.op.endswith("_back")]
+    backs = [s for s in plan.steps if s.op.startswith("lrp_parts") and s.op.endswith("_back")]
     assert all(s.flags["rule"] == "gamma" and s.flags["has_bias"] for s in backs)
     # the stem reads the raw input (signed); every later layer reads a ReLU output
     assert [s.flags["x_nonneg"] for s in backs] == [True, True, True, False]
+    # every layer has a bias: the push-back writes its shares, no elementwise step recomputes them
+    assert all(s.flags["want_s"] and len(s.outputs) == 3 for s in backs)
+    assert "PartsShares" not in count
+    readers = {i for s in plan.steps for i in s.inputs}
+    assert all(set(s.outputs[1:]) <= readers for s in backs)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_pooling_and_residual_sum_are_kernel_steps(folders, rule):
+    """Max pooling's route and the residual sum's ε split run as kernels; the forward MaxPool keeps its
+    values only (no int64 indices), and no scatter is left."""
+    plan = Plan.load(Path(folders[rule]) / PLAN_FILE)
+    count = ops(plan)
+    assert count["maxpool2d_back"] == 1 and count["epsilon_sum"] == 1
+    assert not {"ScatterElements", "ConstantOfShape", "Size"} & set(count)
+    (pool,) = [s for s in plan.steps if s.op == "MaxPool"]
+    assert pool.outputs == [pool.outputs[0]] and pool.attrs["indices"] == 0
+    (route,) = [s for s in plan.steps if s.op == "maxpool2d_back"]
+    assert route.inputs[0] == pool.inputs[0]
+    assert route.attrs["kernel_shape"] == [2, 2] and route.attrs["strides"] == [2, 2] and not route.attrs["ceil_mode"]
+    (split,) = [s for s in plan.steps if s.op == "epsilon_sum"]
+    # the residual sum feeds a ReLU: its stabilizer runs in the kernel on the ReLU output (mode shift)
+    assert split.flags["mode"] == "shift" and split.attrs["epsilon"] == pytest.approx(1e-6)
+    relu = next(s for s in plan.steps if s.op == "Relu")
+    assert split.inputs[3] == relu.outputs[0]
 
 
 def test_plan_round_trips_and_names_real_specializations(folders, model_path):
@@ -180,10 +205,11 @@ def test_fp16_operands_plan(model_path, sample, tmp_path):
         assert np.corrcoef(got[name].ravel(), fp32[name].ravel())[0, 1] > 0.999, name
 
 
-def test_torch_reference_of_the_kernels_matches_onnxruntime(folders, sample):
+@pytest.mark.parametrize("rule", RULES)
+def test_torch_reference_of_the_kernels_matches_onnxruntime(folders, sample, rule):
     """The kernel steps computed by their torch reference: the plan's rewrites alone are exact."""
-    reference = relgraph.Explainer(folders["epsilon"], backend="onnxruntime")
-    lowered = TritonExplainer(folders["epsilon"], kernels="torch", device="cpu")
+    reference = relgraph.Explainer(folders[rule], backend="onnxruntime")
+    lowered = TritonExplainer(folders[rule], kernels="torch", device="cpu")
     want, got = reference.explain(sample, 1), lowered.explain(sample, 1)
     for name, value in want["outputs"].items():
         assert relative_error(got["outputs"][name], value).max() < 1e-5, name

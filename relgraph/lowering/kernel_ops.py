@@ -11,8 +11,10 @@ Both forms take the step's inputs in the kernel's argument order and return its 
 - ``lrp_parts_linear(x, W)`` / ``lrp_parts_conv2d``: the split forward z_pos = x⁺W⁺ + x⁻W⁻,
   z_neg = x⁺W⁻ + x⁻W⁺ (x⁺ = max(x, 0), x⁻ = min(x, 0), W⁺, W⁻ likewise);
 - ``lrp_parts_linear_back(x, W, r, z_pos, z_neg, b⁺, b⁻)`` / ``lrp_parts_conv2d_back``: the γ or αβ
-  relevance rx = x⁺ ⊙ (s_a·W⁺ + s_b·W⁻) + x⁻ ⊙ (s_b·W⁺ + s_a·W⁻), the shares as in
-  :func:`relgraph.lowering.torch_ops.parts_shares`.
+  relevance rx = x⁺ ⊙ (s_a·W⁺ + s_b·W⁻) + x⁻ ⊙ (s_b·W⁺ + s_a·W⁻), and the shares s_a, s_b (:func:`parts_shares`)
+  when ``want_s``;
+- ``maxpool2d_back(x, r)``: max pooling's route, each window's r to its first maximum (padding −∞);
+- ``epsilon_sum(a, b, r, den)``: ra = a ⊙ r ⊘ d, rb = b ⊙ r ⊘ d, d as in the ε steps.
 
 Leading axes beyond the matrix (a MatMul over a sequence) are flattened into the kernel's rows.
 """
@@ -24,7 +26,7 @@ from types import SimpleNamespace
 import torch
 
 from ..errors import RelgraphError
-from .torch_ops import conv_transpose, convolution, explicit_pads, parts_shares, stabilize
+from .torch_ops import conv_transpose, convolution, explicit_pads, max_pool, stabilize
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -81,14 +83,29 @@ class TorchKernels:
         return _split_forward(x, w, x_nonneg,
                               lambda a, b: convolution(a, b, None, list(stride), list(pads), list(dilation), groups))
 
-    def lrp_parts_linear_back(self, x, w, r, z_pos, z_neg, b_pos, b_neg, *, x_nonneg, **params):
-        return (_push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, -1, lambda s, b: s @ b),)
+    def lrp_parts_linear_back(self, x, w, r, z_pos, z_neg, b_pos, b_neg, *, x_nonneg, want_s, **params):
+        out = _push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, -1, lambda s, b: s @ b)
+        return out if want_s else out[:1]
 
-    def lrp_parts_conv2d_back(self, x, w, r, z_pos, z_neg, b_pos, b_neg, *, x_nonneg, stride, pads, dilation,
-                              groups, **params):
+    def lrp_parts_conv2d_back(self, x, w, r, z_pos, z_neg, b_pos, b_neg, *, x_nonneg, want_s, stride, pads,
+                              dilation, groups, **params):
         def back(s, b):
             return _transposed(s, b, x, stride, pads, dilation, groups)
-        return (_push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, 1, back),)
+        out = _push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, 1, back)
+        return out if want_s else out[:1]
+
+    def maxpool2d_back(self, x, r, *, kernel, stride, pads, dilation, ceil_mode):
+        """The gradient of max pooling: autograd routes r to torch's pooling indices (first maximum)."""
+        x = x.detach().requires_grad_()
+        with torch.enable_grad():
+            y = max_pool([x], dict(kernel_shape=list(kernel), strides=list(stride), pads=list(pads),
+                                   dilations=list(dilation), ceil_mode=int(ceil_mode), indices=0))
+            (rx,) = torch.autograd.grad(y, x, r)
+        return (rx,)
+
+    def epsilon_sum(self, a, b, r, den, *, mode, epsilon):
+        s = r / stabilized(den, mode, epsilon)
+        return a * s, b * s
 
 
 def _transposed(s, w, x, stride, pads, dilation, groups):
@@ -109,14 +126,38 @@ def _split_forward(x, w, x_nonneg, forward):
     return z_pos, z_neg
 
 
+def parts_shares(r, z_pos, z_neg, b_pos, b_neg, *, rule, epsilon, gamma=0.25, alpha=2.0, beta=1.0,
+                 channel_axis=-1):
+    """The two shares (s_a, s_b) of a γ or αβ layer, from its incoming relevance r and its split forward
+    z_pos = x⁺W⁺ + x⁻W⁻, z_neg = x⁺W⁻ + x⁻W⁺ (bias parts b⁺, b⁻ per output channel, or None):
+
+        γ:  z = z_pos + z_neg + b,  z₁ = (1+γ)z_pos + z_neg + b + γb⁺,  z₂ = z_pos + (1+γ)z_neg + b + γb⁻,
+            s₁ = [z > 0]·r ⊘ stab(z₁),  s₂ = [z < 0]·r ⊘ stab(z₂),
+            s_a = (1+γ)s₁ + s₂,  s_b = s₁ + (1+γ)s₂
+        αβ: s_a = α·r ⊘ stab(z_pos + b⁺), s_b = −β·r ⊘ stab(z_neg + b⁻)
+    """
+    axis = channel_axis % r.dim()
+    shape = [-1 if a == axis else 1 for a in range(r.dim())]
+    bp = 0.0 if b_pos is None else b_pos.reshape(shape)
+    bn = 0.0 if b_neg is None else b_neg.reshape(shape)
+    if rule == "gamma":
+        b = bp + bn
+        z = z_pos + z_neg + b
+        s1 = torch.where(z > 0, r / stabilize((1 + gamma) * z_pos + z_neg + b + gamma * bp, epsilon), 0.0)
+        s2 = torch.where(z < 0, r / stabilize(z_pos + (1 + gamma) * z_neg + b + gamma * bn, epsilon), 0.0)
+        return (1 + gamma) * s1 + s2, s1 + (1 + gamma) * s2
+    return alpha * r / stabilize(z_pos + bp, epsilon), -beta * r / stabilize(z_neg + bn, epsilon)
+
+
 def _push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, channel_axis, back):
-    s_a, s_b = parts_shares([r, z_pos, z_neg, b_pos, b_neg], {**params, "channel_axis": channel_axis})
+    """(rx, s_a, s_b) of a γ or αβ layer."""
+    s_a, s_b = parts_shares(r, z_pos, z_neg, b_pos, b_neg, channel_axis=channel_axis, **params)
     x, w = x.float(), w.float()
     wp, wn = torch.relu(w), torch.clamp(w, max=0)
     rx = (x if x_nonneg else torch.relu(x)) * (back(s_a, wp) + back(s_b, wn))
     if not x_nonneg:
         rx = rx + torch.clamp(x, max=0) * (back(s_b, wp) + back(s_a, wn))
-    return rx
+    return rx, s_a, s_b
 
 
 class TritonKernels:
@@ -126,11 +167,12 @@ class TritonKernels:
         # from the modules, not the package: an editable install made before kernels/__init__.py existed
         # maps ``kernels`` as a namespace package, whose top level is empty
         try:
-            from kernels import conv, epsilon_conv, epsilon_matmul, gemm, lrp_parts
+            from kernels import conv, epsilon_conv, epsilon_matmul, gemm, lrp_parts, pointwise, pooling
         except ImportError as exc:
             raise RelgraphError(f"the triton backend needs triton and the kernels package: {exc}") from None
         self.k = SimpleNamespace(linear=gemm.linear, conv2d=conv.conv2d, epsilon_linear=epsilon_matmul.epsilon_linear,
-                                 epsilon_conv2d=epsilon_conv.epsilon_conv2d, **{
+                                 epsilon_conv2d=epsilon_conv.epsilon_conv2d, maxpool2d_back=pooling.maxpool2d_back,
+                                 epsilon_sum=pointwise.epsilon_sum, **{
                                      name: getattr(lrp_parts, name) for name in (
                                          "lrp_parts_linear", "lrp_parts_linear_back", "lrp_parts_conv2d",
                                          "lrp_parts_conv2d_back")})
@@ -157,11 +199,19 @@ class TritonKernels:
     def lrp_parts_conv2d(self, x, w, *, x_nonneg, **geometry):
         return tuple(self.k.lrp_parts_conv2d(x, w, x_nonneg=x_nonneg, **geometry))
 
-    def lrp_parts_linear_back(self, *args, **kwargs):
-        return (self.k.lrp_parts_linear_back(*args, **kwargs),)
+    def lrp_parts_linear_back(self, *args, want_s, **kwargs):
+        out = self.k.lrp_parts_linear_back(*args, want_s=want_s, **kwargs)
+        return tuple(out) if want_s else (out,)
 
-    def lrp_parts_conv2d_back(self, *args, **kwargs):
-        return (self.k.lrp_parts_conv2d_back(*args, **kwargs),)
+    def lrp_parts_conv2d_back(self, *args, want_s, **kwargs):
+        out = self.k.lrp_parts_conv2d_back(*args, want_s=want_s, **kwargs)
+        return tuple(out) if want_s else (out,)
+
+    def maxpool2d_back(self, x, r, **geometry):
+        return (self.k.maxpool2d_back(x, r, **geometry),)
+
+    def epsilon_sum(self, a, b, r, den, *, mode, epsilon):
+        return tuple(self.k.epsilon_sum(a, b, r, den, mode=mode, epsilon=epsilon))
 
 
 def run_kernel(impl, step, inputs: list) -> tuple:
@@ -201,7 +251,17 @@ def run_kernel(impl, step, inputs: list) -> tuple:
         params = {k: step.attrs[k] for k in ("gamma", "alpha", "beta", "epsilon") if k in step.attrs}
         return getattr(impl, step.op)(x.to(dtype).contiguous(), w.to(dtype).contiguous(), r.float().contiguous(),
                                       z_pos, z_neg, _fp32(b_pos), _fp32(b_neg), rule=step.flags["rule"],
-                                      x_nonneg=step.flags["x_nonneg"], **params, **geometry)
+                                      x_nonneg=step.flags["x_nonneg"], want_s=step.flags.get("want_s", False),
+                                      **params, **geometry)
+    if step.op == "maxpool2d_back":  # no matmul operands: fp32 whatever the plan's dtype
+        x, r = inputs
+        a = step.attrs
+        return impl.maxpool2d_back(_fp32(x), _fp32(r), kernel=tuple(a["kernel_shape"]), stride=tuple(a["strides"]),
+                                   pads=tuple(a["pads"]), dilation=tuple(a["dilations"]),
+                                   ceil_mode=bool(a["ceil_mode"]))
+    if step.op == "epsilon_sum":
+        a, b, r, den = (_fp32(t) for t in inputs)
+        return impl.epsilon_sum(a, b, r, den, mode=step.flags["mode"], epsilon=step.attrs["epsilon"])
     raise RelgraphError(f"unknown kernel op '{step.op}' in the launch plan")
 
 

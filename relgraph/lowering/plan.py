@@ -10,8 +10,13 @@ The explainer is the IR. Lowering walks its nodes in order and rewrites the ones
   something reads it (the bias share ⟨b, s⟩);
 - a γ or αβ layer, a call ``relgraph.{Gamma,AlphaBeta}{Gemm,Conv}…`` (x, W, b⁺, b⁻, [z,] R) →
   (R_x, s_a, s_b), becomes two launches that each read x and W once: the split forward
-  ``lrp_parts_*`` (z_pos, z_neg) and the push-back ``lrp_parts_*_back``; s_a and s_b, which only the bias
-  share reads, are recomputed from them by a small elementwise step when a bias needs them;
+  ``lrp_parts_*`` (z_pos, z_neg) and the push-back ``lrp_parts_*_back``, which writes s_a and s_b only
+  when something reads them (the bias share);
+- max pooling's route, a call ``relgraph.MaxPoolRoute`` (x, R) → R_x of a 2-d pool, becomes one
+  ``maxpool2d_back`` launch that re-finds each window's winner from x; the forward MaxPool then runs
+  without its indices output;
+- a residual sum's ε split, a call ``relgraph.EpsilonSum`` (a, b, den, R) → (R_a, R_b), becomes one
+  ``epsilon_sum`` launch, its stabilizer fused as in the ε step;
 - a forward Conv (2-d) or Gemm / MatMul with constant weights becomes ``conv2d`` / ``linear``, with
   the bias and a following Relu in the epilogue, and ``keep_z`` when z is still read after the Relu;
 - everything else runs as a torch op (:data:`relgraph.lowering.torch_ops.TORCH_OPS`); other model-local
@@ -37,7 +42,7 @@ from ..errors import RelgraphError
 FORMAT = "relgraph.plan/1"
 DOMAIN = "relgraph"
 KERNEL_OPS = ("linear", "conv2d", "epsilon_linear", "epsilon_conv2d", "lrp_parts_linear", "lrp_parts_linear_back",
-              "lrp_parts_conv2d", "lrp_parts_conv2d_back")
+              "lrp_parts_conv2d", "lrp_parts_conv2d_back", "maxpool2d_back", "epsilon_sum")
 EPSILON_CALLS = {"EpsilonGemm": "epsilon_linear", "EpsilonMatMul": "epsilon_linear",
                  "EpsilonConv": "epsilon_conv2d", "EpsilonConvUnitStride": "epsilon_conv2d"}
 # relgraph.<Rule><Op>[UnitStride][OnNonnegative](x, W, b⁺, b⁻, [z,] R) -> (R_x, s_a, s_b)
@@ -233,7 +238,7 @@ class _Graph:
         return const
 
     def prune(self) -> None:
-        """Drop steps no output depends on, and the optional outputs (s, z) no one reads."""
+        """Drop steps no output depends on, and the optional outputs (s, z, pooling indices) no one reads."""
         live = set(self.outputs)
         kept = []
         for s in reversed(self.steps):
@@ -241,20 +246,24 @@ class _Graph:
                 continue
             if s.kind == "kernel" and s.op in _OPTIONAL_OUTPUT:
                 _drop_unread_outputs(s, live)
+            if s.kind == "torch" and s.op == "MaxPool" and not (len(s.outputs) > 1 and s.outputs[1] in live):
+                # the route re-finds the winners: the pooled values alone, no int64 indices
+                s.outputs, s.attrs["indices"] = s.outputs[:1], 0
             live.update(i for i in s.inputs if i)
             kept.append(s)
         self.steps = kept[::-1]
 
 
-_OPTIONAL_OUTPUT = {"epsilon_linear": "want_s", "epsilon_conv2d": "want_s", "linear": "keep_z", "conv2d": "keep_z"}
+_OPTIONAL_OUTPUT = {"epsilon_linear": "want_s", "epsilon_conv2d": "want_s", "linear": "keep_z", "conv2d": "keep_z",
+                    "lrp_parts_linear_back": "want_s", "lrp_parts_conv2d_back": "want_s"}
 
 
 def _drop_unread_outputs(step: Step, live: set) -> None:
-    """A kernel writes its second output (s of an ε step, z of a forward layer) only when read."""
-    flag = _OPTIONAL_OUTPUT[step.op]
-    if len(step.outputs) == 2 and step.outputs[1] not in live:
+    """A kernel writes its optional outputs (s of an ε step, z of a forward layer, s_a and s_b of a γ/αβ
+    push-back) only when one of them is read."""
+    if len(step.outputs) > 1 and not live & set(step.outputs[1:]):
         step.outputs = step.outputs[:1]
-        step.flags[flag] = False
+        step.flags[_OPTIONAL_OUTPUT[step.op]] = False
 
 
 # ------------------------------------------------------------------------------------------- passes
@@ -312,8 +321,8 @@ def _epsilon_kernel(call: Step, g: _Graph) -> Step | None:
 
 
 def _parts_kernels(call: Step, g: _Graph) -> list[Step] | None:
-    """The γ / αβ call as split forward + push-back kernel steps (and the shares step, pruned unless a
-    bias reads s_a, s_b), or None when its operands do not fit the kernels."""
+    """The γ / αβ call as split forward + push-back kernel steps (the shares s_a, s_b pruned unless a bias
+    reads them), or None when its operands do not fit the kernels."""
     kind, op, _, nonneg = PARTS_CALL.match(call.op).groups()
     rule, linear = ("gamma" if kind == "Gamma" else "alpha-beta"), op == "Gemm"
     (x, w, b_pos, b_neg), r = call.inputs[:4], call.inputs[-1]
@@ -332,16 +341,36 @@ def _parts_kernels(call: Step, g: _Graph) -> list[Step] | None:
     return [
         Step("kernel", family, [x, w], [z_pos, z_neg], dict(geometry), {"x_nonneg": bool(nonneg)},
              nodes=list(call.nodes)),
-        Step("kernel", family + "_back", [x, w, r, z_pos, z_neg, *bias], call.outputs[:1], {**geometry, **params},
-             {"rule": rule, "x_nonneg": bool(nonneg), "has_bias": has_bias}, nodes=list(call.nodes)),
-        Step("torch", "PartsShares", [r, z_pos, z_neg, *bias], list(call.outputs[1:3]),
-             {"rule": rule, **params, "channel_axis": -1 if linear else 1}, nodes=list(call.nodes)),
+        Step("kernel", family + "_back", [x, w, r, z_pos, z_neg, *bias], list(call.outputs[:3]),
+             {**geometry, **params}, {"rule": rule, "x_nonneg": bool(nonneg), "has_bias": has_bias, "want_s": True},
+             nodes=list(call.nodes)),
     ]
 
 
+def _route_kernel(call: Step, g: _Graph) -> Step | None:
+    """A 2-d ``relgraph.MaxPoolRoute`` as a ``maxpool2d_back`` step (any kernel, stride, pads, dilation,
+    ceil_mode), else None (1-d and 3-d pools keep the function's ops)."""
+    x, r = call.inputs
+    if g.ranks.get(x) != 4:
+        return None
+    attrs = {k: call.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")}
+    return Step("kernel", "maxpool2d_back", [x, r], list(call.outputs), attrs, {}, nodes=list(call.nodes))
+
+
+def _sum_kernel(call: Step, g: _Graph) -> Step:
+    """``relgraph.EpsilonSum`` (a, b, den, R) as an ``epsilon_sum`` step in mode "den" (refined by
+    ``_fuse_stabilizers``); den last among the inputs, as in the ε steps."""
+    a, b, den, r = call.inputs
+    return Step("kernel", "epsilon_sum", [a, b, r, den], list(call.outputs), {"epsilon": 0.0}, {"mode": "den"},
+                nodes=list(call.nodes))
+
+
+_ROUTE_CALLS = {"MaxPoolRoute": _route_kernel, "EpsilonSum": _sum_kernel}
+
+
 def _expand_calls(g: _Graph) -> None:
-    """ε and γ/αβ calls → kernel steps; every other model-local function call → its body (expanded in
-    turn: a body may call another function)."""
+    """ε, γ/αβ, max-pool route and residual-sum calls → kernel steps; every other model-local function call
+    → its body (expanded in turn: a body may call another function)."""
 
     def expand(s: Step) -> list[Step]:
         if not s.domain:
@@ -352,6 +381,9 @@ def _expand_calls(g: _Graph) -> None:
             kernels = kernels and [kernels]
         elif s.domain == DOMAIN and PARTS_CALL.match(s.op):
             kernels = _parts_kernels(s, g)
+        elif s.domain == DOMAIN and s.op in _ROUTE_CALLS:
+            kernels = _ROUTE_CALLS[s.op](s, g)
+            kernels = kernels and [kernels]
         if kernels:
             return kernels
         if (s.domain, s.op) in g.functions:
@@ -384,7 +416,7 @@ def _denominator(den: str, g: _Graph, producers: dict):
 def _fuse_stabilizers(g: _Graph) -> None:
     producers = g.producers()
     for s in g.steps:
-        if s.kind == "kernel" and s.op.startswith("epsilon_"):
+        if s.kind == "kernel" and s.op.startswith("epsilon_"):  # den is the fourth input of every ε kernel
             mode, den, eps = _denominator(s.inputs[3], g, producers)
             s.inputs[3] = den
             s.flags["mode"], s.attrs["epsilon"] = mode, eps

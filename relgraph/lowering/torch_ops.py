@@ -494,12 +494,15 @@ def _pool_geometry(attrs, x):
 
 @op("MaxPool")
 def max_pool(inputs, attrs):
-    """Max pooling; the second output holds the winners' indices flattened over (N, C, spatial…)."""
+    """Max pooling; the second output holds the winners' indices flattened over (N, C, spatial…). The
+    lowering sets ``indices = 0`` (not an ONNX attribute) where no step reads them: the values alone."""
     x = inputs[0]
     kernel, strides, dilations, pads, _ = _pool_geometry(attrs, x)
     n = len(kernel)
     padded = F.pad(x, torch_pads(pads), value=-math.inf) if any(pads) else x
     pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[n]
+    if not attrs.get("indices", 1):
+        return pool(padded, kernel, strides, 0, dilations)
     y, idx = pool(padded, kernel, strides, 0, dilations, return_indices=True)
     # idx is flat within each padded plane: back to coordinates of the unpadded input, then flat over all
     coords, flat = [], idx
@@ -545,38 +548,9 @@ def global_max_pool(inputs, attrs):
     return x.amax(dim=tuple(range(2, x.dim())), keepdim=True)
 
 
-# ------------------------------------------------------------------------------------------- γ and αβ
+# ------------------------------------------------------------------------------------------- stabilizer
 
 
 def stabilize(z, epsilon: float):
     """stab(z) = z + ε·sign(z) with sign(0) = +1."""
     return z + torch.where(z >= 0, epsilon, -epsilon).to(z.dtype)
-
-
-@op("PartsShares")
-def parts_shares(inputs, attrs):
-    """Not an ONNX op: the two shares (s_a, s_b) of a γ or αβ layer, from its incoming relevance r and its
-    split forward z_pos = x⁺W⁺ + x⁻W⁻, z_neg = x⁺W⁻ + x⁻W⁺ (bias parts b⁺, b⁻ per output channel):
-
-        γ:  z = z_pos + z_neg + b,  z₁ = (1+γ)z_pos + z_neg + b + γb⁺,  z₂ = z_pos + (1+γ)z_neg + b + γb⁻,
-            s₁ = [z > 0]·r ⊘ stab(z₁),  s₂ = [z < 0]·r ⊘ stab(z₂),
-            s_a = (1+γ)s₁ + s₂,  s_b = s₁ + (1+γ)s₂
-        αβ: s_a = α·r ⊘ stab(z_pos + b⁺), s_b = −β·r ⊘ stab(z_neg + b⁻)
-
-    The lowering needs them where a bias takes its share ⟨b⁺, s_a⟩ + ⟨b⁻, s_b⟩ (the push-back kernel
-    keeps them on chip).
-    """
-    r, z_pos, z_neg, b_pos, b_neg = (inputs + [None, None])[:5]
-    axis = attrs.get("channel_axis", -1) % r.dim()
-    shape = [-1 if a == axis else 1 for a in range(r.dim())]
-    bp = 0.0 if b_pos is None else b_pos.reshape(shape)
-    bn = 0.0 if b_neg is None else b_neg.reshape(shape)
-    eps = attrs["epsilon"]
-    if attrs["rule"] == "gamma":
-        g = attrs["gamma"]
-        b = bp + bn
-        z = z_pos + z_neg + b
-        s1 = torch.where(z > 0, r / stabilize((1 + g) * z_pos + z_neg + b + g * bp, eps), 0.0)
-        s2 = torch.where(z < 0, r / stabilize(z_pos + (1 + g) * z_neg + b + g * bn, eps), 0.0)
-        return (1 + g) * s1 + s2, s1 + (1 + g) * s2
-    return attrs["alpha"] * r / stabilize(z_pos + bp, eps), -attrs["beta"] * r / stabilize(z_neg + bn, eps)

@@ -7,7 +7,8 @@ Three kinds, decided per node:
   (blame the bias). A Mul/Div by a constant alone gives R_x = R exactly.
 - *sum* (Add/Sub of two activations, the residual connection): z = a ± b, a linear map without
   parameters: the gradient passes R to both; ``epsilon`` (zennit's ``Norm`` on its ``Sum`` module)
-  splits R_a = a ⊙ R ⊘ stab(z), R_b = ±b ⊙ R ⊘ stab(z).
+  splits R_a = a ⊙ R ⊘ stab(z), R_b = ±b ⊙ R ⊘ stab(z). An Add of two terms of z's shape (a residual
+  connection) emits the split as one ``relgraph.EpsilonSum`` call, which a GPU lowering runs as one kernel.
 - *product* (Mul of two activations: SiLU x·σ(x), squeeze-excitation x·σ(fc(…))): the gradient uses
   the product rule; ``gate`` gives all relevance to the signal and none to the gate (the LSTM LRP
   convention of Arras et al. 2017). The gate is the operand that comes out of a sigmoid-like op, or
@@ -122,6 +123,10 @@ def arithmetic_epsilon(env: Env):
         idx, _ = _operands(env)
         out[idx] = unbroadcast(env, R, node.inputs[idx])
         return out
+    if _residual_sum(env):
+        from .functions import epsilon_sum
+
+        return list(epsilon_sum(env, node.inputs[0], node.inputs[1], env.stabilized_output(eps)))
     s = b.op("Div", R, env.stabilized_output(eps))
     if op == "BatchNormalization":
         a, c = _bn_affine(node)
@@ -138,6 +143,16 @@ def arithmetic_epsilon(env: Env):
         else:
             out[i] = unbroadcast(env, share, v)
     return out
+
+
+def _residual_sum(env: Env) -> bool:
+    """An Add of two activations that both have the output's static shape (nothing to unbroadcast). A Sub
+    keeps the plain ops: its second share is negated."""
+    node = env.node
+    if node.op_type != "Add" or any(const_array(v) is not None for v in node.inputs):
+        return False
+    out = dims(env.y)
+    return None not in out[1:] and all(dims(v) == out for v in node.inputs)
 
 
 def _is_gate(v: ir.Value) -> bool:

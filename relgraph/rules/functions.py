@@ -52,6 +52,8 @@ _BODIES = {
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:
     if name.startswith(("Gamma", "AlphaBeta")):
         return parts_function_proto(name, opset)
+    if name in _ROUTES:
+        return onnx.parser.parse_function(f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n{_ROUTES[name]}')
     attrs, back = _BODIES[name]
     text = (
         f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
@@ -92,6 +94,54 @@ def normalized_step(env, lin, w: np.ndarray, den):
         weight = lin.param(w)
     b.functions.add(name)
     return b.op(name, x, weight, den, env.R, domain=DOMAIN, outputs=2, **extra)
+
+
+# ------------------------------------------------------------------------------------------- pooling, sums
+
+"""Two relevance steps without weights, as functions for the same reason: a GPU lowering runs each call as
+one kernel, onnxruntime inlines the body.
+
+    MaxPoolRoute(x, R) -> R_x          R_x[i] = Σ_{windows won by i} R (the gradient of max pooling)
+    EpsilonSum(a, b, den, R) -> (R_a, R_b)     R_a = a ⊙ R ⊘ den, R_b = b ⊙ R ⊘ den (ε on z = a + b)
+
+The route's body pools again for the winners' indices and scatter-adds R over them: the forward MaxPool
+keeps its single output, and a lowering that re-finds the winners from x reads no indices at all.
+"""
+
+_ROUTES = {
+    "MaxPoolRoute": """MaxPoolRoute <kernel_shape, strides, pads, dilations, ceil_mode> (x, R) => (Rx) {
+    pooled, indices = MaxPool <kernel_shape: ints = @kernel_shape, strides: ints = @strides, pads: ints = @pads,
+                               dilations: ints = @dilations, ceil_mode: int = @ceil_mode> (x)
+    flat = Constant <value_ints = [-1]> ()
+    count = Size (x)
+    size = Reshape (count, flat)
+    zeros = ConstantOfShape <value = float[1] {0.0}> (size)
+    flat_indices = Reshape (indices, flat)
+    flat_R = Reshape (R, flat)
+    routed = ScatterElements <axis = 0, reduction = "add"> (zeros, flat_indices, flat_R)
+    shape = Shape (x)
+    Rx = Reshape (routed, shape)
+}""",
+    "EpsilonSum": """EpsilonSum (a, b, den, R) => (Ra, Rb) {
+    s = Div (R, den)
+    Ra = Mul (a, s)
+    Rb = Mul (b, s)
+}""",
+}
+
+
+def maxpool_route(env, geometry: dict):
+    """Emit max pooling's winner-takes-all route of R as one ``relgraph.MaxPoolRoute`` call; returns R_x.
+    ``geometry``: kernel_shape, strides, explicit pads, dilations, ceil_mode."""
+    env.b.functions.add("MaxPoolRoute")
+    return env.b.op("MaxPoolRoute", env.x, env.R, domain=DOMAIN, **geometry)
+
+
+def epsilon_sum(env, a, b, den):
+    """Emit the ε split of z = a + b (a, b of z's shape) as one ``relgraph.EpsilonSum`` call; returns
+    (R_a, R_b)."""
+    env.b.functions.add("EpsilonSum")
+    return env.b.op("EpsilonSum", a, b, den, env.R, domain=DOMAIN, outputs=2)
 
 
 # ------------------------------------------------------------------------------------------- γ and αβ

@@ -7,9 +7,10 @@ Average pooling, global average pooling and ReduceMean are linear maps z = A·x 
 
 Max pooling:
 
-- ``gradient``: relevance goes to the winner of each window (seeds/001's "winner takes all"). Windows
-  overlap in ResNet's k3 s2 p1 stem, so the route is ``ScatterElements(reduction=add)`` over the pooling
-  indices: MaxUnpool would overwrite instead of summing.
+- ``gradient``: relevance goes to the winner of each window (seeds/001's "winner takes all"), as one
+  ``relgraph.MaxPoolRoute`` call (``functions.py``). Windows overlap in ResNet's k3 s2 p1 stem, so its
+  body routes with ``ScatterElements(reduction=add)`` over the pooling indices: MaxUnpool would overwrite
+  instead of summing.
 - ``radial`` (seeds/001): zero is the reference point. In a window with a positive maximum each
   positive a_i gets the share a_i / Σ_{a_j>0} a_j and negatives get nothing; in an all-negative window
   the share is (1/a_i) / Σ_j (1/a_j). Overlapping windows sum their shares.
@@ -18,7 +19,6 @@ Max pooling:
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
 
 from ..graph import attr, const_array, rank, static_dims
 from .linear import conv_pads, output_padding
@@ -144,20 +144,26 @@ def _check_max(node) -> str | None:
     return None
 
 
+def max_geometry(node, x) -> dict:
+    """The MaxPool's window as the attributes of ``relgraph.MaxPoolRoute``: pads made explicit (auto_pad
+    resolved on x's static size where it needs one), every default spelled out."""
+    kernel = list(attr(node, "kernel_shape"))
+    n = len(kernel)
+    strides = list(attr(node, "strides", [1] * n))
+    dilations = list(attr(node, "dilations", [1] * n))
+    auto = attr(node, "auto_pad", "NOTSET")
+    in_dims = static_dims(x, "MaxPool input")[2:] if auto not in ("NOTSET", b"NOTSET", "VALID", b"VALID") else None
+    return dict(kernel_shape=kernel, strides=strides, pads=conv_pads(node, in_dims, kernel, strides, dilations),
+                dilations=dilations, ceil_mode=int(attr(node, "ceil_mode", 0)))
+
+
 @defrule("MaxPool", MAX, "gradient", check=_check_max)
 def maxpool_gradient(env: Env):
-    """R_x[i] = Σ_{windows won by i} R: scatter-add over the flat pooling indices."""
-    b, node = env.b, env.node
-    if len(node.outputs) < 2:
-        node.resize_outputs(2)
-        node.outputs[1].name = f"{node.name}/indices"
-    indices = node.outputs[1]
-    flat = b.ints([-1])
-    size = b.op("Reshape", b.op("Size", env.x), flat)
-    zeros = b.op("ConstantOfShape", size, value=ir.tensor(np.zeros(1, np.float32)))
-    routed = b.op("ScatterElements", zeros, b.op("Reshape", indices, flat), b.op("Reshape", env.R, flat),
-                  axis=0, reduction="add")
-    return [b.op("Reshape", routed, b.op("Shape", env.x))]
+    """R_x[i] = Σ_{windows won by i} R, the winner being the first maximum of its window (the pooling
+    index): one ``relgraph.MaxPoolRoute`` call."""
+    from .functions import maxpool_route
+
+    return [maxpool_route(env, max_geometry(env.node, env.x))]
 
 
 def _window_sum(env: Env):
