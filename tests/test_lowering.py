@@ -24,7 +24,7 @@ from torch import nn
 import relgraph
 from relgraph.cli import main
 from relgraph.errors import RelgraphError
-from relgraph.lowering import PLAN_FILE, Plan, compile_triton, lower
+from relgraph.lowering import PLAN_FILE, Plan, compile_triton, load, lower
 from relgraph.lowering.explainer import TritonExplainer
 from relgraph.lowering.torch_ops import TORCH_OPS
 from torch_models import export, pick_targets, random_input, relative_error, small
@@ -389,3 +389,29 @@ def test_cli_errors(model_path, folders, tmp_path, capsys, monkeypatch):
         code = main(["explain", folder, str(tmp_path / "x.npy"), "--backend", "triton", "-o", str(tmp_path / "o.npy")])
         _one_line_error(capsys, code, "TRITON_INTERPRET=1")
         assert not (tmp_path / "o.npy").exists()
+
+
+# ------------------------------------------------------------------------------------------- a real architecture
+
+
+@pytest.mark.parametrize("rule", ["epsilon-plus-flat", "epsilon-gamma-box"])
+def test_resnet18_plan_covers_the_network(tmp_path, rule):
+    """torchvision's ResNet-18: every conv, residual ε split and the max pool become kernel steps, and the plan
+    (its kernel steps run by their torch reference: the interpreter would take minutes) gives
+    onnxruntime's explainer up to float32 conditioning."""
+    from torch_models import resnet18
+
+    path = export(resnet18(seed=0), torch.zeros(1, 3, 64, 64), tmp_path / "r18.onnx", dynamo=False)
+    folder = compile_triton(path, tmp_path / "r18.triton", rule=rule, bounds=(-3.0, 3.0)).path
+    plan = load(folder)[0]
+    launched = ops(plan)
+    assert launched["maxpool2d_back"] == 1 and launched["epsilon_sum"] == 8 and launched["epsilon_linear"] == 1
+    relevance_kernels = launched["epsilon_conv2d"] + launched["lrp_parts_conv2d_back"]
+    assert relevance_kernels == 19  # all 20 convs but the first, whose flat / z^B rule has no fused kernel
+    x = random_input((2, 3, 64, 64), seed=1, low=-3.0, high=3.0)
+    want = relgraph.Explainer(folder, backend="onnxruntime").explain(x, 7)
+    got = TritonExplainer(folder, kernels="torch", device="cpu").explain(x, 7)
+    for name, value in want["outputs"].items():
+        g = got["outputs"][name]
+        assert np.linalg.norm(g - value) <= 1e-3 * np.linalg.norm(value), name
+        assert (g * value).sum() >= 0.99999 * np.linalg.norm(g) * np.linalg.norm(value), name
