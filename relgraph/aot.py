@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import RelgraphError
+from .errors import TRITON_STACK, RelgraphError, require
 
 # Targets this triton wheel's ptxas compiles for (Ampere, Ada, Hopper), name → compute capability.
 TARGETS = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
@@ -200,6 +200,7 @@ def sources_for(explainer=None, *, sweep=True, specs=()) -> list[Source]:
 
 def cmd_kernels(args):
     targets = parse_targets(args.aot)
+    require(TRITON_STACK, "relgraph kernels")
     if args.json and os.path.exists(args.json) and not args.force:
         raise RelgraphError(f"output exists: {args.json} (pass --force to overwrite)")
     if args.jobs is not None and args.jobs < 1:

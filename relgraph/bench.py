@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import RelgraphError
+from .errors import TRITON_STACK, RelgraphError, require
 
 BUNDLED = Path(__file__).resolve().parent.parent / "models" / "digits" / "digits_cnn.onnx"
 TORCHVISION = ("resnet18", "resnet50", "vgg16")  # models zennit can be compared on (with their canonizers)
@@ -502,6 +502,7 @@ def _resolve_model(name: str | None, tmp: str) -> tuple[str, str | None]:
 
 
 def cmd_bench(args):
+    require(TRITON_STACK, "relgraph bench")
     if args.batch < 1 or args.repeats < 1:
         raise RelgraphError("--batch and --repeats must be at least 1")
     if args.json and os.path.exists(args.json) and not args.force:

@@ -4,6 +4,9 @@ The CLI prints its message on one line and exits non-zero; anything else escapin
 """
 
 
+TRITON_STACK = ("torch", "triton")  # what the triton target, its kernels and their tools import
+
+
 class RelgraphError(Exception):
     """A problem with what the user gave: the model, a rule, a rule map, an input."""
 
@@ -21,3 +24,13 @@ class UnsupportedOpsError(RelgraphError):
         super().__init__(
             f"{len(self.problems)} unsupported node(s): {listed}. Supported ops: {', '.join(self.supported)}"
         )
+
+
+def require(modules, purpose: str, extra: str = "gpu") -> None:
+    """A one-line error, not a traceback, where an optional dependency of ``purpose`` is not installed."""
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RelgraphError(f"{purpose} needs {' and '.join(missing)}, which are not installed: "
+                            f"pip install 'relgraph[{extra}]'")

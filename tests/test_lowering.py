@@ -381,6 +381,18 @@ def test_cli_errors(model_path, folders, tmp_path, capsys, monkeypatch):
     _one_line_error(capsys, code, "unknown backend 'tpu'")
     code = main(["compile", str(model_path), "--dtype", "fp16", "-o", str(tmp_path / "x.onnx")])
     _one_line_error(capsys, code, "--dtype applies to --target triton")
+
+    # a machine with the [cpu] extra only: the triton target and its tools say what to install
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    with monkeypatch.context() as m:
+        m.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+        code = main(["compile", str(model_path), "--target", "triton", "-o", str(tmp_path / "y")])
+        _one_line_error(capsys, code, "needs triton", "relgraph[gpu]")
+        for argv in (["bench"], ["kernels", "--aot", "sm_80"]):
+            _one_line_error(capsys, main(argv), "needs triton", "relgraph[gpu]")
+    assert not (tmp_path / "y").exists()
     assert not (tmp_path / "x").exists()
 
     if not torch.cuda.is_available():  # without a GPU and without the interpreter: how to run it, in one line

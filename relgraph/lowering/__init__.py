@@ -16,7 +16,7 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import RelgraphError
+from ..errors import TRITON_STACK, RelgraphError, require
 from .plan import Plan, Step, lower
 
 EXPLAINER_FILE, PLAN_FILE = "explainer.onnx", "plan.json"
@@ -56,6 +56,7 @@ def compile_triton(model_path, output=None, *, overwrite: bool = False, dtype: s
     ``MODEL.<rule>.triton`` beside the model), which must not exist unless ``overwrite``."""
     from ..compiler import compile
 
+    require(TRITON_STACK, "the triton target")
     start = time.perf_counter()
     if write:
         label = Path(options["rule_map"]).stem if options.get("rule_map") else options.get("rule", "epsilon")

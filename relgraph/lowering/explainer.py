@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-
+from ..errors import TRITON_STACK, require
 from ..explainer import Explainer
 
 
@@ -26,6 +26,8 @@ class TritonExplainer(Explainer):
                  providers=None):
         from . import load
         from .executor import Executor, read_constants
+
+        require(TRITON_STACK, "the triton backend")
 
         plan, proto, onnx_path = load(path)
         self.path, self.plan = str(path), plan
