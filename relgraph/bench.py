@@ -460,7 +460,12 @@ def gpu_bench(args, model: str, model_name: str | None) -> dict:
               f"{100 * tflops / ceilings['flops_per_s']:6.1f} {100 * gbs / ceilings['bytes_per_s']:5.1f}")
     result = {"ceilings": ceilings, "steps": steps, "triton_ms": triton_ms, "onnxruntime_cuda_ms": ort_ms}
     if model_name:
-        result["zennit_ms"] = zennit_ms(model_name, args.rule, x, args.repeats)
+        import importlib.util
+
+        if importlib.util.find_spec("zennit") and importlib.util.find_spec("torchvision"):
+            result["zennit_ms"] = zennit_ms(model_name, args.rule, x, args.repeats)
+        else:
+            print("note: zennit is not installed (pip install zennit torchvision): no zennit comparison")
     print(f"\nwhole model, batch {args.batch}, rule {args.rule}: triton {triton_ms:.3f} ms (sum of steps), "
           f"onnxruntime CUDA {ort_ms:.3f} ms" + (f", zennit {result['zennit_ms']:.3f} ms"
                                                   if result.get("zennit_ms") is not None else ""))
