@@ -498,6 +498,7 @@ def _resolve_model(name: str | None, tmp: str) -> tuple[str, str | None]:
     if name is None:
         return str(BUNDLED), None
     if name in TORCHVISION:
+        require(("torchvision",), f"--model {name}", extra="test")
         path = os.path.join(tmp, f"{name}.onnx")
         export_torchvision(name, path)
         return path, name
