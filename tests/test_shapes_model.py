@@ -110,3 +110,24 @@ def test_masks_match_objects(heldout):
         fill = masks[i].sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))
         low, high = {0: (0.65, 0.9), 1: (1.0, 1.0), 2: (0.45, 0.64)}[int(y[i])]
         assert low <= fill <= high, (i, y[i], fill)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_metadata_preprocesses_a_picture_like_the_data(name):
+    """The models carry relgraph.preprocess and relgraph.classes: a held-out image saved as a 64×64 PNG
+    (pixel = 255·x, each pixel doubled) comes back through the metadata's preprocessing as the same input,
+    so `relgraph serve` predicts on an upload what the model predicts on the array."""
+    from relgraph.heatmap import decode_png, encode_png
+    from relgraph.preprocess import model_classes, model_preprocess
+
+    meta = {p.key: p.value for p in onnx.load(str(SHAPES / name)).metadata_props}
+    assert model_classes(meta) == list(data.CLASSES)
+    pre = model_preprocess(meta)
+    held = np.load(SHAPES / "heldout.npz")
+    x = held["x"][:8].astype(np.float32)
+    pixels = np.round(255 * x[:, 0]).astype(np.uint8)
+    back = np.stack([pre(decode_png(encode_png(np.kron(p, np.ones((2, 2), np.uint8)))))[0] for p in pixels])
+    np.testing.assert_allclose(back, np.round(255 * x) / 255, atol=1e-6)
+    predict = session(name).run
+    np.testing.assert_array_equal(predict(["logits"], {"input": back})[0].argmax(1),
+                                  predict(["logits"], {"input": x})[0].argmax(1))

@@ -21,6 +21,7 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import sys
@@ -115,6 +116,12 @@ def export_onnx(model, path: Path) -> None:
     tmp.unlink()
     proto.ir_version = 10
     proto.doc_string = "shapes-on-textures CNN (models/shapes), classes disc/square/triangle, inputs in [0,1]"
+    # what `relgraph serve` needs to take a picture: 32x32 grayscale, pixel / 255; and the class names
+    for key, value in (("relgraph.preprocess", {"channels": 1, "height": 32, "width": 32, "scale": 1 / 255,
+                                                "mean": [0.0], "std": [1.0]}),
+                       ("relgraph.classes", list(CLASSES))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
     if path.stat().st_size >= MAX_ONNX_BYTES:
