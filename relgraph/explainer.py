@@ -119,6 +119,11 @@ class Explainer:
             "outputs": outputs,
         }
 
+    @property
+    def device(self) -> str:
+        """Where it runs, in words: onnxruntime's first execution provider."""
+        return self.session.get_providers()[0].replace("ExecutionProvider", "")
+
     def overridable_inputs(self) -> set[str]:
         """Inputs a caller may feed: the graph's, and initializers with a default (the baseline)."""
         return {i.name for i in self.session.get_inputs() + self.session.get_overridable_initializers()}

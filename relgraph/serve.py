@@ -522,7 +522,8 @@ class Handler(BaseHTTPRequestHandler):
 
 def add_command(sub) -> None:
     s = sub.add_parser("serve", help="serve explanations over HTTP (dynamic batching, a page at /)")
-    s.add_argument("explainer", help="a compiled explainer .onnx")
+    s.add_argument("explainer", help="a compiled explainer: .onnx (onnxruntime), or a folder compiled with "
+                   "--target triton (its Triton kernels on CUDA, or in the interpreter with TRITON_INTERPRET=1)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--max-request-mb", type=float, default=16.0, help="largest request body, MiB (else 413)")
@@ -580,7 +581,7 @@ def cmd_serve(args) -> int:
                                else None)
     except OSError as exc:
         raise RelgraphError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    device = explainer.session.get_providers()[0].replace("ExecutionProvider", "")
+    device = explainer.device
     print(f"serving {args.explainer} ({explainer.rule}, {device}) on {server.url}  "
           f"max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms, queue {args.queue}; Ctrl-C stops",
           flush=True)

@@ -456,3 +456,24 @@ def test_cli_serves_until_ctrl_c_or_sigterm(explainer_path, stop):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_serves_a_triton_folder(tmp_path, direct):
+    """`relgraph serve DIR` on a folder compiled with --target triton runs its launch plan (the Triton kernels,
+    in the interpreter here) behind the same HTTP interface, and answers like onnxruntime."""
+    from relgraph.lowering import compile_triton
+
+    folder = compile_triton(str(MODEL), str(tmp_path / "digits.triton"), rule=RULE).path
+    explainer = Explainer(folder)
+    assert "Triton kernels" in explainer.device
+    srv = ExplainServer(explainer, "127.0.0.1", 0, max_batch=4, max_wait=0.003).start()
+    try:
+        x = TEST_X[:3]
+        status, _, payload = request(srv.url, "POST", "/explain?target=2", npy(x),
+                                     {"Content-Type": "application/x-npy"})
+        assert status == 200
+        got, want = json.loads(payload), direct(x, 2)
+        np.testing.assert_allclose(np.asarray(got["relevance"], np.float32), want["relevance"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(got["logits"], np.float32), want["logits"], rtol=1e-5, atol=1e-5)
+    finally:
+        srv.close()

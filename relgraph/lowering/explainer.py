@@ -44,6 +44,15 @@ class TritonExplainer(Explainer):
         self.output_names = list(plan.outputs)
         self.executor = Executor(plan, read_constants(proto, plan.constants), kernels=kernels, device=device)
 
+    @property
+    def device(self) -> str:
+        from .kernel_ops import TritonKernels
+
+        triton_kernels = isinstance(self.executor.kernels, TritonKernels)
+        if self.executor.device.type == "cpu":
+            return "CPU, Triton kernels in the interpreter" if triton_kernels else "CPU, kernels as torch ops"
+        return f"{self.executor.device.type.upper()}, " + ("Triton kernels" if triton_kernels else "kernels as torch ops")
+
     def overridable_inputs(self) -> set[str]:
         return set(self.plan.inputs)
 
