@@ -200,17 +200,6 @@ def epsilon_sum(a, b, r, den, *, mode="den", epsilon=0.0):
 # ------------------------------------------------------------------------------------------- pooling
 
 
-def maxpool2d_output_size(size, kernel, stride, pad_begin, pad_end, dilation, ceil_mode):
-    """ONNX's pooled size along one axis; under ceil_mode the last window must start inside the input or
-    its begin padding."""
-    span = dilation * (kernel - 1) + 1
-    room = size + pad_begin + pad_end - span
-    out = (-(-room // stride) if ceil_mode else room // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + pad_begin:
-        out -= 1
-    return out
-
-
 def maxpool2d_back(x, r, *, kernel, stride=None, pads=(0, 0, 0, 0), dilation=(1, 1), ceil_mode=False):
     """Max pooling's winner-takes-all route, written as a scatter: each window (padding = −∞) hands its r
     to its first maximum in row-major window order (``np.argmax``), overlapping windows sum."""

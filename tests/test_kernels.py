@@ -321,8 +321,8 @@ def pool_input(gen, n=2, c=3, h=11, w=9):
     return x
 
 
-def onnxruntime_route(x: np.ndarray, r: np.ndarray, kernel, stride, pads, dilation, ceil_mode) -> np.ndarray:
-    """r scatter-added over onnxruntime's MaxPool indices: the ONNX explainer's route."""
+def onnxruntime_pool(x: np.ndarray, kernel, stride, pads, dilation, ceil_mode):
+    """onnxruntime's MaxPool of x: (pooled values, flat indices of the winners), the ONNX explainer's route."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -333,11 +333,7 @@ def onnxruntime_route(x: np.ndarray, r: np.ndarray, kernel, stride, pads, dilati
                                helper.make_tensor_value_info("i", TensorProto.INT64, None)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 10
-    y, idx = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
-    assert y.shape == r.shape
-    routed = np.zeros(x.size)
-    np.add.at(routed, idx.reshape(-1), r.reshape(-1).astype(np.float64))
-    return routed.reshape(x.shape)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
 
 
 @pytest.mark.parametrize("pool", POOLS, ids=POOL_IDS)
@@ -348,12 +344,13 @@ def test_maxpool2d_back(pool):
     gen = torch.Generator().manual_seed(31)
     x = pool_input(gen)
     geo = dict(kernel=kernel, stride=stride, pads=pads, dilation=dilation, ceil_mode=ceil_mode)
-    P = ref.maxpool2d_output_size(x.shape[2], kernel[0], stride[0], pads[0], pads[2], dilation[0], ceil_mode)
-    Q = ref.maxpool2d_output_size(x.shape[3], kernel[1], stride[1], pads[1], pads[3], dilation[1], ceil_mode)
-    r = rand(gen, x.shape[0], x.shape[1], P, Q)
+    y, winners = onnxruntime_pool(x.cpu().numpy(), **geo)  # the pooled size and the winners, independently
+    r = rand(gen, *y.shape)
     got = kernels.maxpool2d_back(x, r, out=poisoned(x.shape), **geo)
     want = ref.maxpool2d_back(f64(x), f64(r), **geo)
-    assert np.abs(want - onnxruntime_route(x.cpu().numpy(), r.cpu().numpy(), **geo)).max() < 1e-6
+    routed = np.zeros(x.numel())
+    np.add.at(routed, winners.reshape(-1), f64(r).reshape(-1))
+    assert np.abs(want - routed.reshape(x.shape)).max() < 1e-6
     assert rel_err(got, want) < 1e-6
     # winner takes all: the relevance is conserved, and it lands on maxima only
     assert abs(float(got.sum()) - float(r.sum())) < 1e-4 * float(r.abs().sum())
