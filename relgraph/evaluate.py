@@ -325,15 +325,9 @@ def _checked(arrays: dict, source: str) -> Dataset:
 
 
 def _is_explainer(path: str) -> bool:
-    import onnx
+    from .explainer import is_explainer, read_onnx
 
-    if not os.path.isfile(path):
-        raise RelgraphError(f"model not found: {path}")
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception:
-        raise RelgraphError(f"not a readable ONNX model: {path}") from None
-    return any(p.key == "relgraph.input" for p in proto.metadata_props)
+    return is_explainer(read_onnx(path, weights=False))
 
 
 def forward_of(explainer_path: str):
@@ -565,11 +559,11 @@ def _dataset(args, model, explainers) -> Dataset:
 
 def _labelled(explainers: list[str], taken: dict) -> dict[str, str]:
     """Explainers by their rule name, or their file name where two share one."""
-    import onnx
+    from .explainer import read_onnx
 
     out = {}
     for path in explainers:
-        meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        meta = {p.key: p.value for p in read_onnx(path, weights=False).metadata_props}
         label = meta.get("relgraph.rule") or Path(path).stem
         out[label if label not in out and label not in taken else Path(path).name] = path
     return out

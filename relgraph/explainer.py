@@ -37,15 +37,7 @@ class Explainer:
         path = str(path)
         if os.path.isdir(path):  # a triton folder holds the ONNX explainer it was lowered from
             path = os.path.join(path, "explainer.onnx")
-        if not os.path.isfile(path):
-            raise RelgraphError(f"explainer not found: {path}")
-        try:
-            meta_model = onnx.load(path, load_external_data=False)
-        except Exception:
-            raise RelgraphError(f"not a readable ONNX model: {path}") from None
-        self.metadata = {p.key: p.value for p in meta_model.metadata_props}
-        if "relgraph.input" not in self.metadata:
-            raise RelgraphError(f"{path} is not a relgraph explainer (compile it first: relgraph compile MODEL)")
+        self.metadata = {p.key: p.value for p in read_explainer(path, weights=False).metadata_props}
         self.path = path
         self.rule = self.metadata.get("relgraph.rule", "")
         self.input_name = self.metadata["relgraph.input"]
@@ -134,6 +126,31 @@ class Explainer:
 
 
 BACKENDS = ("onnxruntime", "triton")
+
+
+def read_onnx(path, what: str = "model", *, weights: bool = True) -> onnx.ModelProto:
+    """An ONNX file's ModelProto (``weights=False``: external weight files are not read), or a one-line
+    error for a missing or unreadable file."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise RelgraphError(f"{what} not found: {path}")
+    try:
+        return onnx.load(path, load_external_data=weights)
+    except Exception:
+        raise RelgraphError(f"not a readable ONNX model: {path}") from None
+
+
+def is_explainer(proto: onnx.ModelProto) -> bool:
+    """Whether relgraph compiled this model (its compile record names the explained input)."""
+    return any(p.key == "relgraph.input" for p in proto.metadata_props)
+
+
+def read_explainer(path, *, weights: bool = True) -> onnx.ModelProto:
+    """A compiled explainer's ModelProto, or a one-line error for anything else."""
+    proto = read_onnx(path, "explainer", weights=weights)
+    if not is_explainer(proto):
+        raise RelgraphError(f"{path} is not a relgraph explainer (compile it first: relgraph compile MODEL)")
+    return proto
 
 
 def _backend(path, backend) -> str:

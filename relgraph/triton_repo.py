@@ -17,6 +17,7 @@ import shutil
 import onnx
 
 from .errors import RelgraphError
+from .explainer import read_explainer
 
 TRITON_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -60,16 +61,9 @@ def model_config(model: onnx.ModelProto, name: str, max_batch: int, max_queue_de
 def export_triton(explainer: str, repo: str, *, name: str | None = None, max_batch: int = 64,
                   overwrite: bool = False) -> str:
     """Write ``explainer`` into the Triton model repository ``repo``; returns the model's folder."""
-    if not os.path.isfile(explainer):
-        raise RelgraphError(f"explainer not found: {explainer}")
     if max_batch < 1:
         raise RelgraphError(f"--max-batch must be at least 1, got {max_batch}")
-    try:
-        model = onnx.load(explainer, load_external_data=False)
-    except Exception:
-        raise RelgraphError(f"not a readable ONNX model: {explainer}") from None
-    if not any(p.key == "relgraph.input" for p in model.metadata_props):
-        raise RelgraphError(f"{explainer} is not a relgraph explainer (compile it first: relgraph compile MODEL)")
+    model = read_explainer(explainer, weights=False)
     name = name or os.path.splitext(os.path.basename(explainer))[0].replace(".", "_")
     if not name or any(c in name for c in "/\\ "):
         raise RelgraphError(f"invalid model name '{name}' (no slashes or spaces)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import onnx
 
 from ..errors import TRITON_STACK, RelgraphError, require
+from ..explainer import read_explainer
 from .plan import Plan, Step, lower
 
 EXPLAINER_FILE, PLAN_FILE = "explainer.onnx", "plan.json"
@@ -91,18 +92,6 @@ def load(path) -> tuple[Plan, onnx.ModelProto, str]:
                                 f"compile one with: relgraph compile MODEL --target triton -o {path}")
         onnx_path = os.path.join(path, EXPLAINER_FILE)
         plan = Plan.load(os.path.join(path, PLAN_FILE))
-        return plan, _read_explainer(onnx_path), onnx_path
-    proto = _read_explainer(path)
+        return plan, read_explainer(onnx_path), onnx_path
+    proto = read_explainer(path)
     return lower(proto), proto, path
-
-
-def _read_explainer(path: str) -> onnx.ModelProto:
-    if not os.path.isfile(path):
-        raise RelgraphError(f"explainer not found: {path}")
-    try:
-        proto = onnx.load(path)
-    except Exception:
-        raise RelgraphError(f"not a readable ONNX model: {path}") from None
-    if not any(p.key == "relgraph.input" for p in proto.metadata_props):
-        raise RelgraphError(f"{path} is not a relgraph explainer (compile it first: relgraph compile MODEL)")
-    return proto

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
-from ..errors import RelgraphError
+from ..explainer import is_explainer, read_onnx
 from . import check_target, compile_triton, is_plan_dir, load
 
 
@@ -36,7 +36,8 @@ def cmd_inspect_triton(args) -> None:
     """Each step of the launch plan of a triton folder, an ONNX explainer, or a model (compiled with
     ``--rule`` / ``--rule-map`` on the spot)."""
     check_target(args.target)
-    if is_plan_dir(args.model) or _is_explainer(args.model):
+    compiled = os.path.isfile(args.model) and is_explainer(read_onnx(args.model, weights=False))
+    if is_plan_dir(args.model) or compiled:
         plan = load(args.model)[0]
     else:
         plan = compile_triton(args.model, write=False, rule=args.rule, rule_map=args.rule_map).launch_plan
@@ -49,15 +50,3 @@ def cmd_inspect_triton(args) -> None:
     for spec in plan.specializations():
         flags = ", ".join(f"{k}={v}" for k, v in spec["flags"].items())
         print(f"  specialization {spec['op']}[{spec['dtype']}]({flags})")
-
-
-def _is_explainer(path) -> bool:
-    import onnx
-
-    if not os.path.isfile(path):
-        return False
-    try:
-        proto = onnx.load(path, load_external_data=False)
-    except Exception:
-        raise RelgraphError(f"not a readable ONNX model: {path}") from None
-    return any(p.key == "relgraph.input" for p in proto.metadata_props)
