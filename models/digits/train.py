@@ -21,8 +21,6 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
-import os
-import random
 import sys
 import time
 import warnings
@@ -33,6 +31,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+
+from reproducible import configure_determinism  # noqa: E402
 
 SEED = 0
 NUM_TEST = 297
@@ -47,19 +48,6 @@ MAX_ONNX_BYTES = 2 * 1024 * 1024
 PREPROCESS = {"channels": 1, "height": 8, "width": 8, "scale": 1 / 255, "mean": [0.0], "std": [1.0],
               "invert": "auto", "autocontrast": True}
 CLASSES = [str(d) for d in range(10)]
-
-
-def _configure_determinism(seed: int) -> None:
-    """Fix all seeds and force deterministic single-threaded execution."""
-    # Must be set before cuBLAS initializes; harmless on CPU.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
 
 
 def load_split() -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -252,7 +240,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=SEED, help="random seed")
     args = parser.parse_args(argv)
 
-    _configure_determinism(args.seed)
+    configure_determinism(args.seed)
     import torch
 
     started = time.perf_counter()

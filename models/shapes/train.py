@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
 import sys
 import time
 import warnings
@@ -33,9 +31,11 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parents[1]))
 
 from data import CLASSES, make_split  # noqa: E402
+from reproducible import configure_determinism  # noqa: E402
 
 SEED = 0
 NUM_TRAIN, NUM_HELDOUT, NUM_PATTERN_FIT = 6000, 300, 300
@@ -43,17 +43,6 @@ NUM_TRAIN, NUM_HELDOUT, NUM_PATTERN_FIT = 6000, 300, 300
 TRAINING = {"shapes_cnn.onnx": "train", "shapes_control_cnn.onnx": "balanced"}
 MAX_ONNX_DIFF = 1e-4
 MAX_ONNX_BYTES = 2 * 1024 * 1024
-
-
-def configure_determinism(seed: int) -> None:
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
 
 
 def build_model():
