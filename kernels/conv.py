@@ -19,7 +19,7 @@ import triton.language as tl
 
 from relgraph.errors import RelgraphError
 
-from .gemm import PRECISIONS
+from .gemm import PRECISIONS, epilogue
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs
 
 GEOMETRY_PARAMS = {"N": "i32", "C": "i32", "H": "i32", "W": "i32", "K": "i32", "P": "i32", "Q": "i32",
@@ -95,6 +95,13 @@ def patch_tile(x, rm, kk, g, N, C, H, W, P, Q, R, S, groups, stride_h, stride_w,
 
 
 @triton.jit
+def weight_tile(w, channel, rn, kk, K_G, patch):
+    """W's tile [taps kk = (c, r, s) of the group's patch × output channels] for the implicit GEMM."""
+    return tl.load(w + channel[None, :] * patch + kk[:, None], mask=(rn[None, :] < K_G) & (kk[:, None] < patch),
+                   other=0.0)
+
+
+@triton.jit
 def window_tile(rm, kk, g, N, C, H, W, K, P, Q, R, S, groups, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w):
     """Offsets into an [N, K, P, Q] tensor and their validity for the transposed convolution: row rm is an
     input pixel (n, h, w), column kk = (k, r, s) within group g; the output (oh, ow) with
@@ -145,19 +152,12 @@ def _conv2d_kernel(x, w, bias, y, z,
     for k0 in range(0, patch, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         a = patch_tile(x, rm, kk, g, N, C, H, W, P, Q, R, S, groups, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w)
-        b = tl.load(w + channel[None, :] * patch + kk[:, None], mask=(rn[None, :] < K_G) & (kk[:, None] < patch),
-                    other=0.0)
+        b = weight_tile(w, channel, rn, kk, K_G, patch)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias + channel, mask=rn < K_G, other=0.0)[None, :]
     n = rm // (P * Q)
     offs = (n[:, None] * K + channel[None, :]) * (P * Q) + (rm % (P * Q))[:, None]
     mask = (rm[:, None] < N * P * Q) & (rn[None, :] < K_G)
-    if KEEP_Z:
-        tl.store(z + offs, acc, mask=mask)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(y + offs, acc, mask=mask)
+    epilogue(acc, bias, channel, rn < K_G, y, z, offs, mask, HAS_BIAS, RELU, KEEP_Z)
 
 
 CONV2D = KernelSpec(

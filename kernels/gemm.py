@@ -16,6 +16,20 @@ PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
 @triton.jit
+def epilogue(acc, bias, channel, channel_ok, y, z, offs, mask,
+             HAS_BIAS: tl.constexpr, RELU: tl.constexpr, KEEP_Z: tl.constexpr):
+    """The forward layers' epilogue: z = acc + b (b per output channel), stored when KEEP_Z (what the
+    relevance pass reads), then y = max(z, 0) under RELU, else z."""
+    if HAS_BIAS:
+        acc += tl.load(bias + channel, mask=channel_ok, other=0.0)[None, :]
+    if KEEP_Z:
+        tl.store(z + offs, acc, mask=mask)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(y + offs, acc, mask=mask)
+
+
+@triton.jit
 def _linear_kernel(x, w, bias, y, z, M, N, K,
                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, KEEP_Z: tl.constexpr,
                    DOT_PRECISION: tl.constexpr, GROUP_M: tl.constexpr,
@@ -29,15 +43,9 @@ def _linear_kernel(x, w, bias, y, z, M, N, K,
         a = tl.load(x + rm[:, None] * K + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
         b = tl.load(w + rn[None, :] * K + rk[:, None], mask=(rn[None, :] < N) & (rk[:, None] < K), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias + rn, mask=rn < N, other=0.0)[None, :]
     offs = rm[:, None] * N + rn[None, :]
     mask = (rm[:, None] < M) & (rn[None, :] < N)
-    if KEEP_Z:
-        tl.store(z + offs, acc, mask=mask)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
-    tl.store(y + offs, acc, mask=mask)
+    epilogue(acc, bias, rn, rn < N, y, z, offs, mask, HAS_BIAS, RELU, KEEP_Z)
 
 
 LINEAR = KernelSpec(

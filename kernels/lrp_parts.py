@@ -24,7 +24,8 @@ import triton.language as tl
 
 from relgraph.errors import RelgraphError
 
-from .conv import GEOMETRY_PARAMS, conv_shape, grid_2d, patch_tile, transposed_weight_tile, window_tile
+from .conv import (GEOMETRY_PARAMS, conv_shape, grid_2d, patch_tile, transposed_weight_tile, weight_tile,
+                   window_tile)
 from .epsilon_conv import relevance_shape
 from .gemm import PRECISIONS
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs
@@ -170,8 +171,7 @@ def _lrp_parts_conv2d_kernel(x, w, z_pos, z_neg,
     for k0 in range(0, patch, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         a = patch_tile(x, rm, kk, g, N, C, H, W, P, Q, R, S, groups, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w)
-        b = tl.load(w + channel[None, :] * patch + kk[:, None], mask=(rn[None, :] < K_G) & (kk[:, None] < patch),
-                    other=0.0)
+        b = weight_tile(w, channel, rn, kk, K_G, patch)
         acc_pos, acc_neg = split_dot(a, b, acc_pos, acc_neg, X_NONNEG, DOT_PRECISION)
     offs = ((rm // (P * Q))[:, None] * K + channel[None, :]) * (P * Q) + (rm % (P * Q))[:, None]
     mask = (rm[:, None] < N * P * Q) & (rn[None, :] < K_G)
