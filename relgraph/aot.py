@@ -31,7 +31,6 @@ from .errors import TRITON_STACK, RelgraphError, require
 
 # Targets this triton wheel's ptxas compiles for (Ampere, Ada, Hopper), name → compute capability.
 TARGETS = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
-MAX_REGISTERS = 255  # per thread, every target above
 
 # The sources of specializations a worker can rebuild on its own (the @triton.jit functions they hold
 # cannot be pickled): ("sweep",) the standard sweep, ("plan", DIR) a compiled explainer's kernels,
