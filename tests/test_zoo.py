@@ -1,0 +1,175 @@
+"""torchvision's other classifiers, checked as VGG-16 and ResNet-18 are.
+
+For each architecture (random weights, randomized BatchNorm statistics, small inputs) and export form:
+
+- the explainer's logits equal torch's;
+- ``gradient`` equals torch autograd (float64);
+- ``epsilon`` conserves: Σ relevance + Σ bias relevance = the target logit within 1 %;
+- the composites match zennit's (per-sample cosine > 0.9999 after dividing by the target logit), with
+  zennit given the canonizers of ``zennit_canonizers`` so that it sees the residual sums, head pools and
+  gates as relgraph does.
+
+The explained class is the predicted one: a near-zero target logit would amplify float32 round-off of
+relgraph against zennit's float64 (see test_zennit). Architectures built from ops relgraph does not
+support (transformers: LayerNormalization, attention) are refused at compile time, every node listed.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torchvision
+from torch import nn
+from zennit.composites import EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlusFlat
+from zennit.rules import Epsilon
+
+import relgraph
+from relgraph.errors import RelgraphError
+
+try:
+    import torch_models as tm
+    import zennit_canonizers as zc
+    from test_zennit import HIGH, LOW, THRESHOLD, relgraph_relevance, zennit_relevance
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import torch_models as tm
+    from tests import zennit_canonizers as zc
+    from tests.test_zennit import HIGH, LOW, THRESHOLD, relgraph_relevance, zennit_relevance
+
+
+def _densenet121():
+    """DenseNet-121 with its stem BatchNorm folded into the stem conv: zennit's BatchNorm merging does not
+    apply to DenseNet's module layout, and relgraph folds that one BatchNorm (it follows a conv). The other
+    BatchNorms follow a concatenation: ε on both sides."""
+    model = torchvision.models.densenet121(weights=None)
+    tm.randomize_batchnorm(model, 0).eval()
+    f = model.features
+    f.conv0, f.norm0 = torch.nn.utils.fusion.fuse_conv_bn_eval(f.conv0, f.norm0), nn.Identity()
+    return model
+
+
+# name → (input side, export forms); the inception models take torch's default init (their own blows
+# activations up by ~5× per layer, which leaves the float32 gradient at the mercy of round-off)
+ZOO = {
+    "alexnet": (224, ("legacy",)),
+    "squeezenet1_1": (96, ("legacy",)),
+    "mobilenet_v2": (96, ("legacy", "dynamo")),
+    "mobilenet_v3_small": (96, ("legacy",)),
+    "efficientnet_b0": (96, ("legacy", "dynamo")),
+    "mnasnet0_5": (96, ("legacy",)),
+    "shufflenet_v2_x0_5": (96, ("legacy",)),
+    "regnet_x_400mf": (96, ("legacy",)),
+    "regnet_y_400mf": (96, ("dynamo",)),
+    "densenet121": (96, ("legacy",)),
+    "googlenet": (96, ("legacy",)),
+    "inception_v3": (96, ("legacy",)),
+    "resnext50_32x4d": (64, ("legacy",)),
+}
+CASES = [(name, form) for name, (_, forms) in ZOO.items() for form in forms]
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "densenet121":
+        model = _densenet121()
+    else:
+        kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        model = tm.randomize_batchnorm(getattr(torchvision.models, name)(weights=None, **kwargs), 0)
+    return tm.randomize_biases(model, 0).eval()
+
+
+def canonizers(name: str):
+    if name.startswith("resne"):
+        from zennit.torchvision import ResNetCanonizer
+
+        return [ResNetCanonizer()]
+    return [zc.canonizer(merge_batchnorm=name != "densenet121")]
+
+
+_CACHE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    """(model, ONNX path, input) per (name, form), built on first use."""
+    def get(name, form):
+        if (name, form) not in _CACHE:
+            side = ZOO[name][0]
+            model = _CACHE.setdefault(name, build(name))
+            folder = tmp_path_factory.mktemp(name)
+            path = tm.export(model, torch.zeros(1, 3, side, side), folder / f"{name}_{form}.onnx", form == "dynamo")
+            _CACHE[name, form] = (model, path, tm.random_input((2, 3, side, side), 11, LOW, HIGH))
+        return _CACHE[name, form]
+    yield get
+    _CACHE.clear()
+
+
+def _predicted(model, x):
+    return tm.reference_logits(model, x).argmax(1)
+
+
+@pytest.mark.parametrize("name, form", CASES)
+def test_zoo_gradient_and_logits(zoo, name, form):
+    model, path, x = zoo(name, form)
+    target = _predicted(model, x)
+    result = relgraph.compile(path, rule="gradient", output=str(path).replace(".onnx", ".gradient.onnx"),
+                              overwrite=True)
+    out = relgraph.Explainer(result.path).explain(x, target=target)
+    assert np.all(tm.relative_error(out["logits"], tm.reference_logits(model, x)) < 1e-5)
+    exact = tm.reference_gradient(model, x, target)
+    error = tm.relative_error(out["relevance"], exact)
+    # where the gradient is ill-conditioned at x (GoogLeNet's max pooling of max-pooled features), float32
+    # cannot do better than float32: the bound widens to 10× torch's own float32 error there
+    round_off = tm.relative_error(tm.reference_gradient(model, x, target, dtype=torch.float32), exact)
+    assert np.all(error < np.maximum(1e-4, 10 * round_off)), f"relative error per sample {error} ({round_off})"
+
+
+@pytest.mark.parametrize("name, form", CASES)
+def test_zoo_epsilon_conserves(zoo, name, form):
+    model, path, x = zoo(name, form)
+    target = _predicted(model, x)
+    result = relgraph.compile(path, rule="epsilon", output=str(path).replace(".onnx", ".epsilon.onnx"),
+                              overwrite=True)
+    out = relgraph.Explainer(result.path).explain(x, target=target)
+    logit = out["logits"][np.arange(len(x)), target]
+    total = tm.per_sample(out["relevance"]).sum(1) + out["bias_relevance"]
+    np.testing.assert_allclose(total, logit, rtol=1e-2)
+
+
+def _zennit_composite(rule, name, shape):
+    # DenseNet's BatchNorms after concatenations: ε, as relgraph's composites give an unfolded BatchNorm
+    extra = {"layer_map": [(nn.BatchNorm2d, Epsilon())]} if name == "densenet121" else {}
+    box = {"low": torch.full(shape, LOW, dtype=torch.float64), "high": torch.full(shape, HIGH, dtype=torch.float64)}
+    return {
+        "epsilon-plus-flat": lambda: EpsilonPlusFlat(canonizers=canonizers(name), **extra),
+        "epsilon-gamma-box": lambda: EpsilonGammaBox(**box, canonizers=canonizers(name), **extra),
+        "epsilon-alpha2-beta1-flat": lambda: EpsilonAlpha2Beta1Flat(canonizers=canonizers(name), **extra),
+    }[rule]()
+
+
+@pytest.mark.parametrize("rule", ["epsilon-plus-flat", "epsilon-gamma-box", "epsilon-alpha2-beta1-flat"])
+@pytest.mark.parametrize("name, form", CASES)
+def test_zoo_composites_match_zennit(zoo, name, form, rule):
+    model, path, x = zoo(name, form)
+    target = _predicted(model, x)
+    relevance, _ = relgraph_relevance(path, rule, x, target, bounds=(LOW, HIGH))
+    expected = zennit_relevance(copy.deepcopy(model), _zennit_composite(rule, name, x.shape), x, target)
+    similarity = tm.cosine(relevance, expected)
+    assert np.all(similarity > THRESHOLD), f"cosine per sample {similarity}"
+
+
+def test_transformers_are_refused_with_every_node(tmp_path):
+    """ConvNeXt (LayerNormalization, GELU as Erf): one error naming every unsupported node, none compiled."""
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(weights=None).eval()
+    path = tm.export(model, torch.zeros(1, 3, 64, 64), tmp_path / "convnext.onnx", False)
+    with pytest.raises(RelgraphError) as info:
+        relgraph.compile(path, rule="epsilon", output=str(tmp_path / "out.onnx"))
+    message = str(info.value)
+    assert "LayerNormalization" in message and "Erf" in message and "supported" in message
+    layer_norms = sum(n.op_type == "LayerNormalization" for n in onnx.load(str(path)).graph.node)
+    assert message.count("LayerNormalization '") == layer_norms
+    assert not (tmp_path / "out.onnx").exists()
