@@ -310,15 +310,22 @@ def cmd_check(args):
     trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))
     model = onnx.load(explainer.path)
     known = {o.name for o in model.graph.output}
-    names = sorted({n for step in trace for n in step["in"] + step["out"] + [step["bias"]] if n} - known)
+    # a trace entry is a value's name, or [v, q] for relevance handed over as the share q (R = v ⊙ q)
+    entries = [e for step in trace for e in step["in"] + step["out"] + [step["bias"]] if e]
+    names = sorted({n for e in entries for n in ([e] if isinstance(e, str) else e)} - known)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     t = explainer.targets(args.target, x.shape[0])
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {explainer.input_name: x,
                                                                                   "target": t})))
 
-    def total(name):
-        return 0.0 if name is None else float(np.asarray(values[name], np.float64).sum())
+    def total(entry):
+        if entry is None:
+            return 0.0
+        if isinstance(entry, str):
+            return float(np.asarray(values[entry], np.float64).sum())
+        v, q = (np.asarray(values[n], np.float64) for n in entry)
+        return float((v * q).sum())
 
     print(f"{'node':44} {'op':18} {'rule':16} {'R in':>12} {'R out':>12} {'R bias':>12} {'leak':>12}")
     leak_sum = 0.0

@@ -59,8 +59,12 @@ def _upgrade(model: ir.Model, opset: int) -> ir.Model:
 def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
-            formulation: str = "r", baseline=None, patterns=None, write: bool = True) -> CompileResult:
+            formulation: str = "r", baseline=None, patterns=None, write: bool = True,
+            target: str = "onnx") -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
+
+    ``target``: the graph is shaped for onnxruntime and other ONNX runtimes ("onnx") or for the triton
+    lowering ("triton": the forms its kernels fuse; ``relgraph.lowering.compile_triton`` passes it).
 
     ``patterns``: the fitted patterns the pattern rules read (``patternnet``, ``patternattribution``): a
     .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
@@ -85,6 +89,8 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         if composite.baseline is None:
             raise RelgraphError(f"--baseline applies to rules that compare to a baseline (deeplift), not '{label}'")
         composite.baseline = _load_baseline(baseline)
+    if target not in ("onnx", "triton"):
+        raise RelgraphError(f"target must be 'onnx' or 'triton', got '{target}'")
     if formulation not in ("r", "q"):
         raise RelgraphError(f"--formulation must be 'r' or 'q', got '{formulation}'")
     if formulation == "q":
@@ -97,7 +103,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
             raise RelgraphError(f"output exists: {output} (pass --force to overwrite)")
     model, skipped = prepare(model_path)
     plan = build_relevance(model, composite, input_name=input_name,
-                           per_layer_bias=bias_relevance == "per-layer")
+                           per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx")
     if patterns is not None and not any(c.rule in PATTERN_RULES for c in plan.choices.values()):
         raise RelgraphError(f"--patterns applies to the pattern rules (patternnet, patternattribution), "
                             f"not '{label}'")

@@ -76,3 +76,24 @@ def test_epsilon_conserves_every_op_model(tmp_path, form):
     path = tm.export(model, torch.zeros(1, *tm.ConvZoo.input_shape), tmp_path / f"conv_zoo_{form}.onnx", FORMS[form])
     x = tm.random_input((3, *tm.ConvZoo.input_shape), 3)
     _check(path, "epsilon", x, tm.pick_targets(tm.reference_logits(model, x), 3))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_residual_shares_equal_the_fused_form(resnet18, form):
+    """On the onnx target the ε layers that feed a residual sum take their share q unmultiplied and divide
+    by (|z| + ε) ⊘ |z|; the triton target keeps R_z = z ⊙ q and stab(z) with its sign test. Same relevance,
+    same bias relevance, fewer sign tests."""
+    import onnx
+    import onnx.inliner
+
+    x = tm.random_input((2, 3, 64, 64), 4, *BOUNDS)
+    path, outs, sign_tests = resnet18[form], {}, {}
+    for target in ("onnx", "triton"):
+        result = relgraph.compile(path, rule="epsilon", output=str(path).replace(".onnx", f".{target}.onnx"),
+                                  overwrite=True, target=target)
+        outs[target] = relgraph.Explainer(result.path).explain(x)
+        graph = onnx.inliner.inline_local_functions(onnx.load(result.path)).graph
+        sign_tests[target] = sum(n.op_type == "GreaterOrEqual" for n in graph.node)
+    for key in ("relevance", "bias_relevance"):
+        assert np.all(tm.relative_error(outs["onnx"][key], outs["triton"][key]) < 1e-5), key
+    assert sign_tests["onnx"] == sign_tests["triton"] - 11  # 8 blocks' last convs and 3 downsampling convs

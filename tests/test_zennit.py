@@ -196,3 +196,14 @@ def test_composites_without_flat_small_cnn(small_cnn, rule, composite):
     x = tm.random_input((3, *tm.SmallCNN.input_shape), 9)
     target = tm.pick_targets(tm.reference_logits(model, x), 9)
     _compare(model, paths["dynamo"], rule, composite(), x, target)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_resnet18_epsilon(resnet18, form):
+    """ε on every layer, zennit's Norm on the residual sums (its ResNet canonizer's Sum modules): the path on
+    which a residual sum hands the ε layers feeding it their share unmultiplied."""
+    model, paths = resnet18
+    x = tm.random_input((2, 3, 64, 64), 12)
+    target = tm.reference_logits(model, x).argmax(1)
+    composite = LayerMapComposite(_layer_map(Epsilon(epsilon=1e-6)), canonizers=[ResNetCanonizer()])
+    _compare(model, paths[form], "epsilon", composite, x, target)

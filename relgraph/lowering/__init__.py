@@ -70,7 +70,7 @@ def compile_triton(model_path, output=None, *, overwrite: bool = False, dtype: s
             raise RelgraphError(f"output exists: {output} (pass --force to overwrite)")
         if os.path.exists(output) and not os.path.isdir(output):
             raise RelgraphError(f"output {output} is a file; the triton target writes a folder, choose another -o")
-    result = compile(model_path, write=False, **options)
+    result = compile(model_path, write=False, target="triton", **options)
     plan = lower(result.proto, dtype=dtype)
     if write:
         from ..export import save

@@ -27,7 +27,7 @@ from ..graph import Builder, attr, const_array, dims, is_const
 from ..progress import Progress
 from ..rules import RULES, Env, kind_of, supported_ops
 from ..rules.composites import Composite
-from ..rules.registry import ACTIVATION, AFFINE, CHECKS, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL
+from ..rules.registry import ACTIVATION, AFFINE, CHECKS, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, Share
 
 OUTPUT_OPS = ("Softmax", "LogSoftmax")
 # ops whose output is ≥ 0 whatever their input; and ops that keep non-negativity of their inputs
@@ -212,8 +212,31 @@ def rectified_outputs(nodes, choices: dict, vanish: set[int]) -> dict[str, ir.Va
     return out
 
 
+def sharing_values(nodes, choices: dict) -> set[int]:
+    """Values v whose relevance may arrive as a ``Share`` (R_v = v ⊙ q, q handed over alone).
+
+    v is the one output of an affine layer under ε (ε > 0), not a graph output, and its only consumer on
+    the relevance path is an Add under an ε-family rule: when that Add is a residual sum, its split hands v
+    the share q, and the layer's ε step divides q ⊙ v by stab(v) without testing v's sign.
+    """
+    on_path = {id(n) for n in nodes}
+    out = set()
+    for node in nodes:
+        choice = choices[node.name]
+        if kind_of(node) != AFFINE or choice.rule not in STABILIZED or choice.params.epsilon <= 0 \
+                or len(node.outputs) != 1 or node.outputs[0].is_graph_output():
+            continue
+        users = [u.node for u in node.outputs[0].uses() if id(u.node) in on_path]
+        if len(users) == 1 and users[0].op_type == "Add" and choices[users[0].name].rule in STABILIZED | {"zero"}:
+            out.add(id(node.outputs[0]))
+    return out
+
+
 def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | None = None,
-                    per_layer_bias: bool = False) -> RelevancePlan:
+                    per_layer_bias: bool = False, residual_shares: bool = True) -> RelevancePlan:
+    """The relevance graph for ``composite``. ``residual_shares``: let residual sums hand ε layers their
+    share unmultiplied (``Share``; fewer ops on onnxruntime, while the triton target fuses the sign test
+    of stab(z) into its kernels and keeps the ``relgraph.EpsilonSum`` calls)."""
     graph = model.graph
     x, logits = explained_values(model, input_name)
     if x.dtype != ir.DataType.FLOAT:
@@ -225,6 +248,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         plan.choices[node.name] = composite.choose(node, kind_of(node), node.name in plan.first_layers)
 
     rectified = rectified_outputs(nodes, plan.choices, vanishing_values(nodes, plan.choices, logits, composite))
+    sharing = sharing_values(nodes, plan.choices) if residual_shares else set()
     b = Builder(graph)
     proven = nonnegative_values(graph)
     reference = _baseline_forward(b, graph, nodes, x, composite.baseline) if composite.baseline is not None else {}
@@ -235,7 +259,13 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
     bar = Progress(len(nodes), "relevance graph", min_total=150)  # big models only: small ones take no time
     for node in reversed(nodes):
         bar.update()
-        Rs = [_sum(b, contributions.pop(id(o), None)) for o in node.outputs]
+        incoming = [contributions.pop(id(o), None) for o in node.outputs]
+        shared = len(incoming) == 1 and incoming[0] is not None and len(incoming[0]) == 1 \
+            and isinstance(incoming[0][0], Share)
+        if shared:
+            Rs = [incoming[0][0].q]
+        else:
+            Rs = [_sum(b, R) for R in incoming]
         if all(R is None for R in Rs):
             continue
         choice = plan.choices[node.name]
@@ -243,7 +273,8 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         b.prefix = f"relevance/{node.name}"
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
                   first_layer=node.name in plan.first_layers, formulation=composite.formulation,
-                  baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name))
+                  baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
+                  absorbs=lambda v: id(v) in sharing)
         result = RULES[node.op_type][choice.rule](env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"
@@ -255,8 +286,8 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
             biases.append((node, bias))
         plan.trace.append({
             "node": node.name, "op": node.op_type, "rule": choice.rule,
-            "out": [R.name if R is not None else None for R in Rs],
-            "in": [R.name if R is not None else None for R in result],
+            "out": [_traced(incoming[0][0])] if shared else [_traced(R) for R in Rs],
+            "in": [_traced(R) for R in result],
             "bias": bias.name if bias is not None else None,
         })
 
@@ -324,9 +355,17 @@ def _output_relevance(b: Builder, graph: ir.Graph, logits: ir.Value, init: str):
     return (b.op("Mul", onehot, logits) if init == "logit" else onehot), target
 
 
+def _traced(R):
+    """A relevance value's name for the trace; a ``Share`` as [v, q] (R = v ⊙ q, not a value of its own)."""
+    if isinstance(R, Share):
+        return [R.value.name, R.q.name]
+    return None if R is None else R.name
+
+
 def _sum(b: Builder, values):
     if not values:
         return None
+    values = [b.op("Mul", R.value, R.q) if isinstance(R, Share) else R for R in values]
     total = values[0]
     for v in values[1:]:
         total = b.op("Add", total, v)

@@ -9,6 +9,8 @@ Three kinds, decided per node:
   parameters: the gradient passes R to both; ``epsilon`` (zennit's ``Norm`` on its ``Sum`` module)
   splits R_a = a ⊙ R ⊘ stab(z), R_b = ±b ⊙ R ⊘ stab(z). An Add of two terms of z's shape (a residual
   connection) emits the split as one ``relgraph.EpsilonSum`` call, which a GPU lowering runs as one kernel.
+  On the ONNX target, a branch that comes out of an ε layer feeding only the sum takes its share
+  R ⊘ stab(z) unmultiplied (``Share``): that layer's own ε step then needs no sign test.
 - *product* (Mul of two activations: SiLU x·σ(x), squeeze-excitation x·σ(fc(…))): the gradient uses
   the product rule; ``gate`` gives all relevance to the signal and none to the gate (the LSTM LRP
   convention of Arras et al. 2017). The gate is the operand that comes out of a sigmoid-like op, or
@@ -23,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import attr, const_array, dims, rank
-from .registry import LINEAR, PRODUCT, SCALE, Env, defrule
+from .registry import LINEAR, PRODUCT, SCALE, Env, Share, defrule
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh"}
 SHAPE_ONLY = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Identity"}
@@ -124,9 +126,13 @@ def arithmetic_epsilon(env: Env):
         out[idx] = unbroadcast(env, R, node.inputs[idx])
         return out
     if _residual_sum(env):
-        from .functions import epsilon_sum
+        den = env.stabilized_output(eps)
+        if not any(map(env.absorbs, node.inputs)):
+            from .functions import epsilon_sum
 
-        return list(epsilon_sum(env, node.inputs[0], node.inputs[1], env.stabilized_output(eps)))
+            return list(epsilon_sum(env, node.inputs[0], node.inputs[1], den))
+        s = b.op("Div", R, den)  # a branch from an ε layer takes its share unmultiplied (see Share)
+        return [Share(v, s) if env.absorbs(v) else b.op("Mul", v, s) for v in node.inputs]
     s = b.op("Div", R, env.stabilized_output(eps))
     if op == "BatchNormalization":
         a, c = _bn_affine(node)

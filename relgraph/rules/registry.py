@@ -111,15 +111,22 @@ class Env:
     formulation: str = "r"  # "q": the relevance graph carries Q = R/a (seeds/001); gradient rules report biases
     baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline
     rectified: ir.Value | None = None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
+    shared: bool = False  # R is the share q of z in a residual sum, R_z = z ⊙ q (see ``Share``)
+    absorbs: Callable[[ir.Value], bool] = lambda v: False  # whether v's producer takes a ``Share`` of v
 
     def stabilized_output(self, epsilon: float):
-        """stab(z) for the node's output z, where it matters: only where R_z ≠ 0.
+        """The denominator d with R ⊘ d = R_z ⊘ stab(z) for the node's output z, where it matters: only
+        where R_z ≠ 0.
 
         When the relevance pass proved that R_z vanishes wherever z ≤ 0 (z feeds only a ReLU whose relevance
         is zero where the ReLU gives 0), stab(z) = z + ε wherever R_z ≠ 0, and y + ε with y the ReLU output
         (≥ 0, already computed) is exact there and a positive denominator elsewhere: one elementwise op
-        instead of three.
+        instead of three. When R arrives as the share q of R_z = z ⊙ q, R_z ⊘ stab(z) = q ⊙ |z| ⊘ (|z| + ε):
+        d = (|z| + ε) ⊘ |z|, no sign test (at z = 0, d = +∞ and the quotient is 0, as R_z there).
         """
+        if self.shared:
+            magnitude = self.b.op("Abs", self.y)
+            return self.b.op("Div", self.b.op("Add", magnitude, self.b.scalar(epsilon)), magnitude)
         if self.rectified is not None and epsilon > 0:
             return self.b.op("Add", self.rectified, self.b.scalar(epsilon))
         return self.b.stabilize(self.y, epsilon)
@@ -135,3 +142,13 @@ class Env:
     @property
     def y(self) -> ir.Value:
         return self.node.outputs[0]
+
+
+@dataclass(frozen=True)
+class Share:
+    """Relevance R_v = v ⊙ q handed over unmultiplied: a residual sum's ε split gives each branch
+    R_v = v ⊙ (R ⊘ stab(v + w)); when v is the output of an ε layer that feeds only the sum, that layer
+    divides by stab(v) next, and v ⊙ q ⊘ stab(v) needs no sign of v (``Env.stabilized_output``)."""
+
+    value: ir.Value
+    q: ir.Value
