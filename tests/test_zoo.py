@@ -111,13 +111,17 @@ def _predicted(model, x):
     return tm.reference_logits(model, x).argmax(1)
 
 
-@pytest.mark.parametrize("name, form", CASES)
-def test_zoo_gradient_and_logits(zoo, name, form):
+def _explain(zoo, name, form, rule):
+    """(model, input, predicted class, the explainer's outputs) for ``rule``."""
     model, path, x = zoo(name, form)
     target = _predicted(model, x)
-    result = relgraph.compile(path, rule="gradient", output=str(path).replace(".onnx", ".gradient.onnx"),
-                              overwrite=True)
-    out = relgraph.Explainer(result.path).explain(x, target=target)
+    result = relgraph.compile(path, rule=rule, output=str(path).replace(".onnx", f".{rule}.onnx"), overwrite=True)
+    return model, x, target, relgraph.Explainer(result.path).explain(x, target=target)
+
+
+@pytest.mark.parametrize("name, form", CASES)
+def test_zoo_gradient_and_logits(zoo, name, form):
+    model, x, target, out = _explain(zoo, name, form, "gradient")
     assert np.all(tm.relative_error(out["logits"], tm.reference_logits(model, x)) < 1e-5)
     exact = tm.reference_gradient(model, x, target)
     error = tm.relative_error(out["relevance"], exact)
@@ -129,11 +133,7 @@ def test_zoo_gradient_and_logits(zoo, name, form):
 
 @pytest.mark.parametrize("name, form", CASES)
 def test_zoo_epsilon_conserves(zoo, name, form):
-    model, path, x = zoo(name, form)
-    target = _predicted(model, x)
-    result = relgraph.compile(path, rule="epsilon", output=str(path).replace(".onnx", ".epsilon.onnx"),
-                              overwrite=True)
-    out = relgraph.Explainer(result.path).explain(x, target=target)
+    _, x, target, out = _explain(zoo, name, form, "epsilon")
     logit = out["logits"][np.arange(len(x)), target]
     total = tm.per_sample(out["relevance"]).sum(1) + out["bias_relevance"]
     np.testing.assert_allclose(total, logit, rtol=1e-2)
