@@ -10,9 +10,9 @@ alternated runs, outputs checked equal):
 1. ``transpose``: the strided transposed convolutions (7×7/2 stem, 3×3/2, 1×1/2) as ``ConvTranspose``
    against a polyphase form (one stride-1 Conv per output phase, Concat, DepthToSpace) and, for 1×1, a
    stride-1 Conv followed by a zero-inserting depthwise ``ConvTranspose``.
-2. ``maxpool``: the stem's route: ``MaxPool`` with indices (+ ``ScatterElements``) against the first half of
-   an index-free route (nine strided slices of the padded input and an ``ArgMax``), with the plain
-   ``MaxPool`` as the floor.
+2. ``maxpool``: the stem's route: ``MaxPool`` with indices + ``ScatterElements`` against an index-free route
+   in standard ops (``index_free_route``; equal outputs, ties included), with the plain ``MaxPool`` as the
+   floor.
 3. ``pointwise``: a 1×1 stride-1 transpose as a flipped ``Conv`` (NCHWc) against ``Reshape → MatMul``.
 4. ``stabilizer``: the whole ResNet-50 ε explainer as compiled for onnxruntime, where a residual sum hands
    the ε layers feeding it their share q unmultiplied and R ⊘ stab(z) = q ⊘ ((|z| + ε)/|z|) needs no sign
@@ -161,39 +161,76 @@ def section_transpose(runs: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------- maxpool
 
 
+def index_free_route(channels: int, side: int, k: int, s: int, p: int):
+    """Max pooling's route (first maximum wins, as onnxruntime's indices) without indices: the padded input
+    split into its s×s phases (SpaceToDepth), each of the k² window taps a block-shifted slice of one phase,
+    the winner found by cumulative equality masks against the pooled maxima, the routed R padded back to its
+    block and the phases interleaved (DepthToSpace). Returns (nodes, initializers, output side)."""
+    out = (side + 2 * p - k) // s + 1
+    spread = -(-k // s)
+    blocks = out + spread
+    inits = {"pads_x": np.array([0, 0, p, p, 0, 0, blocks * s - side - p, blocks * s - side - p], np.int64),
+             "minus_inf": np.array(-np.inf, np.float32), "zero": np.array(0, np.float32),
+             "axes": np.array([2, 3], np.int64), "split": np.array([channels] * s * s, np.int64),
+             "crop_start": np.array([p, p], np.int64), "crop_end": np.array([p + side] * 2, np.int64)}
+    phases = [f"phase{ry}{rx}" for ry in range(s) for rx in range(s)]
+    nodes = [h.make_node("Pad", ["x", "pads_x", "minus_inf"], ["padded"]),
+             h.make_node("MaxPool", ["x"], ["maxima"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4),
+             h.make_node("SpaceToDepth", ["padded"], ["stacked"], blocksize=s),
+             h.make_node("Split", ["stacked", "split"], phases, axis=1)]
+    found, placed = None, {}
+    for dy in range(k):
+        for dx in range(k):
+            tap, (by, bx) = f"{dy}{dx}", (dy // s, dx // s)
+            inits[f"start{tap}"] = np.array([by, bx], np.int64)
+            inits[f"end{tap}"] = np.array([by + out, bx + out], np.int64)
+            inits[f"back{tap}"] = np.array([0, 0, by, bx, 0, 0, blocks - out - by, blocks - out - bx], np.int64)
+            phase = f"phase{dy % s}{dx % s}"
+            nodes += [h.make_node("Slice", [phase, f"start{tap}", f"end{tap}", "axes"], [f"tap{tap}"]),
+                      h.make_node("Equal", [f"tap{tap}", "maxima"], [f"hit{tap}"])]
+            win = f"hit{tap}"
+            if found is not None:
+                nodes += [h.make_node("Not", [found], [f"free{tap}"]),
+                          h.make_node("And", [f"hit{tap}", f"free{tap}"], [f"win{tap}"]),
+                          h.make_node("Or", [found, f"hit{tap}"], [f"found{tap}"])]
+                win = f"win{tap}"
+            found = f"found{tap}" if found is not None else win
+            nodes += [h.make_node("Where", [win, "r", "zero"], [f"routed{tap}"]),
+                      h.make_node("Pad", [f"routed{tap}", f"back{tap}"], [f"placed{tap}"])]
+            placed.setdefault(phase, []).append(f"placed{tap}")
+    for phase in phases:
+        total = placed[phase][0]
+        for k_, term in enumerate(placed[phase][1:]):
+            nodes.append(h.make_node("Add", [total, term], [f"{phase}_sum{k_}"]))
+            total = f"{phase}_sum{k_}"
+        placed[phase] = total
+    nodes += [h.make_node("Concat", [placed[ph] for ph in phases], ["phases"], axis=1),
+              h.make_node("DepthToSpace", ["phases"], ["full"], blocksize=s, mode="DCR"),
+              h.make_node("Slice", ["full", "crop_start", "crop_end", "axes"], ["y"])]
+    return nodes, inits, out
+
+
 def section_maxpool(runs: int) -> list[str]:
-    channels, side, out = 64, 112, 56
+    channels, side, k, s, p = 64, 112, 3, 2, 1
+    nodes, inits, out = index_free_route(channels, side, k, s, p)
     x = np.maximum(RNG.standard_normal((1, channels, side, side)), 0).astype(np.float32)
-    pool = {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}
-    inits = {"flat": np.array([-1], np.int64), "zeros": np.zeros(channels * side * side, np.float32),
-             "r": RNG.standard_normal(channels * out * out).astype(np.float32)}
+    x[:, :, 10:20, 10:20] = 0.5  # a plateau: ties, where the first maximum must win
+    inputs = {"x": x.shape, "r": [1, channels, out, out]}
     with_indices = graph_model(
-        [h.make_node("MaxPool", ["x"], ["pooled", "indices"], **pool),
-         h.make_node("Reshape", ["indices", "flat"], ["i"]),
-         h.make_node("ScatterElements", ["zeros", "i", "r"], ["routed"], axis=0, reduction="add"),
-         h.make_node("ReduceSum", ["routed"], ["y"], keepdims=0)], {"x": x.shape}, inits)
-    nodes = [h.make_node("Pad", ["x", "pads", "minus_inf"], ["padded"])]
-    inits2 = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "minus_inf": np.array(-np.inf, np.float32),
-              "axes": np.array([2, 3], np.int64), "steps": np.array([2, 2], np.int64), "u": np.array([2], np.int64)}
-    taps = []
-    for dy in range(3):
-        for dx in range(3):
-            inits2[f"b{dy}{dx}"] = np.array([dy, dx], np.int64)
-            inits2[f"e{dy}{dx}"] = np.array([dy + 2 * out - 1, dx + 2 * out - 1], np.int64)
-            nodes += [h.make_node("Slice", ["padded", f"b{dy}{dx}", f"e{dy}{dx}", "axes", "steps"], [f"t{dy}{dx}"]),
-                      h.make_node("Unsqueeze", [f"t{dy}{dx}", "u"], [f"u{dy}{dx}"])]
-            taps.append(f"u{dy}{dx}")
-    nodes += [h.make_node("Concat", taps, ["stack"], axis=2),
-              h.make_node("ArgMax", ["stack"], ["winner"], axis=2, keepdims=0),
-              h.make_node("Cast", ["winner"], ["w"], to=TensorProto.FLOAT),
-              h.make_node("ReduceSum", ["w"], ["y"], keepdims=0)]
-    slices = graph_model(nodes, {"x": x.shape}, inits2)
-    plain = graph_model([h.make_node("MaxPool", ["x"], ["pooled"], **pool),
-                         h.make_node("ReduceSum", ["pooled"], ["y"], keepdims=0)], {"x": x.shape}, {})
+        [h.make_node("MaxPool", ["x"], ["pooled", "indices"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4),
+         h.make_node("Reshape", ["indices", "flat"], ["i"]), h.make_node("Reshape", ["r", "flat"], ["flat_r"]),
+         h.make_node("ScatterElements", ["zeros", "i", "flat_r"], ["routed"], axis=0, reduction="add"),
+         h.make_node("Reshape", ["routed", "shape"], ["y"])], inputs,
+        {"flat": np.array([-1], np.int64), "zeros": np.zeros(channels * side * side, np.float32),
+         "shape": np.array([1, channels, side, side], np.int64)})
+    plain = graph_model([h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)],
+                        {"x": x.shape}, {})
+    feeds = {"x": x, "r": RNG.standard_normal((1, channels, out, out)).astype(np.float32)}
     ms = race({"MaxPool with indices + ScatterElements (the explainer's route)": with_indices,
-               "9 strided slices + ArgMax (half an index-free route)": slices,
-               "plain MaxPool (the forward pass; floor)": plain}, {"x": x}, runs, same_output=False)
-    return ["| stem max pooling, 64×112² → 56² | ms |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in ms.items()]
+               "index-free: phases, first-max masks, DepthToSpace": graph_model(nodes, inputs, inits)}, feeds, runs)
+    ms.update(race({"plain MaxPool (the forward pass; floor)": plain}, {"x": x}, runs))
+    return ["| stem max pooling's route, 64×112² → 56² | ms |", "|---|---:|"] + \
+        [f"| {name} | {v:.2f} |" for name, v in ms.items()]
 
 
 # -------------------------------------------------------------------------------------------- pointwise
