@@ -138,6 +138,16 @@ def batch_norm(inputs, attrs):
     return (x - mean.reshape(shape)) * (inv * scale).reshape(shape) + bias.reshape(shape)
 
 
+@op("LayerNormalization")
+def layer_norm(inputs, attrs):
+    """y = (x − μ) / √(σ² + ε) · Scale + B over the axes from ``axis`` (default −1) to the last."""
+    x, scale = inputs[0], inputs[1]
+    bias = inputs[2] if len(inputs) > 2 else None
+    axis = _axis(attrs.get("axis", -1), x.dim())
+    return F.layer_norm(x, x.shape[axis:], scale.expand(x.shape[axis:]),
+                        None if bias is None else bias.expand(x.shape[axis:]), attrs.get("epsilon", 1e-5))
+
+
 # ------------------------------------------------------------------------------------------- reductions
 
 

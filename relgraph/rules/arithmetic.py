@@ -27,7 +27,7 @@ import onnx_ir as ir
 from ..graph import attr, const_array, dims, rank
 from .registry import LINEAR, PRODUCT, SCALE, Env, Share, defrule
 
-GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh"}
+GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}  # GELU: x · (1 + erf(x/√2))/2
 SHAPE_ONLY = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Identity"}
 
 
@@ -162,10 +162,16 @@ def _residual_sum(env: Env) -> bool:
 
 
 def _is_gate(v: ir.Value) -> bool:
+    """Whether v comes out of a sigmoid-like op, through reshapes and affine maps by constants (GELU's gate
+    is (1 + erf(x/√2))/2, the tanh form's 1 + tanh(…))."""
     node = v.producer()
-    while node is not None and node.op_type in SHAPE_ONLY:
-        node = node.inputs[0].producer()
+    while node is not None and (node.op_type in SHAPE_ONLY or _by_constant(node)):
+        node = next(u for u in node.inputs if u is not None and const_array(u) is None).producer()
     return node is not None and node.op_type in GATE_OPS
+
+
+def _by_constant(node: ir.Node) -> bool:
+    return node.op_type in ("Add", "Sub", "Mul", "Div") and sum(const_array(u) is None for u in node.inputs) == 1
 
 
 # The kind is decided per node here too: the registry keeps one kind function per op type, and a fixed

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..graph import attr, const_array
 from .registry import ACTIVATION, Env, defrule
 
@@ -52,6 +54,12 @@ def derivative_mask(env: Env, R=None):
         t = b.op("Add", b.op("Mul", x, b.scalar(alpha)), b.scalar(beta))
         inside = b.op("And", b.op("Greater", t, zero), b.op("Less", t, one))
         return b.op("Where", inside, b.op("Mul", R, b.scalar(alpha)), zero)
+    if op == "Pow":  # (x^p)′ = p·x^(p−1), p a constant (GELU's tanh form has x³)
+        p = const_array(node.inputs[1]).astype(np.float32)
+        return b.op("Mul", R, b.op("Mul", b.op("Pow", x, b.const(p - 1)), b.const(p)))
+    if op == "Erf":  # erf′ = 2/√π · exp(−x²)
+        bell = b.op("Exp", b.op("Neg", b.op("Mul", x, x)))
+        return b.op("Mul", R, b.op("Mul", bell, b.scalar(2.0 / np.sqrt(np.pi))))
     if op == "HardSwish":  # x·relu6(x+3)/6: 0 below −3, x/3 + 1/2 up to 3, 1 above (torch's convention)
         slope = b.op("Add", b.op("Mul", x, b.scalar(1.0 / 3.0)), b.scalar(0.5))
         d = b.op("Where", b.op("Less", x, b.scalar(-3.0)), zero,
@@ -75,14 +83,22 @@ def _check_clip(node) -> str | None:
     return None
 
 
-ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish")
+ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Erf", "Pow")
 
 
 def _with_bounds_none(env, rx):
     return [rx] + [None] * (len(env.node.inputs) - 1)
 
 
-@defrule(ACTIVATIONS, ACTIVATION, "gradient", check=lambda n: _check_clip(n) if n.op_type == "Clip" else None)
+def _check_operands(node) -> str | None:
+    if node.op_type == "Clip":
+        return _check_clip(node)
+    if node.op_type == "Pow" and const_array(node.inputs[1]) is None:
+        return "the exponent is not constant"
+    return None
+
+
+@defrule(ACTIVATIONS, ACTIVATION, "gradient", check=_check_operands)
 def activation_gradient(env: Env):
     return _with_bounds_none(env, derivative_mask(env))
 
