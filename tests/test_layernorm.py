@@ -88,29 +88,28 @@ def epsilon_reference(model: LayerNormMLP, x: np.ndarray, target: np.ndarray) ->
     return x * ((R / _stab(z1)) @ p["fc1.weight"])                       # fc1, ε
 
 
-@pytest.mark.parametrize("approximate", ["none", "tanh"])
-@pytest.mark.parametrize("form", FORMS)
-def test_layernorm_gelu_gradient(tmp_path, form, approximate):
+def _explain_mlp(tmp_path, form, approximate, rule):
+    """(model, input, predicted class, relevance) of LayerNormMLP under ``rule``."""
     torch.manual_seed(1)
     model = LayerNormMLP(approximate).eval()
     path = _export(model, (6,), tmp_path / "mlp.onnx", form)
-    x = tm.random_input((4, 6), 2)
-    target = np.array([0, 1, 2, 4])
-    result = relgraph.compile(path, rule="gradient", output=str(tmp_path / "g.onnx"))
-    out = relgraph.Explainer(result.path).explain(x, target=target)
+    x = tm.random_input((4, 6), 3)
+    target = tm.reference_logits(model, x).argmax(1)
+    result = relgraph.compile(path, rule=rule, output=str(tmp_path / f"{rule}.onnx"), epsilon=EPS)
+    return model, x, target, relgraph.Explainer(result.path).explain(x, target=target)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("form", FORMS)
+def test_layernorm_gelu_gradient(tmp_path, form, approximate):
+    model, x, target, out = _explain_mlp(tmp_path, form, approximate, "gradient")
     assert np.all(tm.relative_error(out["relevance"], tm.reference_gradient(model, x, target)) < 1e-5)
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 @pytest.mark.parametrize("form", FORMS)
 def test_layernorm_epsilon_matches_reference(tmp_path, form, approximate):
-    torch.manual_seed(1)
-    model = LayerNormMLP(approximate).eval()
-    path = _export(model, (6,), tmp_path / "mlp.onnx", form)
-    x = tm.random_input((4, 6), 3)
-    target = tm.reference_logits(model, x).argmax(1)
-    result = relgraph.compile(path, rule="epsilon", output=str(tmp_path / "e.onnx"), epsilon=EPS)
-    out = relgraph.Explainer(result.path).explain(x, target=target)
+    model, x, target, out = _explain_mlp(tmp_path, form, approximate, "epsilon")
     expected = epsilon_reference(model, x, target)
     assert np.all(tm.relative_error(out["relevance"], expected) < 1e-5)
 
