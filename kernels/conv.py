@@ -95,6 +95,24 @@ def patch_tile(x, rm, kk, g, N, C, H, W, P, Q, R, S, groups, stride_h, stride_w,
 
 
 @triton.jit
+def output_tile(K, groups, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's tile of the implicit GEMM: group g (program axis 2), rows rm = output pixels (n, p, q),
+    columns rn = output channels within the group, and their absolute channels."""
+    g = tl.program_id(2)
+    K_G = K // groups
+    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return g, K_G, rm, rn, g * K_G + rn
+
+
+@triton.jit
+def output_offsets(rm, rn, channel, N, K, K_G, P, Q):
+    """Offsets of the tile (rows rm, channels) into an [N, K, P, Q] output, and which of them exist."""
+    offs = ((rm // (P * Q))[:, None] * K + channel[None, :]) * (P * Q) + (rm % (P * Q))[:, None]
+    return offs, (rm[:, None] < N * P * Q) & (rn[None, :] < K_G)
+
+
+@triton.jit
 def weight_tile(w, channel, rn, kk, K_G, patch):
     """W's tile [taps kk = (c, r, s) of the group's patch × output channels] for the implicit GEMM."""
     return tl.load(w + channel[None, :] * patch + kk[:, None], mask=(rn[None, :] < K_G) & (kk[:, None] < patch),
@@ -142,21 +160,15 @@ def _conv2d_kernel(x, w, bias, y, z,
                    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, KEEP_Z: tl.constexpr,
                    DOT_PRECISION: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    g = tl.program_id(2)
-    K_G = K // groups
+    g, K_G, rm, rn, channel = output_tile(K, groups, BLOCK_M, BLOCK_N)
     patch = (C // groups) * R * S
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    channel = g * K_G + rn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, patch, BLOCK_K):
         kk = k0 + tl.arange(0, BLOCK_K)
         a = patch_tile(x, rm, kk, g, N, C, H, W, P, Q, R, S, groups, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w)
         b = weight_tile(w, channel, rn, kk, K_G, patch)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-    n = rm // (P * Q)
-    offs = (n[:, None] * K + channel[None, :]) * (P * Q) + (rm % (P * Q))[:, None]
-    mask = (rm[:, None] < N * P * Q) & (rn[None, :] < K_G)
+    offs, mask = output_offsets(rm, rn, channel, N, K, K_G, P, Q)
     epilogue(acc, bias, channel, rn < K_G, y, z, offs, mask, HAS_BIAS, RELU, KEEP_Z)
 
 

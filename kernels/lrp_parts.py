@@ -24,8 +24,8 @@ import triton.language as tl
 
 from relgraph.errors import RelgraphError
 
-from .conv import (GEOMETRY_PARAMS, conv_shape, grid_2d, patch_tile, transposed_weight_tile, weight_tile,
-                   window_tile)
+from .conv import (GEOMETRY_PARAMS, conv_shape, grid_2d, output_offsets, output_tile, patch_tile,
+                   transposed_weight_tile, weight_tile, window_tile)
 from .epsilon_conv import relevance_shape
 from .gemm import PRECISIONS
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs
@@ -160,12 +160,8 @@ def _lrp_parts_conv2d_kernel(x, w, z_pos, z_neg,
                              N, C, H, W, K, P, Q, R, S, groups, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w,
                              X_NONNEG: tl.constexpr, DOT_PRECISION: tl.constexpr,
                              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    g = tl.program_id(2)
-    K_G = K // groups
+    g, K_G, rm, rn, channel = output_tile(K, groups, BLOCK_M, BLOCK_N)
     patch = (C // groups) * R * S
-    rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    channel = g * K_G + rn
     acc_pos = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_neg = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, patch, BLOCK_K):
@@ -173,8 +169,7 @@ def _lrp_parts_conv2d_kernel(x, w, z_pos, z_neg,
         a = patch_tile(x, rm, kk, g, N, C, H, W, P, Q, R, S, groups, stride_h, stride_w, pad_t, pad_l, dil_h, dil_w)
         b = weight_tile(w, channel, rn, kk, K_G, patch)
         acc_pos, acc_neg = split_dot(a, b, acc_pos, acc_neg, X_NONNEG, DOT_PRECISION)
-    offs = ((rm // (P * Q))[:, None] * K + channel[None, :]) * (P * Q) + (rm % (P * Q))[:, None]
-    mask = (rm[:, None] < N * P * Q) & (rn[None, :] < K_G)
+    offs, mask = output_offsets(rm, rn, channel, N, K, K_G, P, Q)
     tl.store(z_pos + offs, acc_pos, mask=mask)
     tl.store(z_neg + offs, acc_neg, mask=mask)
 
