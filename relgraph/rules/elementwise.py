@@ -86,10 +86,6 @@ def _check_clip(node) -> str | None:
 ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Erf", "Pow")
 
 
-def _with_bounds_none(env, rx):
-    return [rx] + [None] * (len(env.node.inputs) - 1)
-
-
 def _check_operands(node) -> str | None:
     if node.op_type == "Clip":
         return _check_clip(node)
@@ -100,18 +96,18 @@ def _check_operands(node) -> str | None:
 
 @defrule(ACTIVATIONS, ACTIVATION, "gradient", check=_check_operands)
 def activation_gradient(env: Env):
-    return _with_bounds_none(env, derivative_mask(env))
+    return env.to_first_input(derivative_mask(env))
 
 
 @defrule(ACTIVATIONS, ACTIVATION, "pass", "ignore")
 def activation_pass(env: Env):
-    return _with_bounds_none(env, env.R)
+    return env.to_first_input(env.R)
 
 
 @defrule(ACTIVATIONS, ACTIVATION, "deconvnet")
 def activation_deconvnet(env: Env):
     if env.node.op_type in RECTIFIERS:
-        return _with_bounds_none(env, env.b.op("Relu", env.R))
+        return env.to_first_input(env.b.op("Relu", env.R))
     return activation_gradient(env)
 
 
@@ -120,7 +116,7 @@ def activation_guided(env: Env):
     rx = derivative_mask(env)
     if env.node.op_type in RECTIFIERS:
         rx = env.b.op("Relu", rx)
-    return _with_bounds_none(env, rx)
+    return env.to_first_input(rx)
 
 
 @defrule(ACTIVATIONS, ACTIVATION, "slope")
@@ -130,7 +126,7 @@ def activation_slope(env: Env):
     nonzero = b.op("Not", b.op("Equal", x, zero))
     safe_x = b.op("Where", nonzero, x, b.scalar(1.0))
     ratio = b.op("Where", nonzero, b.op("Div", env.y, safe_x), derivative_mask(env, b.scalar(1.0)))
-    return _with_bounds_none(env, b.op("Mul", ratio, env.R))
+    return env.to_first_input(b.op("Mul", ratio, env.R))
 
 
 @defrule(ACTIVATIONS, ACTIVATION, "repeat")
@@ -138,7 +134,7 @@ def activation_repeat(env: Env):
     """The forward op, attributes and constant operands included, applied to R."""
     node = env.node
     attributes = {name: a.value for name, a in node.attributes.items()}
-    return _with_bounds_none(env, env.b.op(node.op_type, env.R, *node.inputs[1:], **attributes))
+    return env.to_first_input(env.b.op(node.op_type, env.R, *node.inputs[1:], **attributes))
 
 
 @defrule(ACTIVATIONS, ACTIVATION, "rescale")
@@ -151,4 +147,4 @@ def activation_rescale(env: Env):
     close = b.op("Less", b.op("Abs", dx), b.scalar(1e-10))
     safe_dx = b.op("Where", close, b.scalar(1.0), dx)
     ratio = b.op("Mul", env.R, b.op("Div", dy, safe_dx))
-    return _with_bounds_none(env, b.op("Where", close, derivative_mask(env), ratio))
+    return env.to_first_input(b.op("Where", close, derivative_mask(env), ratio))

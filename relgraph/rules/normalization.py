@@ -48,10 +48,6 @@ def _statistics(env: Env):
     return mean, centered, sigma
 
 
-def _outputs(env: Env, rx):
-    return [rx] + [None] * (len(env.node.inputs) - 1)
-
-
 @defrule("LayerNormalization", SCALE, "gradient", check=_check)
 def layer_norm_gradient(env: Env):
     b = env.b
@@ -59,7 +55,7 @@ def layer_norm_gradient(env: Env):
     normalized = b.op("Div", centered, sigma)
     g = b.op("Mul", env.R, env.node.inputs[1])
     inner = b.op("Sub", b.op("Sub", g, mean(g)), b.op("Mul", normalized, mean(b.op("Mul", g, normalized))))
-    return _outputs(env, b.op("Div", inner, sigma))
+    return env.to_first_input(b.op("Div", inner, sigma))
 
 
 @defrule("LayerNormalization", SCALE, "epsilon", "normalized", "zero")
@@ -71,4 +67,4 @@ def layer_norm_epsilon(env: Env):
     u = b.op("Div", b.op("Mul", s, node.inputs[1]), sigma)
     if len(node.inputs) > 2 and node.inputs[2] is not None:  # β: a bias
         env.report_bias(b.sum_per_sample(b.op("Mul", s, node.inputs[2]), rank(env.y)))
-    return _outputs(env, b.op("Mul", env.x, b.op("Sub", u, mean(u))))
+    return env.to_first_input(b.op("Mul", env.x, b.op("Sub", u, mean(u))))

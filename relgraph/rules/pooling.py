@@ -123,7 +123,7 @@ def _axes_of(node):
 
 @defrule(tuple(TRANSPOSES), LINEAR, "gradient", check=_check_mean)
 def mean_gradient(env: Env):
-    return [TRANSPOSES[env.node.op_type](env, env.R)] + [None] * (len(env.node.inputs) - 1)
+    return env.to_first_input(TRANSPOSES[env.node.op_type](env, env.R))
 
 
 @defrule(tuple(TRANSPOSES), LINEAR, "epsilon", "normalized", "zero")
@@ -131,8 +131,7 @@ def mean_epsilon(env: Env):
     b = env.b
     eps = 0.0 if env.rule == "zero" else env.params.epsilon
     s = b.op("Div", env.R, env.stabilized_output(eps))
-    rx = b.op("Mul", env.x, TRANSPOSES[env.node.op_type](env, s))
-    return [rx] + [None] * (len(env.node.inputs) - 1)
+    return env.to_first_input(b.op("Mul", env.x, TRANSPOSES[env.node.op_type](env, s)))
 
 
 # ------------------------------------------------------------------------------------------- max

@@ -131,6 +131,11 @@ class Env:
             return self.b.op("Add", self.rectified, self.b.scalar(epsilon))
         return self.b.stabilize(self.y, epsilon)
 
+    def to_first_input(self, rx) -> list:
+        """The rule's result when all relevance goes to the node's first input (shape, bound, exponent and
+        parameter operands take none)."""
+        return [rx] + [None] * (len(self.node.inputs) - 1)
+
     @property
     def R(self):
         return self.Rs[0]

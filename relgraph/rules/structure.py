@@ -12,14 +12,10 @@ from ..graph import attr, const_array, rank, static_dims
 from .registry import STRUCTURAL, Env, defrule
 
 
-def _rest(env, first):
-    return [first] + [None] * (len(env.node.inputs) - 1)
-
-
 @defrule(("Flatten", "Reshape", "Squeeze", "Unsqueeze"), STRUCTURAL, "gradient")
 def reshape_adjoint(env: Env):
     """R_x = reshape(R, shape(x))."""
-    return _rest(env, env.b.op("Reshape", env.R, env.b.op("Shape", env.x)))
+    return env.to_first_input(env.b.op("Reshape", env.R, env.b.op("Shape", env.x)))
 
 
 @defrule("Transpose", STRUCTURAL, "gradient")
@@ -46,7 +42,7 @@ def split_adjoint(env: Env):
     b = env.b
     axis = attr(env.node, "axis", 0) % rank(env.x)
     parts = [R if R is not None else b.zeros_like(y) for R, y in zip(env.Rs, env.node.outputs)]
-    return _rest(env, b.op("Concat", *parts, axis=axis))
+    return env.to_first_input(b.op("Concat", *parts, axis=axis))
 
 
 def _slice_params(node, in_dims):
@@ -83,7 +79,7 @@ def slice_adjoint(env: Env):
         if a == 0:
             continue  # slicing the batch axis is refused by the check of static dims above
         pads[a], pads[a + r] = s, in_dims[a] - max(e, s)
-    return _rest(env, env.b.op("Pad", env.R, env.b.ints(pads)))
+    return env.to_first_input(env.b.op("Pad", env.R, env.b.ints(pads)))
 
 
 def _check_pad(node) -> str | None:
@@ -107,4 +103,4 @@ def pad_adjoint(env: Env):
     axes = [a for a in range(r) if pads[a] or pads[a + r]]
     starts = [pads[a] for a in axes]
     ends = [pads[a] + in_dims[a] for a in axes]
-    return _rest(env, b.op("Slice", env.R, b.ints(starts), b.ints(ends), b.ints(axes)))
+    return env.to_first_input(b.op("Slice", env.R, b.ints(starts), b.ints(ends), b.ints(axes)))
