@@ -40,6 +40,14 @@ def rel_err(got: torch.Tensor, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
+def assert_epsilon_step(got, rx: np.ndarray, s: np.ndarray, want_s: bool) -> None:
+    """An ε kernel's result (rx, or (rx, s) with ``want_s``) against the float64 reference, fp32 tolerance."""
+    if want_s:
+        assert rel_err(got[1], s) < TOL[torch.float32]
+        got = got[0]
+    assert rel_err(got, rx) < TOL[torch.float32]
+
+
 def poisoned(*shapes):
     out = tuple(torch.full(s, float("nan"), dtype=torch.float32, device=DEVICE) for s in shapes)
     return out if len(out) > 1 else out[0]
@@ -95,10 +103,7 @@ def test_epsilon_linear(seed, mode, want_s):
     out = poisoned((37, 70), (37, 50)) if want_s else poisoned((37, 70))
     got = kernels.epsilon_linear(x, w, r, den, mode=mode, epsilon=eps, want_s=want_s, out=out)
     rx, s = ref.epsilon_linear(f64(x), f64(w), f64(r), f64(den), mode=mode, epsilon=eps)
-    if want_s:
-        assert rel_err(got[1], s) < TOL[torch.float32]
-        got = got[0]
-    assert rel_err(got, rx) < TOL[torch.float32]
+    assert_epsilon_step(got, rx, s, want_s)
 
 
 def test_epsilon_linear_stab_uses_sign_zero_plus_one():
@@ -157,10 +162,7 @@ def test_epsilon_conv2d(g):
         out = poisoned(x.shape, z.shape) if want_s else poisoned(x.shape)
         got = kernels.epsilon_conv2d(x, w, r, den, mode=mode, epsilon=eps, want_s=want_s, out=out, **geometry(g))
         rx, s = ref.epsilon_conv2d(f64(x), f64(w), f64(r), f64(den), mode=mode, epsilon=eps, **geometry(g))
-        if want_s:
-            assert rel_err(got[1], s) < TOL[torch.float32]
-            got = got[0]
-        assert rel_err(got, rx) < TOL[torch.float32]
+        assert_epsilon_step(got, rx, s, want_s)
 
 
 def test_epsilon_conv2d_pixels_no_window_reaches_get_zero():
