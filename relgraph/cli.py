@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="onnx", metavar="{onnx,triton}",
                    help="onnx: one explainer .onnx (default); triton: a folder with the explainer and its "
                         "launch plan of Triton kernels")
+    c.add_argument("--keep-functions", action="store_true",
+                   help="keep relgraph's model-local functions (compact; onnxruntime only) instead of standard "
+                        "ONNX operators only")
     c.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="triton target: the kernels' operand type (x and W; fp32 accumulation and outputs)")
     c.set_defaults(run=cmd_compile)
@@ -91,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
                    help="default: triton for a folder compiled with --target triton, else onnxruntime")
+    _runtime_argument(e)
     e.set_defaults(run=cmd_explain)
 
     i = sub.add_parser("inspect", help="show node → op → rule, and unsupported nodes")
@@ -106,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("input")
     k.add_argument("--target", type=int, default=None)
     k.add_argument("--scale", type=float, default=1 / 255)
+    k.add_argument("--runtimes", action="store_true",
+                   help="instead: run the explainer on every installed runtime and print how far each is from "
+                        "onnxruntime")
     k.set_defaults(run=cmd_check)
 
     t = sub.add_parser("export-triton", help="write an explainer as a Triton Inference Server model repository")
@@ -121,6 +128,14 @@ def _parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:  # commands that live beside what they run: add_command(sub) in each
         importlib.import_module(f".{name}", __package__).add_command(sub)
     return p
+
+
+def _runtime_argument(parser) -> None:
+    """``--runtime``, for the commands that run an ONNX explainer."""
+    from .runtimes import RUNTIMES
+
+    parser.add_argument("--runtime", default="onnxruntime", metavar="{" + ",".join(RUNTIMES) + "}",
+                        help="the ONNX runtime that runs the explainer (default: onnxruntime)")
 
 
 # Modules that define their own subcommand. They must stay cheap to import (no torch, no triton at top level).
@@ -143,7 +158,8 @@ def cmd_compile(args):
     result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
                      bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
-                     formulation=args.formulation, baseline=args.baseline, patterns=args.patterns)
+                     formulation=args.formulation, baseline=args.baseline, patterns=args.patterns,
+                     keep_functions=args.keep_functions)
     rules = {}
     for rule in result.plan.rules().values():
         rules[rule] = rules.get(rule, 0) + 1
@@ -237,7 +253,7 @@ def cmd_explain(args):
         raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
     if os.path.abspath(args.output) in (os.path.abspath(args.input), os.path.abspath(args.explainer)):
         raise RelgraphError("refusing to overwrite an input file; choose another -o")
-    explainer = Explainer(args.explainer, backend=args.backend)
+    explainer = Explainer(args.explainer, backend=args.backend, runtime=args.runtime)
     x = _explainer_input(explainer, args.input, args.scale)
     out = explainer.explain(x, args.target)
     for n in range(x.shape[0]):
@@ -307,6 +323,8 @@ def cmd_check(args):
 
     explainer = Explainer(args.explainer, backend="onnxruntime")  # a triton folder: its ONNX explainer
     x = _explainer_input(explainer, args.input, args.scale)
+    if args.runtimes:
+        return _print_runtimes(explainer.path, x, args.target)
     trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))
     model = onnx.load(explainer.path)
     known = {o.name for o in model.graph.output}
@@ -342,6 +360,24 @@ def cmd_check(args):
     rel, bias = float(values["relevance"].sum()), float(values["bias_relevance"].sum())
     print(f"\nR_out {start:.6g} = Σ relevance {rel:.6g} + Σ bias {bias:.6g} + leak {start - rel - bias:.6g} "
           f"(Σ per-layer leak {leak_sum:.6g})")
+
+
+def _print_runtimes(path, x, target):
+    from .portability import compare_runtimes
+
+    rows = compare_runtimes(path, x, target)
+    print(f"{'runtime':12} {'device':36} {'seconds':>8}   relative L2 (max |difference|) against onnxruntime")
+    for row in rows:
+        if row.skipped:
+            print(f"{row.runtime:12} skipped: {row.skipped}")
+            continue
+        cells = "  ".join(f"{k} {row.relative[k]:.2e} ({row.absolute[k]:.2e})" for k in row.relative)
+        print(f"{row.runtime:12} {row.device[:36]:36} {row.seconds:8.3f}   {cells or 'the reference'}")
+    ran = [r for r in rows if r.relative]
+    if ran:
+        worst = max(ran, key=lambda r: r.relative["relevance"])
+        print(f"\nlargest relevance difference: {worst.relative['relevance']:.2e} relative L2 ({worst.runtime}); "
+              f"largest over all outputs: {max(max(r.relative.values()) for r in ran):.2e}")
 
 
 def cmd_export_triton(args):

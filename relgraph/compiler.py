@@ -60,11 +60,14 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
             formulation: str = "r", baseline=None, patterns=None, write: bool = True,
-            target: str = "onnx") -> CompileResult:
+            target: str = "onnx", keep_functions: bool = False) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
 
     ``target``: the graph is shaped for onnxruntime and other ONNX runtimes ("onnx") or for the triton
     lowering ("triton": the forms its kernels fuse; ``relgraph.lowering.compile_triton`` passes it).
+
+    ``keep_functions``: keep relgraph's model-local functions (the compact form the triton lowering reads)
+    instead of writing standard ONNX operators only (the portable default, see :mod:`relgraph.export`).
 
     ``patterns``: the fitted patterns the pattern rules read (``patternnet``, ``patternattribution``): a
     .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
@@ -116,7 +119,8 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         "relgraph.output_init": composite.output_init,
         "relgraph.rules": plan.rules(),
     }
-    proto = explainer_proto(model, plan, metadata)
+    form = "functions" if keep_functions or target == "triton" else "portable"
+    proto = explainer_proto(model, plan, metadata, form=form)
     if write:
         save(proto, output, overwrite=overwrite)
     return CompileResult(output if write else None, proto, plan, skipped, time.perf_counter() - start)

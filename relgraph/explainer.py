@@ -1,4 +1,5 @@
-"""Run a compiled explainer with onnxruntime: one call returns the logits and the relevance."""
+"""Run a compiled explainer: one call returns the logits and the relevance (onnxruntime, OpenVINO or onnx's
+reference evaluator, :mod:`relgraph.runtimes`)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ import numpy as np
 import onnx
 
 from .errors import RelgraphError
+from .runtimes import open_session
 
 
 class Explainer:
-    """A compiled explainer (``*.onnx``) in an onnxruntime session (``threads``: intra-op threads;
-    ``spinning=False`` stops idle worker threads from spinning).
+    """A compiled explainer (``*.onnx``) in a session of one ONNX runtime.
 
     ``explain(x, target)`` returns a dict with ``logits`` [N, C], ``relevance`` (x's shape),
     ``bias_relevance`` [N], ``target`` [N] (the explained classes) and ``outputs`` (every output of the
-    model by name, per-layer bias relevance included when compiled with it).
+    model by name, per-layer bias relevance included when compiled with it), whichever runtime computes it.
+
+    ``runtime``: "onnxruntime" (default), "openvino" or "reference" (:mod:`relgraph.runtimes`);
+    ``threads``: intra-op threads; ``spinning=False`` stops onnxruntime's idle worker threads from spinning;
+    ``providers``: onnxruntime's execution providers; ``device``: OpenVINO's device (CPU, GPU, NPU).
 
     ``backend``: "onnxruntime" or "triton"; by default "triton" for a folder compiled with
     ``--target triton`` (a :class:`relgraph.lowering.explainer.TritonExplainer` is returned), else
-    "onnxruntime" (on such a folder: its ``explainer.onnx``).
+    "onnxruntime" (on such a folder: its ``explainer.onnx``, run by ``runtime``).
     """
 
     def __new__(cls, path, *args, backend=None, **kwargs):
@@ -31,9 +36,8 @@ class Explainer:
             cls = TritonExplainer
         return super().__new__(cls)
 
-    def __init__(self, path, *, threads: int | None = None, spinning: bool = True, providers=None, backend=None):
-        import onnxruntime as ort
-
+    def __init__(self, path, *, runtime: str = "onnxruntime", threads: int | None = None, spinning: bool = True,
+                 providers=None, device: str | None = None, backend=None):
         path = str(path)
         if os.path.isdir(path):  # a triton folder holds the ONNX explainer it was lowered from
             path = os.path.join(path, "explainer.onnx")
@@ -43,20 +47,16 @@ class Explainer:
         self.input_name = self.metadata["relgraph.input"]
         self.logits_name = self.metadata["relgraph.logits"]
         self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        if not spinning:  # on small VMs, spinning worker threads steal the cores the kernels need
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:
-            raise RelgraphError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
-        inp = next(i for i in self.session.get_inputs() if i.name == self.input_name)
-        self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
-        logits = next(o for o in self.session.get_outputs() if o.name == self.logits_name)
-        self.num_classes = logits.shape[1] if isinstance(logits.shape[1], int) else None
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        if runtime != "onnxruntime" and self.metadata.get("relgraph.form") == "functions":
+            raise RelgraphError(f"{path} keeps relgraph's local functions, which only onnxruntime expands; "
+                                f"compile it without --keep-functions to run it on {runtime}")
+        self.session = open_session(path, runtime, threads=threads, spinning=spinning, providers=providers,
+                                    device=device)
+        self.runtime = runtime
+        self.input_shape = self.session.inputs[self.input_name]
+        logits = self.session.outputs[self.logits_name]
+        self.num_classes = logits[1] if len(logits) > 1 else None
+        self.output_names = list(self.session.outputs)
 
     def prepare(self, x) -> np.ndarray:
         """Check and batch an input: float array of the model's shape, batch axis optional."""
@@ -113,16 +113,16 @@ class Explainer:
 
     @property
     def device(self) -> str:
-        """Where it runs, in words: onnxruntime's first execution provider."""
-        return self.session.get_providers()[0].replace("ExecutionProvider", "")
+        """Where it runs, in words (onnxruntime: its first execution provider)."""
+        return self.session.device
 
     def overridable_inputs(self) -> set[str]:
         """Inputs a caller may feed: the graph's, and initializers with a default (the baseline)."""
-        return {i.name for i in self.session.get_inputs() + self.session.get_overridable_initializers()}
+        return self.session.feedable
 
     def run(self, feed: dict) -> dict:
         """Every output by name, as numpy arrays."""
-        return dict(zip(self.output_names, self.session.run(None, feed)))
+        return self.session.run(feed)
 
 
 BACKENDS = ("onnxruntime", "triton")

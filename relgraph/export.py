@@ -1,8 +1,16 @@
 """Serialize a forward + relevance IR as the explainer ModelProto.
 
-The explainer is a plain ONNX model: opset ≥ the model's (at least 17), ``ir_version`` 10, the ε steps
-as model-local functions of the ``relgraph`` domain, and a metadata record of how it was compiled.
-It passes ``onnx.checker.check_model(full_check=True)``.
+The explainer is a plain ONNX model: opset ≥ the model's (at least 17), ``ir_version`` 10 and a metadata
+record of how it was compiled. It passes ``onnx.checker.check_model(full_check=True)``.
+
+Two forms (metadata ``relgraph.form``):
+
+* ``portable`` (the default): standard ONNX operators only. The relevance pass emits its ε steps, max-pool
+  routes and γ/αβ splits as model-local functions of the ``relgraph`` domain; here they are inlined, and
+  every value gets its element type and shape from ONNX shape inference, so that runtimes which neither
+  expand local functions nor infer ranks themselves (OpenVINO's ONNX front end) load the explainer.
+* ``functions``: the calls stay, the compact graph that the triton lowering reads (one call, one fused
+  kernel) and ``relgraph compile --keep-functions`` writes. onnxruntime inlines them when it loads the model.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ import json
 import os
 
 import onnx
+import onnx.inliner
+import onnx.shape_inference
 import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
@@ -18,7 +28,13 @@ from .graph import EXPORT_IR_VERSION, to_proto
 from .rules.functions import DOMAIN, DOMAIN_VERSION, function_proto
 
 
-def explainer_proto(model, plan, metadata: dict) -> onnx.ModelProto:
+FORMS = ("portable", "functions")
+
+
+def explainer_proto(model, plan, metadata: dict, *, form: str = "portable") -> onnx.ModelProto:
+    """The explainer of ``model`` (forward + relevance IR) in ``form`` (see the module docstring)."""
+    if form not in FORMS:
+        raise RelgraphError(f"explainer form must be one of {', '.join(FORMS)}, got '{form}'")
     common.RemoveUnusedNodesPass()(model)  # rules may leave a shared scalar unused
     proto = to_proto(model)
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
@@ -26,6 +42,9 @@ def explainer_proto(model, plan, metadata: dict) -> onnx.ModelProto:
         if not any(o.domain == DOMAIN for o in proto.opset_import):
             proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         proto.functions.extend(function_proto(name, opset) for name in plan.functions)
+    if form == "portable":
+        proto = portable(proto)
+    metadata = {**metadata, "relgraph.form": form}
     for key, value in metadata.items():  # the source model's own keys ride along; the compiler's replace them
         entry = next((p for p in proto.metadata_props if p.key == key), None) or proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
@@ -36,6 +55,41 @@ def explainer_proto(model, plan, metadata: dict) -> onnx.ModelProto:
     except Exception as exc:  # a compiler bug, not a user error: keep the reason visible
         raise RuntimeError(f"relgraph produced an invalid explainer: {exc}") from exc
     return proto
+
+
+def portable(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with its model-local functions inlined and the ``relgraph`` domain gone, every value typed.
+
+    Inlining names each call's inner values after the call, and the calls' outputs keep their names, so
+    the conservation trace (``relgraph check``) still finds every value it lists. Shape inference in
+    strict mode records the element type and rank (symbolic where the batch is) of every intermediate value
+    as ``value_info``; a value it cannot type is a compiler bug, reported as such.
+    """
+    proto = onnx.inliner.inline_local_functions(proto)
+    del proto.functions[:]
+    kept = [o for o in proto.opset_import if o.domain != DOMAIN]
+    del proto.opset_import[:]
+    proto.opset_import.extend(kept)
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise RuntimeError(f"relgraph produced an explainer ONNX cannot type: {exc}") from exc
+    untyped = untyped_values(proto)
+    if untyped:
+        raise RuntimeError(f"relgraph produced values without element type or rank: {', '.join(untyped[:8])}")
+    return proto
+
+
+def untyped_values(proto: onnx.ModelProto) -> list[str]:
+    """Names of node outputs in ``proto``'s graph with no known element type or rank."""
+    graph = proto.graph
+    typed = {v.name: v.type.tensor_type for v in [*graph.input, *graph.output, *graph.value_info]}
+
+    def known(name: str) -> bool:
+        t = typed.get(name)
+        return t is not None and t.elem_type != onnx.TensorProto.UNDEFINED and t.HasField("shape")
+
+    return [o for node in graph.node for o in node.output if o and not known(o)]
 
 
 def save(proto: onnx.ModelProto, path: str, *, overwrite: bool = False) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import TRITON_STACK, require
+from ..errors import TRITON_STACK, RelgraphError, require
 from ..explainer import Explainer
 
 
@@ -23,11 +23,14 @@ class TritonExplainer(Explainer):
     """
 
     def __init__(self, path, *, backend=None, kernels: str = "triton", device=None, threads=None, spinning=True,
-                 providers=None):
+                 providers=None, runtime: str = "onnxruntime"):
         from . import load
         from .executor import Executor, read_constants
 
         require(TRITON_STACK, "the triton backend")
+        if runtime != "onnxruntime":
+            raise RelgraphError(f"the triton backend runs its launch plan; --runtime {runtime} applies to ONNX "
+                                f"explainers (pass --backend onnxruntime to run the folder's explainer.onnx)")
 
         plan, proto, onnx_path = load(path)
         self.path, self.plan = str(path), plan
