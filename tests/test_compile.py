@@ -22,7 +22,7 @@ def compile_(tmp_path, rule="epsilon", **kw):
 
 
 def test_explainer_interface(tmp_path):
-    res = compile_(tmp_path, "epsilon", bias_relevance="per-layer")
+    res = compile_(tmp_path, "epsilon", bias_relevance="per-layer", keep_functions=True)
     proto = onnx.load(res.path)
     onnx.checker.check_model(proto, full_check=True)
     assert proto.ir_version == 10
