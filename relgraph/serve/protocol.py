@@ -4,8 +4,9 @@ uvicorn parses HTTP with h11, which refuses malformed framing (conflicting Trans
 Content-Length, bad chunk sizes, oversized heads) and drops request bodies the answer did not read. It bounds
 the idle time between requests (keep-alive). This subclass adds what a service facing the open network needs:
 
-- a head timeout: a request's head must arrive whole within ``header_timeout`` of the connection opening or of
-  the previous answer; data trickling in does not reset it (slowloris). A partial head gets 408, none a close;
+- a head timeout: a request's head must arrive whole within ``header_timeout`` of the connection opening, or of
+  its first byte on a kept-alive connection (uvicorn's keep-alive timeout bounds the idle time before that);
+  data trickling in does not reset it (slowloris). A partial head gets 408, none a close;
 - a write timeout: a client that stops reading its answer for ``write_timeout`` is disconnected;
 - at most ``max_connections`` connections. A new one over the limit closes the connection idle the longest
   (no request in progress: waiting for a head, or kept alive), so idle connections cannot lock clients out;
@@ -76,6 +77,8 @@ class GuardedProtocol(H11Protocol):
         if self.refused:  # read and dropped, so that closing does not reset the connection under its 503
             return
         if not self.busy:
+            if not self.head_bytes and self.head_timer is None:  # a kept-alive connection's next head begins
+                self._arm_head_timer()
             self.head_bytes += len(data)
         super().data_received(data)
         if self.busy and self.head_timer is not None:  # the head is complete: the body has its own deadline
@@ -83,11 +86,9 @@ class GuardedProtocol(H11Protocol):
             self.head_timer = None
 
     def on_response_complete(self) -> None:
+        self.head_bytes = 0  # what arrives next is the next request's (a pipelined one may start right here)
         super().on_response_complete()
         self.last_active = time.monotonic()
-        if not self.busy and not self.transport.is_closing():  # wait for the next head (pipelined: it came)
-            self.head_bytes = 0
-            self._arm_head_timer()
 
     def pause_writing(self) -> None:
         super().pause_writing()

@@ -22,6 +22,9 @@ from .metrics import Metrics
 from .protocol import Limits, guarded
 
 BACKLOG = 1024  # listen backlog: many clients connecting at once must not be turned away
+# asyncio accepts up to its "backlog" connections in one go, before any of them is seen by the protocol (which
+# enforces --max-connections): a small batch keeps the file descriptors in flight well under FD_RESERVE
+ACCEPT_BATCH = 8
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -47,6 +50,11 @@ class _Uvicorn(uvicorn.Server):
     (uvicorn's own handler re-raises the signal after shutting down, which would end the process by it.)"""
 
     on_stop = None
+
+    async def startup(self, sockets=None):
+        await super().startup(sockets=sockets)
+        for sock in sockets or []:  # asyncio listened with the accept batch; the kernel's queue stays long
+            sock.listen(BACKLOG)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -100,7 +108,7 @@ class ExplainServer:
         config = uvicorn.Config(create_app(self), http=guarded(limits), lifespan="off", log_config=None,
                                 access_log=False, server_header=False, headers=[("server", f"relgraph/{__version__}")],
                                 timeout_keep_alive=keep_alive, timeout_graceful_shutdown=body_timeout,
-                                backlog=BACKLOG)
+                                backlog=ACCEPT_BATCH)
         # uvicorn warns on every malformed request and over-limit connection; /metrics and the access log count
         # them instead, and its errors (a bug) still reach stderr
         logging.getLogger("uvicorn.error").setLevel(logging.ERROR)
