@@ -30,7 +30,7 @@ from relgraph.explainer import Explainer
 from relgraph.serve import ExplainServer
 from relgraph.serve.command import FD_RESERVE
 from serve_client import (MODEL, ROOT, RULE, TEST_X, assert_explained, connect, direct_call, exchange, host_port,
-                          mixed_request, npy, read_until_closed, request)
+                          mixed_request, npy, parse_answers, read_until_closed, request)
 
 TIMEOUT_S = 1.0  # the server's head and body timeouts here
 CASE_S = 2.0  # every hostile exchange is over within this
@@ -167,14 +167,22 @@ def drip(sock, data: bytes, every: float = 0.05) -> None:
         time.sleep(every)
 
 
-def test_slow_head_gets_408(server, direct):
-    """A head trickling in, a byte every 50 ms: the head timeout counts from the connection, not from the last
-    byte, so trickling does not keep the connection."""
+@pytest.mark.parametrize("kept_alive", [False, True])
+def test_slow_head_gets_408(server, direct, kept_alive):
+    """A head trickling in, a byte every 50 ms: the head timeout counts from the connection (or, on a kept-alive
+    connection, from the head's first byte), not from the last byte, so trickling does not keep the connection."""
     data = head("GET", "/healthz", "Accept: application/json", "X-Padding: " + "x" * 200)
-    with bounded(server, direct):
-        with connect(server.url) as sock:
-            drip(sock, data)
-            answers, _, closed = read_until_closed(sock, timeout=CASE_S)
+    with connect(server.url) as sock, bounded(server, direct):
+        if kept_alive:
+            sock.sendall(head("GET", "/healthz"))
+            deadline, answered = time.monotonic() + CASE_S, []
+            data_in = b""
+            while not answered and time.monotonic() < deadline:
+                data_in += sock.recv(1 << 16)
+                answered, _ = parse_answers(data_in)
+            assert [a.status for a in answered] == [200]
+        drip(sock, data)
+        answers, _, closed = read_until_closed(sock, timeout=CASE_S)
     assert closed and [a.status for a in answers] == [408] and "head" in error_of(answers[0])
 
 
