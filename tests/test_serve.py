@@ -372,3 +372,14 @@ def test_answers_leave_without_nagle_delay(server):
         assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
     finally:
         conn.close()
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(explainer_path):
+    """The CLI starts without the HTTP stack; `relgraph serve` then fails in one line naming the extra."""
+    hide = ("uvicorn", "h11", "starlette", "python_multipart", "prometheus_client")
+    script = (f"import sys\nfor m in {hide!r}: sys.modules[m] = None  # as if not installed\n"
+              f"from relgraph.cli import main\nsys.exit(main(['serve', {explainer_path!r}, '--port', '0']))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "uvicorn" in proc.stderr and "pip install 'relgraph[serve]'" in proc.stderr
