@@ -108,6 +108,7 @@ class ExplainServer:
         config = uvicorn.Config(create_app(self), http=guarded(limits), lifespan="off", log_config=None,
                                 access_log=False, server_header=False, headers=[("server", f"relgraph/{__version__}")],
                                 timeout_keep_alive=keep_alive, timeout_graceful_shutdown=body_timeout,
+                                proxy_headers=False,  # the client is the peer: X-Forwarded-For is not trusted
                                 backlog=ACCEPT_BATCH)
         # uvicorn warns on every malformed request and over-limit connection; /metrics and the access log count
         # them instead, and its errors (a bug) still reach stderr
