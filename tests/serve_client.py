@@ -178,7 +178,8 @@ def parse_answers(data: bytes, heads=()) -> tuple[list[Answer], bytes]:
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()
-        length = 0 if len(answers) in heads or match.group(1) in ("204", "304") else int(headers.get("content-length", 0))
+        bodiless = len(answers) in heads or match.group(1) in ("204", "304")
+        length = 0 if bodiless else int(headers.get("content-length", 0))
         if len(rest) < length:
             break
         answers.append(Answer(int(match.group(1)), headers, rest[:length]))

@@ -236,7 +236,8 @@ def test_transfer_encoding_with_content_length_is_refused(server, direct, transf
     error_of(answers[0])
 
 
-@pytest.mark.parametrize("data", [b"HELLO\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", b"GET /healthz HTTP/1.1\r\n\r\n",
+@pytest.mark.parametrize("data", [b"HELLO\r\n\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+                                  b"GET /healthz HTTP/1.1\r\n\r\n",
                                   b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
                                   b"POST /explain HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
                                   b"POST /explain HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"])
@@ -453,7 +454,9 @@ def test_metrics_count_the_traffic(explainer_path):
     srv = ExplainServer(Explainer(explainer_path), "127.0.0.1", 0, max_batch=4, max_wait=0).start()
     try:
         for rows in ([0, 1], [2], [3, 4, 5], [6, 7, 8, 9, 10]):  # 11 samples; the last needs two session calls
-            assert request(srv.url, "POST", "/explain", npy(TEST_X[rows]), {"Content-Type": "application/x-npy"})[0] == 200
+            status, _, _ = request(srv.url, "POST", "/explain", npy(TEST_X[rows]),
+                                   {"Content-Type": "application/x-npy"})
+            assert status == 200
         for _ in range(3):
             assert request(srv.url, "GET", "/healthz")[0] == 200
         assert request(srv.url, "GET", "/nowhere")[0] == 404

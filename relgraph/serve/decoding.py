@@ -145,7 +145,8 @@ def parse_explain(service, kind: str, params: dict, body: bytes, query: dict) ->
     elif kind in IMAGE_TYPES:
         x, picture = load_image(service, body)
     else:
-        raise HTTPError(415, f"{f'unsupported media type {kind!r}' if kind else 'no Content-Type'}: send {NPY}, {JSON}, "
+        what = f"unsupported media type {kind!r}" if kind else "no Content-Type"
+        raise HTTPError(415, f"{what}: send {NPY}, {JSON}, "
                              f"{FORM} (field \"image\") or {', '.join(IMAGE_TYPES)}")
     explainer = service.explainer
     try:
