@@ -16,12 +16,14 @@ import re
 import resource
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -579,3 +581,26 @@ def test_soak_mixed_traffic(explainer_path, direct, tmp_path):
         assert health["queued"] == 0 and health["samples"] >= counts["good"]
     finally:
         assert srv.stop() == 0
+
+
+def test_a_client_that_stops_reading_its_answer_is_dropped(server, direct):
+    """A large answer (8,000 samples as JSON, about 12 MB) to a client that reads nothing: once the socket
+    buffers are full, the server waits --body-timeout-s for the client to read, then drops the connection."""
+    def write_timeouts() -> float:
+        families = text_string_to_metric_families(request(server.url, "GET", "/metrics")[2].decode())
+        closed = next(f for f in families if f.name == "relgraph_http_connections_closed")
+        return sum(s.value for s in closed.samples
+                   if s.name.endswith("_total") and s.labels["reason"] == "write_timeout")
+
+    before = write_timeouts()
+    body = npy(np.resize(TEST_X, (8000, 1, 8, 8)))
+    with connect(server.url) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(head("POST", "/explain", "Content-Type: application/x-npy", f"Content-Length: {len(body)}",
+                          body=body))
+        sock.recv(1)  # the answer has begun: from here on nothing is read
+        with bounded(server, direct, seconds=TIMEOUT_S + 4 * CASE_S):  # the server's buffers fill first
+            deadline = time.monotonic() + TIMEOUT_S + 4 * CASE_S
+            while write_timeouts() == before and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert write_timeouts() == before + 1
