@@ -383,3 +383,16 @@ def test_without_the_serve_extra_the_command_says_what_to_install(explainer_path
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "uvicorn" in proc.stderr and "pip install 'relgraph[serve]'" in proc.stderr
+
+
+@pytest.mark.parametrize("flag, value, words", [("--keep-alive-s", "inf", "positive number"),
+                                                ("--body-timeout-s", "0", "positive number"),
+                                                ("--max-request-mb", "nan", "positive number"),
+                                                ("--max-connections", "0", "at least 1"),
+                                                ("--max-connections", "100000000", "open files")])
+def test_serve_flags_are_checked(explainer_path, flag, value, words):
+    proc = subprocess.run([sys.executable, "-m", "relgraph.cli", "serve", explainer_path, "--port", "0", flag, value],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"relgraph: error: {flag}") and words in proc.stderr

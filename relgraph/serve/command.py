@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 
@@ -72,8 +73,8 @@ def check_args(args) -> None:
             raise RelgraphError(f"{name} must be at least {low}, got {value}")
     for name, value in (("--max-request-mb", args.max_request_mb), ("--keep-alive-s", args.keep_alive_s),
                         ("--header-timeout-s", args.header_timeout_s), ("--body-timeout-s", args.body_timeout_s)):
-        if not value > 0:
-            raise RelgraphError(f"{name} must be positive, got {value}")
+        if not (value > 0 and math.isfinite(value)):
+            raise RelgraphError(f"{name} must be a positive number, got {value}")
     if args.threads is not None and args.threads < 1:
         raise RelgraphError(f"--threads must be at least 1, got {args.threads}")
     if args.max_connections is None:
