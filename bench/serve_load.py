@@ -5,8 +5,12 @@ For each model and each ``--max-batch`` the script starts ``relgraph serve`` in 
 loopback port, waits for ``/healthz``, then ``--clients`` closed-loop clients (threads in this process,
 one keep-alive connection each) send one-sample requests for ``--seconds`` (after ``--warmup`` seconds
 not counted). Every request is timed from send to the last byte of its answer. The report gives p50 / p99
-latency, requests per second and the mean batch the server formed (samples / session calls, from
-``/healthz``), and checks that every answer had status 200.
+latency, requests per second, the mean batch the server formed (samples / session calls, from
+``/healthz``) and the server process's CPU time per request (user + system, from /proc: on a shared machine
+the least noisy of these figures), and checks that every answer had status 200.
+
+``--tree DIR`` serves from another checkout of relgraph (e.g. ``git worktree add /tmp/old <commit>``), so that
+two server versions can be measured in turns under the same conditions.
 
 Models: ``digits`` (the bundled CNN, compiled here) and ``resnet18`` (torchvision, random seeded weights,
 exported and compiled once into ``bench/.cache`` as ``bench_cpu.py`` does; needs torch and torchvision).
@@ -14,6 +18,7 @@ exported and compiled once into ``bench/.cache`` as ``bench_cpu.py`` does; needs
     python bench/serve_load.py                                        # digits and resnet18, max batch 1 and 32
     python bench/serve_load.py --models digits --clients 32 --seconds 20
     python bench/serve_load.py --markdown /tmp/serve.md               # also write the report to a file
+    python bench/serve_load.py --models digits --tree /tmp/old        # the server of another checkout
 """
 
 from __future__ import annotations
@@ -76,20 +81,27 @@ def explainer_for(model: str, rule: str) -> tuple[Path, np.ndarray]:
 class Server:
     """``relgraph serve`` in its own process; its URL is read from the line it prints when listening."""
 
-    def __init__(self, explainer: Path, max_batch: int, max_wait_ms: float, threads: int | None):
+    def __init__(self, explainer: Path, max_batch: int, max_wait_ms: float, threads: int | None,
+                 tree: Path = REPO_ROOT):
         command = [sys.executable, "-m", "relgraph.cli", "serve", str(explainer), "--port", "0",
                    "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--queue", "1024"]
         if threads:
             command += ["--threads", str(threads)]
         self.command = command
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+        # stderr to a file: a pipe nobody reads would stall a server that logs
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     cwd=tree, env=dict(os.environ, PYTHONPATH=str(tree)))
         line = self.proc.stdout.readline()
         found = re.search(r"http://([\d.]+):(\d+)", line)
         if not found:
             self.proc.kill()
-            raise RuntimeError(f"relgraph serve did not start: {line}{self.proc.stderr.read()}")
+            raise RuntimeError(f"relgraph serve did not start: {line}")
         self.host, self.port = found.group(1), int(found.group(2))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def get(self, path: str) -> dict:
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
@@ -144,15 +156,17 @@ def run_load(server: Server, body: bytes, clients: int, warmup: float, seconds: 
     threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(clients)]
     for t in threads:
         t.start()
-    health_before = None
+    health_before, cpu_before = None, server.cpu_seconds()
     with Progress(int(warmup + seconds), "  load (s)") as bar:
         while time.perf_counter() < stop_at:
             time.sleep(1.0)
             if health_before is None and time.perf_counter() >= measure_from:
                 health_before = server.get("/healthz")
+                cpu_before = server.cpu_seconds()
             bar.update()
     for t in threads:
         t.join()
+    cpu = server.cpu_seconds() - cpu_before
     health = server.get("/healthz")
     health_before = health_before or {"batches": 0, "samples": 0}
     lat = np.array([x for per in latencies for x in per])
@@ -163,6 +177,7 @@ def run_load(server: Server, body: bytes, clients: int, warmup: float, seconds: 
         "p99_ms": float(np.percentile(lat, 99) * 1e3) if lat.size else float("nan"),
         "rps": lat.size / seconds,
         "mean_batch": (health["samples"] - health_before["samples"]) / batches if batches else float("nan"),
+        "cpu_ms": cpu / lat.size * 1e3 if lat.size else float("nan"),
     }
 
 
@@ -185,13 +200,15 @@ def markdown(rows: list[dict], args) -> str:
         f"- Load: {args.clients} closed-loop clients (threads of one process, keep-alive), one sample per request "
         f"(.npy in, relevance .npy out), {args.warmup:g} s warm-up then {args.seconds:g} s measured; server "
         f"`--max-wait-ms {args.max_wait_ms:g}`, in its own process, loopback.",
-        f"- Command: `{' '.join(['python', 'bench/serve_load.py', *sys.argv[1:]])}`", "",
-        "| model | rule | max batch | requests | p50 ms | p99 ms | req/s | mean batch | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"- Command: `{' '.join(['python', 'bench/serve_load.py', *sys.argv[1:]])}`",
+        f"- Server: {'this checkout' if args.tree is None else f'the checkout in {args.tree}'}.", "",
+        "| model | rule | max batch | requests | p50 ms | p99 ms | req/s | mean batch | server CPU ms/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['rule']} | {r['max_batch']} | {r['requests']} | {r['p50_ms']:.1f} | "
-                     f"{r['p99_ms']:.1f} | {r['rps']:.1f} | {r['mean_batch']:.1f} | {len(r['failures'])} |")
+                     f"{r['p99_ms']:.1f} | {r['rps']:.1f} | {r['mean_batch']:.1f} | {r['cpu_ms']:.2f} | "
+                     f"{len(r['failures'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +222,7 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per configuration")
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads of the server")
+    p.add_argument("--tree", type=Path, help="serve from this checkout of relgraph (default: this one)")
     p.add_argument("--markdown", help="also write the report to this file")
     return p.parse_args(argv)
 
@@ -217,14 +235,15 @@ def main(argv=None) -> int:
         body = npy_body(sample)
         for max_batch in [int(b) for b in args.max_batch.split(",")]:
             log(f"{model}: max batch {max_batch}, {args.clients} clients")
-            server = Server(explainer, max_batch, args.max_wait_ms, args.threads)
+            server = Server(explainer, max_batch, args.max_wait_ms, args.threads, args.tree or REPO_ROOT)
             try:
                 result = run_load(server, body, args.clients, args.warmup, args.seconds)
             finally:
                 server.stop()
             rows.append({"model": model, "rule": args.rule, "max_batch": max_batch, **result})
             log(f"  p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, {result['rps']:.1f} req/s, "
-                f"mean batch {result['mean_batch']:.1f}, {len(result['failures'])} errors")
+                f"mean batch {result['mean_batch']:.1f}, server CPU {result['cpu_ms']:.2f} ms/req, "
+                f"{len(result['failures'])} errors")
             for failure in sorted(set(result["failures"])):
                 log(f"  error: {failure} (×{result['failures'].count(failure)})")
     report = markdown(rows, args)

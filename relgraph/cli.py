@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from .errors import RelgraphError, UnsupportedOpsError
+from .runtimes import add_runtime_argument
 
 
 def main(argv=None) -> int:
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
                    help="default: triton for a folder compiled with --target triton, else onnxruntime")
-    _runtime_argument(e)
+    add_runtime_argument(e)
     e.set_defaults(run=cmd_explain)
 
     i = sub.add_parser("inspect", help="show node → op → rule, and unsupported nodes")
@@ -128,14 +129,6 @@ def _parser() -> argparse.ArgumentParser:
     for name in _COMMAND_MODULES:  # commands that live beside what they run: add_command(sub) in each
         importlib.import_module(f".{name}", __package__).add_command(sub)
     return p
-
-
-def _runtime_argument(parser) -> None:
-    """``--runtime``, for the commands that run an ONNX explainer."""
-    from .runtimes import RUNTIMES
-
-    parser.add_argument("--runtime", default="onnxruntime", metavar="{" + ",".join(RUNTIMES) + "}",
-                        help="the ONNX runtime that runs the explainer (default: onnxruntime)")
 
 
 # Modules that define their own subcommand. They must stay cheap to import (no torch, no triton at top level).

@@ -53,6 +53,12 @@ def open_session(path: str, runtime: str = "onnxruntime", *, threads: int | None
     return ReferenceSession(path)
 
 
+def add_runtime_argument(parser) -> None:
+    """``--runtime``, for the commands that run an ONNX explainer."""
+    parser.add_argument("--runtime", default="onnxruntime", metavar="{" + ",".join(RUNTIMES) + "}",
+                        help="the ONNX runtime that runs the explainer (default: onnxruntime)")
+
+
 def _dims(shape) -> list:
     return [d if isinstance(d, int) and d >= 0 else None for d in shape]
 

@@ -10,27 +10,23 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 import relgraph
 from relgraph.explainer import Explainer
-from relgraph.heatmap import decode_png, encode_png, heatmap_image
 from relgraph.preprocess import Preprocess, area_resize
 from relgraph.serve import ExplainServer
+from serve_client import (MODEL, ROOT, RULE, TEST_X, assert_explained, digit_pixels, digit_png, direct_call,
+                          mixed_request, multipart, npy, request)
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "models" / "digits" / "digits_cnn.onnx"
-TEST_X = np.load(ROOT / "models" / "digits" / "test_x.npy")
-RULE = "epsilon-plus-flat"
 MAX_BATCH = 8
 
 
@@ -54,18 +50,7 @@ def bare_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def direct(explainer_path):
-    """The reference: the explainer in its own onnxruntime session, called on the same input."""
-    session = ort.InferenceSession(explainer_path, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-
-    def run(x, target=None):
-        x = np.asarray(x, np.float32)
-        t = np.full(len(x), -1, np.int64) if target is None else np.broadcast_to(np.int64(target), len(x)).copy()
-        out = dict(zip(names, session.run(None, {"input": x, "target": t})))
-        out["target"] = np.where(t < 0, out["logits"].argmax(1), t)
-        return out
-
-    return run
+    return direct_call(explainer_path)
 
 
 @pytest.fixture(scope="module")
@@ -74,60 +59,6 @@ def server(explainer_path):
                         queue_size=256, max_request_bytes=1 << 20).start()
     yield srv
     srv.close()
-
-
-# ------------------------------------------------------------------------------------------- client
-
-
-def request(url, method, path, body=b"", headers=None, conn=None):
-    """(status, headers, body) of one request; ``conn`` reuses a keep-alive connection."""
-    own = conn is None
-    if own:
-        host, port = url.removeprefix("http://").split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        if own:
-            conn.close()
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def multipart(fields: dict) -> tuple[bytes, str]:
-    boundary = "----relgraph-test-7f3a9c"
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, bytes):
-            head = (f'Content-Disposition: form-data; name="{name}"; filename="{name}.bin"\r\n'
-                    f"Content-Type: application/octet-stream\r\n\r\n")
-            parts.append(f"--{boundary}\r\n{head}".encode() + value + b"\r\n")
-        else:
-            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def digit_png(index: int) -> tuple[bytes, np.ndarray]:
-    """A test digit as PNG bytes, and the input those bytes stand for (pixel / 255)."""
-    pixels = np.clip(np.round(TEST_X[index, 0] * 255), 0, 255).astype(np.uint8)
-    return encode_png(pixels), (pixels / 255.0).astype(np.float32)[None, None]
-
-
-def assert_explained(doc, ref, n=None):
-    """A JSON answer against the direct call (row n, or all rows)."""
-    rows = slice(None) if n is None else n
-    np.testing.assert_allclose(doc["logits"], ref["logits"][rows], rtol=1e-5, atol=1e-5)
-    scale = np.abs(ref["relevance"]).max()
-    np.testing.assert_allclose(doc["relevance"], ref["relevance"][rows], rtol=1e-5, atol=1e-6 * scale)
-    np.testing.assert_allclose(doc["bias_relevance"], ref["bias_relevance"][rows], rtol=1e-5, atol=1e-6 * scale)
-    np.testing.assert_array_equal(doc["predicted"], ref["logits"][rows].argmax(-1))
-    np.testing.assert_array_equal(doc["target"], ref["target"][rows])
 
 
 # ------------------------------------------------------------------------------------------- metadata
@@ -162,8 +93,7 @@ def test_area_resize_equals_supersampled_block_mean():
 def test_photo_of_dark_digit_on_white_becomes_the_data(server):
     """Ink on paper, RGB, 4× larger: inverted (its border is bright) and averaged back to the digit."""
     pre = Preprocess.from_json(server.explainer.metadata["relgraph.preprocess"])
-    _, x = digit_png(3)
-    pixels = np.round(x[0, 0] * 255).astype(np.uint8)
+    pixels = digit_pixels(3)
     photo = np.repeat(np.repeat(255 - pixels, 4, 0), 4, 1)[..., None].repeat(3, axis=2)
     got, picture = pre(photo)
     ref = (pixels.astype(np.float64) - pixels.min()) / (pixels.max() - pixels.min())  # autocontrast, /255
@@ -172,55 +102,6 @@ def test_photo_of_dark_digit_on_white_becomes_the_data(server):
 
 
 # ------------------------------------------------------------------------------------------- load test
-
-
-def _one_request(rng, url, conn, direct):
-    """A random request; checks its answer against the direct call; returns its kind."""
-    kind = rng.choice(["npy", "npy1", "json", "json-object", "form", "png", "npy-accept", "png-accept"])
-    target = rng.choice([None, None, rng.randrange(10)])
-    query = "" if target is None else f"?target={target}"
-    rows = rng.sample(range(len(TEST_X)), rng.choice([1, 2, 3, 5, 8, 11]))  # 11 > max batch: split
-    x = TEST_X[rows] + np.float32(0.01) * np.asarray(rng.random(), np.float32)
-    accept = {"Accept": "application/json"}
-    if kind in ("npy", "npy-accept"):
-        body, ctype = npy(x), "application/x-npy"
-        if kind == "npy-accept":
-            accept = {"Accept": "application/x-npy"}
-    elif kind == "npy1":
-        x = x[:1]
-        body, ctype = npy(x[0]), "application/x-npy"
-    elif kind == "json":
-        body, ctype = json.dumps(x.tolist()).encode(), "application/json"
-    elif kind == "json-object":
-        targets = [rng.randrange(10) for _ in rows]
-        body, ctype = json.dumps({"input": x.tolist(), "target": targets}).encode(), "application/json"
-        target, query = np.array(targets), ""
-    else:
-        png, x = digit_png(rows[0])
-        body, ctype = (png, "image/png") if kind in ("png", "png-accept") else multipart({"image": png})
-        if kind == "png-accept":
-            accept = {"Accept": "image/png"}
-    status, headers, payload = request(url, "POST", "/explain" + query, body,
-                                       {"Content-Type": ctype, **accept}, conn=conn)
-    assert status == 200, payload
-    ref = direct(x, target)
-    if kind == "npy-accept":
-        assert headers["Content-Type"] == "application/x-npy"
-        scale = np.abs(ref["relevance"]).max()
-        np.testing.assert_allclose(np.load(io.BytesIO(payload)), ref["relevance"], rtol=1e-5, atol=1e-6 * scale)
-        assert headers["X-Target"] == ",".join(map(str, ref["target"]))
-    elif kind == "png-accept":
-        got = decode_png(payload)
-        expected = heatmap_image(ref["relevance"][0], image=np.round(x[0, 0] * 255).astype(np.uint8), size=256)
-        assert got.shape == expected.shape == (256, 256, 3)
-        np.testing.assert_allclose(got.astype(int), expected.astype(int), atol=2)
-    else:
-        doc = json.loads(payload)
-        single = kind in ("npy1", "form", "png")
-        assert_explained(doc, ref, 0 if single else None)
-        if single:
-            assert doc["label"] == str(doc["predicted"])
-    return kind
 
 
 def test_load_mixed_requests_equal_direct_calls(server, direct):
@@ -234,7 +115,7 @@ def test_load_mixed_requests_equal_direct_calls(server, direct):
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         try:
             for _ in range(per_client):
-                kinds.append(_one_request(rng, server.url, conn, direct))
+                kinds.append(mixed_request(rng, server.url, conn, direct))
         except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
             errors.append(exc)
         finally:
@@ -308,7 +189,7 @@ def test_bad_requests_get_one_line_4xx_and_the_server_lives(server, direct):
         message = json.loads(payload)["error"]
         assert "\n" not in message and words in message, (path, message)
         if status == 405:
-            assert answer_headers["Allow"] in ("GET", "POST")
+            assert answer_headers["Allow"] in ("GET, HEAD, OPTIONS", "POST, OPTIONS")  # HEAD and OPTIONS are served
     _still_serves(server, direct)
 
 
@@ -477,3 +358,64 @@ def test_serves_a_triton_folder(tmp_path, direct):
         np.testing.assert_allclose(np.asarray(got["logits"], np.float32), want["logits"], rtol=1e-5, atol=1e-5)
     finally:
         srv.close()
+
+
+def test_answers_leave_without_nagle_delay(server):
+    """An answer's headers and body leave in two writes: with Nagle's algorithm on, the body would wait for the
+    client's delayed ACK (40 ms a request on Linux). asyncio turns it off only for sockets made with IPPROTO_TCP."""
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+        sockets = [c.transport.get_extra_info("socket") for c in list(server.uvicorn.server_state.connections)]
+        assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
+    finally:
+        conn.close()
+
+
+def test_without_the_serve_extra_the_command_says_what_to_install(explainer_path):
+    """The CLI starts without the HTTP stack; `relgraph serve` then fails in one line naming the extra."""
+    hide = ("uvicorn", "h11", "starlette", "python_multipart", "prometheus_client")
+    script = (f"import sys\nfor m in {hide!r}: sys.modules[m] = None  # as if not installed\n"
+              f"from relgraph.cli import main\nsys.exit(main(['serve', {explainer_path!r}, '--port', '0']))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "uvicorn" in proc.stderr and "pip install 'relgraph[serve]'" in proc.stderr
+
+
+@pytest.mark.parametrize("flag, value, words", [("--keep-alive-s", "inf", "positive number"),
+                                                ("--body-timeout-s", "0", "positive number"),
+                                                ("--max-request-mb", "nan", "positive number"),
+                                                ("--max-connections", "0", "at least 1"),
+                                                ("--max-connections", "100000000", "open files")])
+def test_serve_flags_are_checked(explainer_path, flag, value, words):
+    proc = subprocess.run([sys.executable, "-m", "relgraph.cli", "serve", explainer_path, "--port", "0", flag, value],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"relgraph: error: {flag}") and words in proc.stderr
+
+
+def test_cli_serves_on_openvino(explainer_path, direct):
+    """`relgraph serve --runtime openvino`: the same answers as a direct onnxruntime call."""
+    pytest.importorskip("openvino")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "relgraph.cli", "serve", explainer_path, "--port", "0",
+                             "--runtime", "openvino"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=ROOT)
+    try:
+        line = proc.stdout.readline()
+        assert "OpenVINO CPU" in line
+        url = re.search(r"http://[\d.]+:\d+", line).group(0)
+        x = TEST_X[:5]
+        status, _, payload = request(url, "POST", "/explain", npy(x), {"Content-Type": "application/x-npy"})
+        assert status == 200
+        assert_explained(json.loads(payload), direct(x))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

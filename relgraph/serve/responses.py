@@ -1,0 +1,48 @@
+"""What POST /explain answers: JSON, the relevance as ``.npy``, or the heatmap as PNG (chosen by Accept)."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+
+from ..heatmap import encode_png, heatmap_image
+from .decoding import JSON, NPY, PNG, Request
+
+
+def explain_json(service, req: Request, out: dict, heatmap: bool) -> dict:
+    """The answer as JSON; a request without a batch axis gets answers without one."""
+    predicted = out["logits"].argmax(1)
+    doc = {"predicted": predicted, "target": out["target"], "logits": out["logits"],
+           "relevance": out["relevance"], "bias_relevance": out["bias_relevance"]}
+    if service.classes:
+        doc["label"] = [service.class_name(c) for c in predicted]
+    doc = {k: (v[0] if req.single else v) for k, v in doc.items()}
+    doc = {k: (v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v) for k, v in doc.items()}
+    if heatmap:
+        doc["heatmap"] = "data:image/png;base64," + base64.b64encode(heatmap_png(req, out)).decode()
+    return doc
+
+
+def heatmap_png(req: Request, out: dict) -> bytes:
+    """Each sample's heatmap over its picture (or over the input), side by side."""
+    tiles = [heatmap_image(out["relevance"][n], image=req.picture if req.picture is not None else req.x[n],
+                           size=256) for n in range(len(req.x))]
+    gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
+    return encode_png(np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1))
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def preferred(accept: str) -> str:
+    """The first of npy, png, json named in Accept (in the client's order); JSON otherwise."""
+    for item in accept.split(","):
+        kind = item.split(";")[0].strip().lower()
+        if kind in (NPY, PNG, JSON):
+            return kind
+    return JSON
