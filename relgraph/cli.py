@@ -84,10 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="run an explainer on an input (.npy or image)")
     e.add_argument("explainer")
-    e.add_argument("input", help=".npy array [N, ...] or one sample, or a PNG image")
+    e.add_argument("input", help=".npy array [N, ...] or one sample, or an image (PNG, JPEG, WebP)")
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
     e.add_argument("-o", "--output", required=True, help=".png heatmap, .npy relevance or .npz (all outputs)")
-    e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (PNG only)")
+    e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (images only)")
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
                    help="default: triton for a folder compiled with --target triton, else onnxruntime")
@@ -199,32 +199,47 @@ def _print_quality(args, pattern_sets):
     print(f"note: {QUALITY_NOTE}")
 
 
-def load_input(path: str, scale: float) -> np.ndarray:
-    """A .npy array, or a PNG image scaled to the model's range (channels first)."""
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_input(path: str, scale: float, sample=None) -> np.ndarray:
+    """A .npy array, or an image (PNG, JPEG, WebP) times ``scale``, channels first. ``sample``: the model's
+    per-sample shape; an image of another height and width is refused before it is converted."""
     if not os.path.isfile(path):
         raise RelgraphError(f"input file not found: {path}")
     if path.lower().endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise RelgraphError(f"cannot read {path} as a .npy array: {exc}") from None
-    if path.lower().endswith(".png"):
-        from .heatmap import read_png
+        return _load_npy(path)
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        from .heatmap import read_image
 
-        try:
-            img = read_png(path).astype(np.float32) * scale
-        except ValueError as exc:
-            raise RelgraphError(f"cannot read image {path}: {exc}") from None
+        pixels = read_image(path)
+        if sample and len(sample) >= 2 and None not in sample[-2:] and list(pixels.shape[:2]) != list(sample[-2:]):
+            raise RelgraphError(f"the image is {pixels.shape[0]}×{pixels.shape[1]}, the model takes "
+                                f"{sample[-2]}×{sample[-1]}")
+        img = pixels.astype(np.float32) * np.float32(scale)
         return img[None] if img.ndim == 2 else np.transpose(img[..., :3], (2, 0, 1))
-    raise RelgraphError(f"unsupported input format: {path} (use .npy or .png)")
+    raise RelgraphError(f"unsupported input format: {path} (use .npy, .png, .jpg or .webp)")
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """A .npy array (never a pickle); an .npz archive under a .npy name is a one-line error."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise RelgraphError(f"cannot read {path} as a .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise RelgraphError(f"{path} is an .npz archive, not a .npy array: extract the array, or name it .npz")
+    return array
 
 
 def _explainer_input(explainer, path, scale):
-    x = load_input(path, scale)
     sample = explainer.input_shape[1:]
+    x = load_input(path, scale, sample)
+    image = path.lower().endswith(IMAGE_EXTENSIONS)
     if x.ndim == len(sample) - 1 and sample and sample[0] == 1:  # a gray image for a one-channel model
         x = x[None]
-    if path.lower().endswith(".png") and x.ndim == len(sample) and sample and x.shape[0] != sample[0]:
+    if image and x.ndim == len(sample) and sample and x.shape[0] != sample[0]:
         x = x.mean(0, keepdims=True) if sample[0] == 1 else np.repeat(x[:1], sample[0], 0)
     return explainer.prepare(x)
 

@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import relgraph
-from relgraph.heatmap import read_png
+from relgraph.heatmap import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits" / "digits_cnn.onnx"
@@ -52,7 +52,7 @@ def test_compile_explain_png(explainer, tmp_path):
     png = tmp_path / "heat.png"
     code, out, err = run("explain", explainer, SAMPLES, "-o", png)
     assert code == 0, err
-    img = read_png(png)
+    img = read_image(png)
     assert img.ndim == 3 and img.shape[2] == 3 and img.shape[0] >= 200
     assert out.count("sample ") == 8
 
@@ -63,6 +63,29 @@ def test_explain_npy_matches_api(explainer, tmp_path):
     assert code == 0, err
     direct = relgraph.Explainer(explainer).explain(np.load(SAMPLES), target=3)["relevance"]
     np.testing.assert_allclose(np.load(npy), direct, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_explain_image_input(explainer, tmp_path, fmt):
+    """An 8×8 gray picture (PNG, lossless WebP, JPEG) explained as pixels/255, as Pillow itself decodes it."""
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(ROOT / "models" / "digits" / "sample0.png") as im:
+        pixels = np.asarray(im.convert("L"))
+    picture = tmp_path / f"digit.{fmt.lower()}"
+    Image.fromarray(pixels).save(picture, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    with Image.open(picture) as im:
+        decoded = np.asarray(im.convert("L"), np.float32)
+    if fmt != "JPEG":
+        np.testing.assert_array_equal(decoded, pixels)
+    npy = tmp_path / "r.npy"
+    code, _, err = run("explain", explainer, picture, "--target", "2", "-o", npy)
+    assert code == 0, err
+    direct = relgraph.Explainer(explainer).explain((decoded / 255)[None, None], target=2)["relevance"]
+    np.testing.assert_allclose(np.load(npy), direct, rtol=1e-5, atol=1e-7)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.kron(pixels, np.ones((2, 2), np.uint8))).save(big)
+    code, _, err = run("explain", explainer, big, "-o", tmp_path / "r2.npy")
+    assert_one_line_error(code, err, "the image is 16×16, the model takes 8×8")
 
 
 def test_default_output_beside_model_never_overwrites(tmp_path):
