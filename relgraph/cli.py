@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from .errors import RelgraphError, UnsupportedOpsError
+from .files import check_output, replacing
 
 
 def main(argv=None) -> int:
@@ -161,10 +162,7 @@ def cmd_fit_patterns(args):
         raise RelgraphError("--quality needs --holdout DATA: ρ is measured on data the patterns were not fitted on")
     if args.quality and not os.path.exists(args.holdout):
         raise RelgraphError(f"held-out data not found: {args.holdout}")
-    if os.path.exists(args.output) and not args.force:
-        raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
-    if os.path.abspath(args.output) in (os.path.abspath(args.model), os.path.abspath(args.data)):
-        raise RelgraphError("refusing to overwrite an input file; choose another -o")
+    check_output(args.output, [args.model, args.data, args.holdout], overwrite=args.force)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = collect_statistics(args.model, args.data, batch_size=args.batch_size,
@@ -244,35 +242,35 @@ def _explainer_input(explainer, path, scale):
     return explainer.prepare(x)
 
 
+EXPLAIN_OUTPUTS = (".png", ".npy", ".npz")
+
+
 def cmd_explain(args):
     from .explainer import Explainer
-    from .heatmap import heatmap_image, write_png
+    from .heatmap import heatmap_strip, write_png
 
-    if os.path.exists(args.output) and not args.force:
-        raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
-    if os.path.abspath(args.output) in (os.path.abspath(args.input), os.path.abspath(args.explainer)):
-        raise RelgraphError("refusing to overwrite an input file; choose another -o")
+    check_output(args.output, [args.input, args.explainer], overwrite=args.force)
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in EXPLAIN_OUTPUTS:
+        raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
     explainer = Explainer(args.explainer, backend=args.backend)
     x = _explainer_input(explainer, args.input, args.scale)
+    if x.shape[0] == 0:
+        raise RelgraphError(f"{args.input} holds no samples: there is nothing to explain")
     out = explainer.explain(x, args.target)
     for n in range(x.shape[0]):
         c = int(out["target"][n])
         print(f"sample {n}: predicted {int(out['logits'][n].argmax())}, explained {c} "
               f"(logit {out['logits'][n, c]:.4g}), Σ relevance {out['relevance'][n].sum():.4g}, "
               f"bias {out['bias_relevance'][n]:.4g}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    ext = os.path.splitext(args.output)[1].lower()
     if ext == ".png":
-        tiles = [heatmap_image(out["relevance"][n], image=x[n], size=256) for n in range(x.shape[0])]
-        gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
-        row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
-        write_png(args.output, row)
-    elif ext == ".npy":
-        np.save(args.output, out["relevance"])
-    elif ext == ".npz":
-        np.savez(args.output, **{k.replace("/", "__"): v for k, v in out["outputs"].items()}, target=out["target"])
+        write_png(args.output, heatmap_strip(out["relevance"], x, size=256))
     else:
-        raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
+        with replacing(args.output) as temporary, open(temporary, "wb") as f:
+            if ext == ".npy":
+                np.save(f, out["relevance"])
+            else:
+                np.savez(f, **{k.replace("/", "__"): v for k, v in out["outputs"].items()}, target=out["target"])
     print(f"wrote {args.output}")
 
 

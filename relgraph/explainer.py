@@ -10,6 +10,8 @@ import onnx
 
 from .errors import RelgraphError
 
+EXPLAINER_KEY = "relgraph.input"  # the compile record's key naming the explained input
+
 
 class Explainer:
     """A compiled explainer (``*.onnx``) in an onnxruntime session (``threads``: intra-op threads;
@@ -40,9 +42,12 @@ class Explainer:
         self.metadata = {p.key: p.value for p in read_explainer(path, weights=False).metadata_props}
         self.path = path
         self.rule = self.metadata.get("relgraph.rule", "")
-        self.input_name = self.metadata["relgraph.input"]
-        self.logits_name = self.metadata["relgraph.logits"]
-        self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        self.input_name = self.metadata[EXPLAINER_KEY]
+        self.logits_name = self.metadata.get("relgraph.logits", "")
+        try:
+            self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        except ValueError:
+            raise RelgraphError(f"{path}: its compile record (relgraph.rules) is not JSON; recompile it") from None
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -52,9 +57,9 @@ class Explainer:
             self.session = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
         except Exception as exc:
             raise RelgraphError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0]}") from None
-        inp = next(i for i in self.session.get_inputs() if i.name == self.input_name)
+        inp = _recorded(self.session.get_inputs(), self.input_name, "input", path)
         self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
-        logits = next(o for o in self.session.get_outputs() if o.name == self.logits_name)
+        logits = _recorded(self.session.get_outputs(), self.logits_name, "logits output", path)
         self.num_classes = logits.shape[1] if isinstance(logits.shape[1], int) else None
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -126,6 +131,7 @@ class Explainer:
 
 
 BACKENDS = ("onnxruntime", "triton")
+EXPLAINER_KEY = "relgraph.input"  # the compile record's key naming the explained input
 
 
 def read_onnx(path, what: str = "model", *, weights: bool = True) -> onnx.ModelProto:
@@ -142,7 +148,16 @@ def read_onnx(path, what: str = "model", *, weights: bool = True) -> onnx.ModelP
 
 def is_explainer(proto: onnx.ModelProto) -> bool:
     """Whether relgraph compiled this model (its compile record names the explained input)."""
-    return any(p.key == "relgraph.input" for p in proto.metadata_props)
+    return any(p.key == EXPLAINER_KEY for p in proto.metadata_props)
+
+
+def _recorded(values, name: str, what: str, path: str):
+    """The session input or output the compile record names, or a one-line error for an edited record."""
+    found = next((v for v in values if v.name == name), None)
+    if found is None or ("logits" in what and len(found.shape) != 2):
+        raise RelgraphError(f"{path}: its compile record names the {what} '{name}', which the graph does not "
+                            "have as such; recompile the model")
+    return found
 
 
 def read_explainer(path, *, weights: bool = True) -> onnx.ModelProto:

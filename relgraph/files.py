@@ -92,7 +92,9 @@ def replacing(path) -> Iterator[str]:
     folder = os.path.dirname(os.path.abspath(path))
     make_folder(folder)
     try:
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
+        # the same extension: writers that pick a format by it (np.save, savefig) see the real one
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.",
+                                             suffix=".part" + os.path.splitext(path)[1])
     except OSError as exc:
         raise RelgraphError(f"cannot write {path}: {exc.strerror}") from None
     os.close(handle)

@@ -204,3 +204,130 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
     onnx.save(m, sub / "m.onnx")
     code, _, err = run("compile", sub / "m.onnx", "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "outside the model's folder")
+
+
+# ------------------------------------------------------------------------------------------- never lose a file
+
+
+def _link(kind, target, link):
+    if kind == "symlink":
+        os.symlink(target, link)
+    elif kind == "hardlink":
+        os.link(target, link)
+    else:  # the same file spelled through another folder
+        (link.parent / "sub").mkdir(exist_ok=True)
+        return link.parent / "sub" / ".." / Path(target).name
+    return link
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "dotdot"])
+def test_output_that_is_an_input_is_refused_even_with_force(kind, explainer, tmp_path):
+    """compile, explain and fit-patterns: -o reaching an input by any path, with --force, leaves it intact."""
+    model, data, copy = tmp_path / "m.onnx", tmp_path / "x.npy", tmp_path / "e.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    data.write_bytes(SAMPLES.read_bytes())
+    copy.write_bytes(Path(explainer).read_bytes())
+    cases = [(model, ["compile", model, "--rule", "epsilon"]), (copy, ["explain", copy, data]),
+             (data, ["explain", copy, data]), (data, ["fit-patterns", model, "--data", data])]
+    for n, (target, command) in enumerate(cases):
+        before = digest(target)
+        out = _link(kind, target, tmp_path / f"out{n}{target.suffix if target != data else '.npz'}")
+        code, _, err = run(*command, "-o", out, "--force")
+        assert_one_line_error(code, err, "refusing to overwrite the input")
+        assert digest(target) == before
+
+
+def test_writes_replace_atomically(explainer, tmp_path):
+    """An output is written beside itself and renamed into place: a hard link to the old file keeps the old
+    bytes (the file was replaced, not rewritten), the mode follows the umask, nothing is left behind."""
+    out = tmp_path / "r.npy"
+    np.save(out, np.zeros(3))
+    keep = tmp_path / "old.npy"
+    os.link(out, keep)
+    code, _, err = run("explain", explainer, SAMPLES, "-o", out, "--force")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(keep), np.zeros(3))
+    assert np.load(out).shape == (8, 1, 8, 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.npy", "r.npy"]
+
+
+def test_replacing_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from relgraph.files import replacing
+
+    out = tmp_path / "keep.bin"
+    out.write_bytes(b"old")
+    with pytest.raises(ZeroDivisionError):
+        with replacing(out) as temporary:
+            Path(temporary).write_bytes(b"half")
+            1 / 0
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def _gemm_model(path, opset=17, elem=TensorProto.FLOAT, extra_bytes=0):
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "W")
+    w.raw_data += b"\0" * extra_bytes
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1)], "g",
+                          [helper.make_tensor_value_info("x", elem, ["N", 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 10
+    onnx.save(m, path)
+    return path
+
+
+def _tampered(explainer, path, key, value):
+    m = onnx.load(explainer)
+    entries = {p.key: p.value for p in m.metadata_props}
+    if value is None:
+        del entries[key]
+    else:
+        entries[key] = value
+    onnx.helper.set_model_props(m, entries)
+    onnx.save(m, path)
+    return path
+
+
+MISTAKES = ["below-a-file", "npz-named-npy", "empty-png", "raw-data-too-long", "tampered-input", "tampered-logits",
+            "tampered-rules", "compile-an-explainer", "string-input", "bool-input", "epsilon-nan", "epsilon-inf",
+            "gamma-nan", "opset-99"]
+
+
+@pytest.mark.parametrize("case", MISTAKES)
+def test_user_mistakes_are_one_line(case, explainer, tmp_path):
+    """Each of these ended in an internal error (exit 3) or a traceback before; now one line, exit 2."""
+    out = tmp_path / "o.onnx"
+    if case == "below-a-file":
+        args, needle = ["explain", explainer, SAMPLES, "-o", SAMPLES / "r.npy"], "is a file, not a folder"
+    elif case == "npz-named-npy":
+        bad = tmp_path / "x.npy"
+        with open(bad, "wb") as f:
+            np.savez(f, x=np.load(SAMPLES))
+        args, needle = ["explain", explainer, bad, "-o", tmp_path / "r.npy"], "is an .npz archive"
+    elif case == "empty-png":
+        empty = tmp_path / "e.npy"
+        np.save(empty, np.zeros((0, 1, 8, 8), np.float32))
+        args, needle = ["explain", explainer, empty, "-o", tmp_path / "h.png"], "holds no samples"
+    elif case == "raw-data-too-long":
+        args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", extra_bytes=16), "-o", out], "holds 64 bytes"
+    elif case.startswith("tampered"):
+        key, value = {"tampered-input": ("relgraph.input", "nope"), "tampered-logits": ("relgraph.logits", None),
+                      "tampered-rules": ("relgraph.rules", "{not json")}[case]
+        bad = _tampered(explainer, tmp_path / "t.onnx", key, value)
+        args, needle = ["explain", bad, SAMPLES, "-o", tmp_path / "r.npy"], "recompile"
+    elif case == "compile-an-explainer":
+        args, needle = ["compile", explainer, "-o", out], "already a relgraph explainer"
+    elif case in ("string-input", "bool-input"):
+        elem = TensorProto.STRING if case == "string-input" else TensorProto.BOOL
+        args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", elem=elem), "-o", out], "numeric tensor inputs"
+    elif case.startswith(("epsilon", "gamma")):
+        name, value = case.split("-")
+        args, needle = ["compile", MODEL, f"--{name}", value, "-o", out], "must be a finite number"
+    else:
+        args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", opset=99), "-o", out], "opset 99"
+    code, _, err = run(*args)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists() and not (tmp_path / "r.npy").exists() and not (tmp_path / "h.png").exists()
+
