@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from .errors import RelgraphError, UnsupportedOpsError
-from .files import check_output, replacing
+from .files import NpyRows, NpzRows, check_output, replacing
 
 
 def main(argv=None) -> int:
@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help=".png heatmap, .npy relevance or .npz (all outputs)")
     e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (images only)")
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    e.add_argument("--batch-size", type=int, default=64,
+                   help="samples per session call; results stream to the output chunk by chunk (default 64)")
     e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
                    help="default: triton for a folder compiled with --target triton, else onnxruntime")
     e.set_defaults(run=cmd_explain)
@@ -243,35 +245,64 @@ def _explainer_input(explainer, path, scale):
 
 
 EXPLAIN_OUTPUTS = (".png", ".npy", ".npz")
+LISTED_SAMPLES = 20  # per-sample lines printed; a bigger batch ends in one line for the rest
 
 
 def cmd_explain(args):
+    """Explain in chunks of --batch-size samples, each written out as it comes (.npy, .npz), or kept for the
+    heatmap strip (.png, the first MAX_TILES samples): memory follows the chunk, not the batch."""
     from .explainer import Explainer
-    from .heatmap import heatmap_strip, write_png
+    from .heatmap import MAX_TILES, encode_png, heatmap_strip
 
     check_output(args.output, [args.input, args.explainer], overwrite=args.force)
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in EXPLAIN_OUTPUTS:
         raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
+    if args.batch_size < 1:
+        raise RelgraphError(f"--batch-size must be at least 1, got {args.batch_size}")
     explainer = Explainer(args.explainer, backend=args.backend)
     x = _explainer_input(explainer, args.input, args.scale)
-    if x.shape[0] == 0:
+    n = x.shape[0]
+    if n == 0:
         raise RelgraphError(f"{args.input} holds no samples: there is nothing to explain")
-    out = explainer.explain(x, args.target)
-    for n in range(x.shape[0]):
-        c = int(out["target"][n])
-        print(f"sample {n}: predicted {int(out['logits'][n].argmax())}, explained {c} "
-              f"(logit {out['logits'][n, c]:.4g}), Σ relevance {out['relevance'][n].sum():.4g}, "
-              f"bias {out['bias_relevance'][n]:.4g}")
-    if ext == ".png":
-        write_png(args.output, heatmap_strip(out["relevance"], x, size=256))
-    else:
-        with replacing(args.output) as temporary, open(temporary, "wb") as f:
-            if ext == ".npy":
-                np.save(f, out["relevance"])
-            else:
-                np.savez(f, **{k.replace("/", "__"): v for k, v in out["outputs"].items()}, target=out["target"])
+    chunks = explainer.explain_chunks(x, args.target, batch_size=args.batch_size)
+    with replacing(args.output) as temporary:
+        if ext == ".png":
+            drawn = []
+            for start, out in chunks:
+                _print_samples(start, out, n)
+                drawn.extend(out["relevance"][:max(0, MAX_TILES - start)])
+            if n > MAX_TILES:
+                print(f"relgraph: note: the heatmap shows the first {MAX_TILES} of {n} samples", file=sys.stderr)
+            with open(temporary, "wb") as f:
+                f.write(encode_png(heatmap_strip(np.stack(drawn), x[:len(drawn)], size=256)))
+        elif ext == ".npy":
+            writer = None
+            for start, out in chunks:
+                _print_samples(start, out, n)
+                if writer is None:
+                    writer = NpyRows(temporary, n, out["relevance"].shape[1:], out["relevance"].dtype)
+                writer.write(out["relevance"])
+            writer.close()
+        else:
+            with NpzRows(temporary, n) as writer:
+                for start, out in chunks:
+                    _print_samples(start, out, n)
+                    writer.write({**{k.replace("/", "__"): v for k, v in out["outputs"].items()},
+                                  "target": out["target"]})
     print(f"wrote {args.output}")
+
+
+def _print_samples(start: int, out: dict, n: int) -> None:
+    for i in range(len(out["target"])):
+        if start + i == LISTED_SAMPLES and n > LISTED_SAMPLES:
+            print(f"... and {n - LISTED_SAMPLES} more samples")
+        if start + i >= LISTED_SAMPLES:
+            return
+        c = int(out["target"][i])
+        print(f"sample {start + i}: predicted {int(out['logits'][i].argmax())}, explained {c} "
+              f"(logit {out['logits'][i, c]:.4g}), Σ relevance {out['relevance'][i].sum():.4g}, "
+              f"bias {out['bias_relevance'][i]:.4g}")
 
 
 def cmd_inspect(args):

@@ -11,6 +11,7 @@ import onnx
 from .errors import RelgraphError
 
 EXPLAINER_KEY = "relgraph.input"  # the compile record's key naming the explained input
+DEFAULT_BATCH = 64  # samples per session call: bounds the session's working memory, not the input's size
 
 
 class Explainer:
@@ -96,25 +97,49 @@ class Explainer:
                                 f"(0..{self.num_classes - 1}, or -1 for the predicted class)")
         return np.ascontiguousarray(t)
 
-    def explain(self, x, target=None, *, baseline=None) -> dict:
-        """``baseline`` (compare-to-baseline rules only): one sample or [N, ...]; default: the compiled one."""
+    def explain(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH) -> dict:
+        """``baseline`` (compare-to-baseline rules only): one sample or [N, ...]; default: the compiled one.
+
+        The session runs on ``batch_size`` samples at a time (None: all at once), so its working memory
+        is a chunk's; the results are written into arrays of the whole batch as they come.
+        """
+        x = self.prepare(x)
+        result = None
+        for start, out in self.explain_chunks(x, target, baseline=baseline, batch_size=batch_size):
+            if result is None:
+                n = x.shape[0]
+                result = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in out["outputs"].items()}
+                result["target"] = np.empty(n, np.int64)
+            stop = start + len(out["target"])
+            for k, v in out["outputs"].items():
+                result[k][start:stop] = v
+            result["target"][start:stop] = out["target"]
+        chosen = result.pop("target")
+        return {"logits": result[self.logits_name], "relevance": result["relevance"],
+                "bias_relevance": result["bias_relevance"], "target": chosen, "outputs": result}
+
+    def explain_chunks(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH):
+        """Yield ``(start, out)`` for each chunk of ``batch_size`` samples, ``out`` as :meth:`explain`
+        returns it for rows start..start + len(chunk); for callers that stream results to disk."""
         x = self.prepare(x)
         t = self.targets(target, x.shape[0])
-        feed = {self.input_name: x, "target": t}
+        if batch_size is not None and batch_size < 1:
+            raise RelgraphError(f"batch size must be at least 1, got {batch_size}")
+        b = None
         if baseline is not None:
             if "baseline" not in self.overridable_inputs():
                 raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
-            feed["baseline"] = self.prepare(baseline)
-        outputs = self.run(feed)
-        logits = outputs[self.logits_name]
-        chosen = np.where(t < 0, logits.argmax(1), t)
-        return {
-            "logits": logits,
-            "relevance": outputs["relevance"],
-            "bias_relevance": outputs["bias_relevance"],
-            "target": chosen,
-            "outputs": outputs,
-        }
+            b = self.prepare(baseline)
+        step = max(x.shape[0], 1) if batch_size is None else batch_size
+        for start in range(0, max(x.shape[0], 1), step):
+            feed = {self.input_name: x[start:start + step], "target": t[start:start + step]}
+            if b is not None:  # one baseline for all, or one per sample
+                feed["baseline"] = b if b.shape[0] == 1 else b[start:start + step]
+            outputs = self.run(feed)
+            logits = outputs[self.logits_name]
+            chosen = np.where(feed["target"] < 0, logits.argmax(1), feed["target"])
+            yield start, {"logits": logits, "relevance": outputs["relevance"],
+                          "bias_relevance": outputs["bias_relevance"], "target": chosen, "outputs": outputs}
 
     @property
     def device(self) -> str:
@@ -131,6 +156,7 @@ class Explainer:
 
 
 BACKENDS = ("onnxruntime", "triton")
+DEFAULT_BATCH = 64  # samples per session call: bounds the session's working memory, not the input's size
 EXPLAINER_KEY = "relgraph.input"  # the compile record's key naming the explained input
 
 

@@ -4,6 +4,7 @@ Every file relgraph writes goes through :func:`replacing`: the bytes go to a tem
 folder, which ``os.replace`` puts in place only once it is complete, so an interrupted run leaves the old
 file (or none), never half of one. :func:`check_output` runs first: an output that *is* one of the inputs
 (the same inode, however it is reached: symlink, hard link, ``..``) is refused even with ``--force``.
+:class:`NpyRows` and :class:`NpzRows` write results as they are computed, block by block.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import zipfile
 from typing import Iterable, Iterator
+
+import numpy as np
 
 from .errors import RelgraphError
 
@@ -113,3 +117,68 @@ def write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` through :func:`replacing`."""
     with replacing(path) as temporary, open(temporary, "wb") as f:
         f.write(data)
+
+
+class NpyRows:
+    """A .npy file written block of rows by block of rows: the header ([n, ...], dtype) goes first, so the
+    n rows are never held together. ``close`` checks that exactly n rows came."""
+
+    def __init__(self, path, n: int, row_shape: tuple, dtype):
+        self.path, self.n, self.row_shape, self.dtype, self.written = path, n, tuple(row_shape), np.dtype(dtype), 0
+        self.file = open(path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": (n, *self.row_shape)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        if tuple(rows.shape[1:]) != self.row_shape or self.written + len(rows) > self.n:
+            raise ValueError(f"rows of shape {list(rows.shape)} do not continue [{self.n}, {self.row_shape}] "
+                             f"at row {self.written}")
+        self.file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+        self.written += len(rows)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.written != self.n:
+            raise ValueError(f"{self.path}: {self.written} rows written, {self.n} declared")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        self.file.close() if kind else self.close()
+
+
+class NpzRows:
+    """Named arrays streamed block by block into an .npz (as ``np.savez`` lays it out: one stored ``NAME.npy``
+    per array): each array goes to its own :class:`NpyRows` in a staging folder, zipped at ``close``."""
+
+    def __init__(self, path, n: int):
+        self.path, self.n, self.parts = path, n, {}
+        self.staging = tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path)), prefix=".npz.")
+
+    def write(self, arrays: dict) -> None:
+        for name, rows in arrays.items():
+            if name not in self.parts:
+                self.parts[name] = NpyRows(os.path.join(self.staging.name, f"{len(self.parts)}.npy"), self.n,
+                                           rows.shape[1:], rows.dtype)
+            self.parts[name].write(rows)
+
+    def close(self) -> None:
+        try:
+            with zipfile.ZipFile(self.path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                for name, part in self.parts.items():
+                    part.close()
+                    archive.write(part.path, arcname=f"{name}.npy")
+        finally:
+            self.staging.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, *_):
+        if kind is None:
+            return self.close()
+        for part in self.parts.values():
+            part.file.close()
+        self.staging.cleanup()

@@ -331,3 +331,35 @@ def test_user_mistakes_are_one_line(case, explainer, tmp_path):
     assert_one_line_error(code, err, needle)
     assert not out.exists() and not (tmp_path / "r.npy").exists() and not (tmp_path / "h.png").exists()
 
+
+# ------------------------------------------------------------------------------------------- chunks
+
+
+def test_explain_in_chunks_streams_what_one_call_gives(explainer, tmp_path):
+    """--batch-size 3 over 70 samples (chunks of 3, the last of 1): .npy and .npz hold what one session call
+    on all 70 gives; the .png draws the first 64 and says so."""
+    x = np.concatenate([np.load(SAMPLES)] * 9)[:70] * np.linspace(0.5, 1.5, 70, dtype=np.float32)[:, None, None, None]
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    whole = relgraph.Explainer(explainer).explain(x, target=np.arange(70) % 10, batch_size=None)
+    chunked = relgraph.Explainer(explainer).explain(x, target=np.arange(70) % 10, batch_size=3)
+    for key, value in whole["outputs"].items():
+        np.testing.assert_allclose(chunked["outputs"][key], value, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(chunked["target"], np.arange(70) % 10)
+    direct = relgraph.Explainer(explainer).explain(x, batch_size=None)
+    code, out, err = run("explain", explainer, data, "--batch-size", "3", "-o", tmp_path / "r.npz")
+    assert code == 0, err
+    assert out.count("sample ") == 20 and "... and 50 more samples" in out
+    with np.load(tmp_path / "r.npz") as saved:
+        assert set(saved.files) == {*(k.replace("/", "__") for k in direct["outputs"]), "target"}
+        for key, value in direct["outputs"].items():
+            np.testing.assert_allclose(saved[key.replace("/", "__")], value, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(saved["target"], direct["target"])
+    code, _, err = run("explain", explainer, data, "--batch-size", "3", "-o", tmp_path / "r.npy")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), direct["relevance"], rtol=1e-6, atol=1e-7)
+    code, _, err = run("explain", explainer, data, "-o", tmp_path / "h.png")
+    assert code == 0 and "first 64 of 70 samples" in err, err
+    assert read_image(tmp_path / "h.png").shape == (256, 64 * 256 + 63 * 8, 3)
+    code, _, err = run("explain", explainer, data, "--batch-size", "0", "-o", tmp_path / "z.npy")
+    assert_one_line_error(code, err, "--batch-size must be at least 1")
