@@ -139,6 +139,8 @@ def _decode(source, kind: Optional[str], max_pixels: int) -> np.ndarray:
                 return _as_uint8(image)
     except RelgraphError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own, larger cap
+        raise RelgraphError(f"the {_FORMATS[kind]} image is over {max_pixels:,} pixels ({exc})") from None
     except Exception as exc:  # Pillow raises many types for broken files (OSError, SyntaxError, ValueError...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise RelgraphError(f"cannot read the {_FORMATS[kind]}: {reason}") from None

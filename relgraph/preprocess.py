@@ -143,9 +143,15 @@ def to_channels(pixels: np.ndarray, channels: int, *, premultiplied: bool = Fals
 
 
 def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One H'×W' plane → height×width by Pillow's box filter, in float32 (Pillow's "F" mode)."""
+    """One H'×W' plane → height×width by Pillow's box filter, in float32 (Pillow's "F" mode).
+
+    A uint8 plane goes to Pillow as it is and becomes float32 there: 5 bytes a pixel at the peak, not 8.
+    """
     Image = _pillow()
-    image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))
+    if plane.dtype == np.uint8:
+        image = Image.fromarray(np.ascontiguousarray(plane)).convert("F")
+    else:
+        image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))
     return np.asarray(image.resize((width, height), Image.Resampling.BOX), np.float64)
 
 
