@@ -275,3 +275,19 @@ print(status("VmHWM") - before)
     for rows in (slice(0, 300), slice(19700, 20000)):  # the first chunks and the last, short one
         np.testing.assert_allclose(saved[rows], direct.explain(big[rows], batch_size=None)["relevance"],
                                    rtol=1e-6, atol=1e-7)
+
+
+def test_triton_folder_never_writes_over_its_model(tmp_path):
+    """compile --target triton -o DIR --force, where DIR/explainer.onnx is the model itself (a hard link)."""
+    pytest.importorskip("triton")
+    from relgraph.errors import RelgraphError
+    from relgraph.lowering import compile_triton
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    (tmp_path / "out").mkdir()
+    os.link(model, tmp_path / "out" / "explainer.onnx")
+    before = digest(model)
+    with pytest.raises(RelgraphError, match="refusing to overwrite the input"):
+        compile_triton(str(model), str(tmp_path / "out"), overwrite=True, rule="epsilon")
+    assert digest(model) == before
