@@ -224,7 +224,7 @@ def load_input(path: str, scale: float, sample=None) -> np.ndarray:
 def _load_npy(path: str) -> np.ndarray:
     """A .npy array (never a pickle); an .npz archive under a .npy name is a one-line error."""
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: read chunk by chunk as explained
     except Exception as exc:
         raise RelgraphError(f"cannot read {path} as a .npy array: {exc}") from None
     if not isinstance(array, np.ndarray):
@@ -234,6 +234,7 @@ def _load_npy(path: str) -> np.ndarray:
 
 
 def _explainer_input(explainer, path, scale):
+    """The input batched and checked in dtype and shape (:meth:`Explainer.batched`); values not yet read."""
     sample = explainer.input_shape[1:]
     x = load_input(path, scale, sample)
     image = path.lower().endswith(IMAGE_EXTENSIONS)
@@ -241,7 +242,7 @@ def _explainer_input(explainer, path, scale):
         x = x[None]
     if image and x.ndim == len(sample) and sample and x.shape[0] != sample[0]:
         x = x.mean(0, keepdims=True) if sample[0] == 1 else np.repeat(x[:1], sample[0], 0)
-    return explainer.prepare(x)
+    return explainer.batched(x)
 
 
 EXPLAIN_OUTPUTS = (".png", ".npy", ".npz")
@@ -350,7 +351,7 @@ def cmd_check(args):
     from .explainer import Explainer
 
     explainer = Explainer(args.explainer, backend="onnxruntime")  # a triton folder: its ONNX explainer
-    x = _explainer_input(explainer, args.input, args.scale)
+    x = explainer.prepare(_explainer_input(explainer, args.input, args.scale))
     trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))
     model = onnx.load(explainer.path)
     known = {o.name for o in model.graph.output}

@@ -66,21 +66,26 @@ class Explainer:
 
     def prepare(self, x) -> np.ndarray:
         """Check and batch an input: float array of the model's shape, batch axis optional."""
+        x = self.batched(x).astype(np.float32, copy=False)
+        if not np.all(np.isfinite(x)):
+            raise RelgraphError("input contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+    def batched(self, x) -> np.ndarray:
+        """:meth:`prepare`'s checks of dtype and shape, and the batch axis, without reading the values: a
+        memory-mapped input stays mapped (the values are checked chunk by chunk as they are explained)."""
         x = np.asarray(x)
         if x.dtype.kind not in "fiu" or x.dtype == bool:
             raise RelgraphError(f"input must be a float array, got dtype {x.dtype}")
         if x.dtype.kind != "f":
             raise RelgraphError(f"input must be a float array, got integer dtype {x.dtype}")
-        x = x.astype(np.float32, copy=False)
         sample = self.input_shape[1:]
         if list(x.shape) == [d for d in sample] and None not in sample:
             x = x[None]
         if x.ndim != len(self.input_shape) or any(d is not None and d != s for d, s in zip(sample, x.shape[1:])):
             expected = "[N, " + ", ".join(str(d) for d in sample) + "]"
             raise RelgraphError(f"input has shape {list(x.shape)}, the model expects {expected}")
-        if not np.all(np.isfinite(x)):
-            raise RelgraphError("input contains NaN or infinite values")
-        return np.ascontiguousarray(x)
+        return x
 
     def targets(self, target, n: int) -> np.ndarray:
         if target is None:
@@ -103,11 +108,10 @@ class Explainer:
         The session runs on ``batch_size`` samples at a time (None: all at once), so its working memory
         is a chunk's; the results are written into arrays of the whole batch as they come.
         """
-        x = self.prepare(x)
+        n = self.batched(x).shape[0]
         result = None
         for start, out in self.explain_chunks(x, target, baseline=baseline, batch_size=batch_size):
             if result is None:
-                n = x.shape[0]
                 result = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in out["outputs"].items()}
                 result["target"] = np.empty(n, np.int64)
             stop = start + len(out["target"])
@@ -120,8 +124,9 @@ class Explainer:
 
     def explain_chunks(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH):
         """Yield ``(start, out)`` for each chunk of ``batch_size`` samples, ``out`` as :meth:`explain`
-        returns it for rows start..start + len(chunk); for callers that stream results to disk."""
-        x = self.prepare(x)
+        returns it for rows start..start + len(chunk); for callers that stream results to disk. Each
+        chunk is converted and checked (:meth:`prepare`) when its turn comes."""
+        x = self.batched(x)
         t = self.targets(target, x.shape[0])
         if batch_size is not None and batch_size < 1:
             raise RelgraphError(f"batch size must be at least 1, got {batch_size}")
@@ -132,7 +137,7 @@ class Explainer:
             b = self.prepare(baseline)
         step = max(x.shape[0], 1) if batch_size is None else batch_size
         for start in range(0, max(x.shape[0], 1), step):
-            feed = {self.input_name: x[start:start + step], "target": t[start:start + step]}
+            feed = {self.input_name: self.prepare(x[start:start + step]), "target": t[start:start + step]}
             if b is not None:  # one baseline for all, or one per sample
                 feed["baseline"] = b if b.shape[0] == 1 else b[start:start + step]
             outputs = self.run(feed)

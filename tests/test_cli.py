@@ -292,7 +292,7 @@ def _tampered(explainer, path, key, value):
 
 MISTAKES = ["below-a-file", "npz-named-npy", "empty-png", "raw-data-too-long", "tampered-input", "tampered-logits",
             "tampered-rules", "compile-an-explainer", "string-input", "bool-input", "epsilon-nan", "epsilon-inf",
-            "gamma-nan", "opset-99"]
+            "gamma-nan", "opset-99", "nan-in-the-last-chunk"]
 
 
 @pytest.mark.parametrize("case", MISTAKES)
@@ -325,11 +325,18 @@ def test_user_mistakes_are_one_line(case, explainer, tmp_path):
     elif case.startswith(("epsilon", "gamma")):
         name, value = case.split("-")
         args, needle = ["compile", MODEL, f"--{name}", value, "-o", out], "must be a finite number"
-    else:
+    elif case == "opset-99":
         args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", opset=99), "-o", out], "opset 99"
+    else:  # chunks before it are explained and streamed: the half-written output must vanish
+        x = np.load(SAMPLES)
+        x[-1, 0, 3, 3] = np.nan
+        np.save(tmp_path / "x.npy", x)
+        args = ["explain", explainer, tmp_path / "x.npy", "--batch-size", "2", "-o", tmp_path / "r.npy"]
+        needle = "NaN"
     code, _, err = run(*args)
     assert_one_line_error(code, err, needle)
     assert not out.exists() and not (tmp_path / "r.npy").exists() and not (tmp_path / "h.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
 
 
 # ------------------------------------------------------------------------------------------- chunks
