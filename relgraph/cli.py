@@ -253,7 +253,7 @@ def cmd_explain(args):
     """Explain in chunks of --batch-size samples, each written out as it comes (.npy, .npz), or kept for the
     heatmap strip (.png, the first MAX_TILES samples): memory follows the chunk, not the batch."""
     from .explainer import Explainer
-    from .heatmap import MAX_TILES, encode_png, heatmap_strip
+    from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow
 
     check_output(args.output, [args.input, args.explainer], overwrite=args.force)
     ext = os.path.splitext(args.output)[1].lower()
@@ -261,6 +261,8 @@ def cmd_explain(args):
         raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
     if args.batch_size < 1:
         raise RelgraphError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if ext == ".png":
+        pillow()  # before any work: without Pillow the heatmap could not be written
     explainer = Explainer(args.explainer, backend=args.backend)
     x = _explainer_input(explainer, args.input, args.scale)
     n = x.shape[0]

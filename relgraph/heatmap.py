@@ -76,7 +76,7 @@ def image_format(head: bytes) -> Optional[str]:
     return None
 
 
-def _pillow():
+def pillow():
     """Pillow's Image module with relgraph's limits in force, or a one-line error naming what to install."""
     try:
         from PIL import Image, ImageFile, PngImagePlugin
@@ -129,7 +129,7 @@ def _as_uint8(image) -> np.ndarray:
 def _decode(source, kind: Optional[str], max_pixels: int) -> np.ndarray:
     if kind is None:
         raise UnsupportedImage("the image is neither PNG nor JPEG nor WebP")
-    Image = _pillow()
+    Image = pillow()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -185,7 +185,7 @@ def _pillow_image(pixels: np.ndarray):
         raise ValueError(f"a PNG is written from an H×W, H×W×2, H×W×3 or H×W×4 array, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"cannot encode an empty image of shape {arr.shape}")
-    return _pillow().fromarray(np.ascontiguousarray(arr))
+    return pillow().fromarray(np.ascontiguousarray(arr))
 
 
 def encode_png(image: np.ndarray, compression: int = 6) -> bytes:

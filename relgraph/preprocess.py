@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import RelgraphError
-from .heatmap import MAX_PIXELS, UnsupportedImage, _pillow, decode_image
+from .heatmap import MAX_PIXELS, UnsupportedImage, decode_image, pillow
 
 __all__ = ["PREPROCESS_KEY", "CLASSES_KEY", "MAX_PIXELS", "UnsupportedImage", "Preprocess", "decode_image",
            "model_preprocess", "model_classes", "box_resize", "to_channels", "border_is_brighter"]
@@ -147,7 +147,7 @@ def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
 
     A uint8 plane goes to Pillow as it is and becomes float32 there: 5 bytes a pixel at the peak, not 8.
     """
-    Image = _pillow()
+    Image = pillow()
     if plane.dtype == np.uint8:
         image = Image.fromarray(np.ascontiguousarray(plane)).convert("F")
     else:

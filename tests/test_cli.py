@@ -370,3 +370,15 @@ def test_explain_in_chunks_streams_what_one_call_gives(explainer, tmp_path):
     assert read_image(tmp_path / "h.png").shape == (256, 64 * 256 + 63 * 8, 3)
     code, _, err = run("explain", explainer, data, "--batch-size", "0", "-o", tmp_path / "z.npy")
     assert_one_line_error(code, err, "--batch-size must be at least 1")
+
+
+def test_without_pillow_images_are_one_line_naming_the_extra(explainer, tmp_path):
+    blocked = ("import sys; sys.modules['PIL'] = None; from relgraph.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    for args in (["explain", explainer, ROOT / "models" / "digits" / "sample0.png", "-o", tmp_path / "r.npy"],
+                 ["explain", explainer, SAMPLES, "-o", tmp_path / "h.png"]):
+        proc = subprocess.run([sys.executable, "-c", blocked, *map(str, args)], capture_output=True, text=True,
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert_one_line_error(proc.returncode, proc.stderr, "needs Pillow", "pip install 'relgraph[cpu]'")
+        assert "sample 0" not in proc.stdout  # refused before any work
+    assert not list(tmp_path.iterdir())
