@@ -75,7 +75,7 @@ def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
                                 f"up to {known}")
 
 
-# Element types a tensor of raw bytes cannot be checked against (strings have no fixed size).
+# 4-bit element types pack two values a byte; inputs relgraph cannot explain (no gradient, no relevance).
 _PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 _NON_NUMERIC_INPUTS = {onnx.TensorProto.STRING, onnx.TensorProto.BOOL, onnx.TensorProto.COMPLEX64,
                        onnx.TensorProto.COMPLEX128, onnx.TensorProto.UNDEFINED}
