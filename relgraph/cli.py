@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from .errors import RelgraphError, UnsupportedOpsError
+from .files import NpyRows, NpzRows, check_output, replacing
 from .runtimes import add_runtime_argument
 
 
@@ -88,11 +89,13 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="run an explainer on an input (.npy or image)")
     e.add_argument("explainer")
-    e.add_argument("input", help=".npy array [N, ...] or one sample, or a PNG image")
+    e.add_argument("input", help=".npy array [N, ...] or one sample, or an image (PNG, JPEG, WebP)")
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
     e.add_argument("-o", "--output", required=True, help=".png heatmap, .npy relevance or .npz (all outputs)")
-    e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (PNG only)")
+    e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (images only)")
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    e.add_argument("--batch-size", type=int, default=64,
+                   help="samples per session call; results stream to the output chunk by chunk (default 64)")
     e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
                    help="default: triton for a folder compiled with --target triton, else onnxruntime")
     add_runtime_argument(e)
@@ -170,10 +173,7 @@ def cmd_fit_patterns(args):
         raise RelgraphError("--quality needs --holdout DATA: ρ is measured on data the patterns were not fitted on")
     if args.quality and not os.path.exists(args.holdout):
         raise RelgraphError(f"held-out data not found: {args.holdout}")
-    if os.path.exists(args.output) and not args.force:
-        raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
-    if os.path.abspath(args.output) in (os.path.abspath(args.model), os.path.abspath(args.data)):
-        raise RelgraphError("refusing to overwrite an input file; choose another -o")
+    check_output(args.output, [args.model, args.data, args.holdout], overwrite=args.force)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         stats = collect_statistics(args.model, args.data, batch_size=args.batch_size,
@@ -208,66 +208,113 @@ def _print_quality(args, pattern_sets):
     print(f"note: {QUALITY_NOTE}")
 
 
-def load_input(path: str, scale: float) -> np.ndarray:
-    """A .npy array, or a PNG image scaled to the model's range (channels first)."""
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_input(path: str, scale: float, sample=None) -> np.ndarray:
+    """A .npy array, or an image (PNG, JPEG, WebP) times ``scale``, channels first. ``sample``: the model's
+    per-sample shape; an image of another height and width is refused before it is converted."""
     if not os.path.isfile(path):
         raise RelgraphError(f"input file not found: {path}")
     if path.lower().endswith(".npy"):
-        try:
-            return np.load(path, allow_pickle=False)
-        except Exception as exc:
-            raise RelgraphError(f"cannot read {path} as a .npy array: {exc}") from None
-    if path.lower().endswith(".png"):
-        from .heatmap import read_png
+        return _load_npy(path)
+    if path.lower().endswith(IMAGE_EXTENSIONS):
+        from .heatmap import read_image
 
-        try:
-            img = read_png(path).astype(np.float32) * scale
-        except ValueError as exc:
-            raise RelgraphError(f"cannot read image {path}: {exc}") from None
+        pixels = read_image(path)
+        if sample and len(sample) >= 2 and None not in sample[-2:] and list(pixels.shape[:2]) != list(sample[-2:]):
+            raise RelgraphError(f"the image is {pixels.shape[0]}×{pixels.shape[1]}, the model takes "
+                                f"{sample[-2]}×{sample[-1]}")
+        img = pixels.astype(np.float32) * np.float32(scale)
         return img[None] if img.ndim == 2 else np.transpose(img[..., :3], (2, 0, 1))
-    raise RelgraphError(f"unsupported input format: {path} (use .npy or .png)")
+    raise RelgraphError(f"unsupported input format: {path} (use .npy, .png, .jpg or .webp)")
+
+
+def _load_npy(path: str) -> np.ndarray:
+    """A .npy array (never a pickle); an .npz archive under a .npy name is a one-line error."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)  # mapped: read chunk by chunk as explained
+    except Exception as exc:
+        raise RelgraphError(f"cannot read {path} as a .npy array: {exc}") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise RelgraphError(f"{path} is an .npz archive, not a .npy array: extract the array, or name it .npz")
+    return array
 
 
 def _explainer_input(explainer, path, scale):
-    x = load_input(path, scale)
+    """The input batched and checked in dtype and shape (:meth:`Explainer.batched`); values not yet read."""
     sample = explainer.input_shape[1:]
+    x = load_input(path, scale, sample)
+    image = path.lower().endswith(IMAGE_EXTENSIONS)
     if x.ndim == len(sample) - 1 and sample and sample[0] == 1:  # a gray image for a one-channel model
         x = x[None]
-    if path.lower().endswith(".png") and x.ndim == len(sample) and sample and x.shape[0] != sample[0]:
+    if image and x.ndim == len(sample) and sample and x.shape[0] != sample[0]:
         x = x.mean(0, keepdims=True) if sample[0] == 1 else np.repeat(x[:1], sample[0], 0)
-    return explainer.prepare(x)
+    return explainer.batched(x)
+
+
+EXPLAIN_OUTPUTS = (".png", ".npy", ".npz")
+LISTED_SAMPLES = 20  # per-sample lines printed; a bigger batch ends in one line for the rest
 
 
 def cmd_explain(args):
+    """Explain in chunks of --batch-size samples, each written out as it comes (.npy, .npz), or kept for the
+    heatmap strip (.png, the first MAX_TILES samples): memory follows the chunk, not the batch."""
     from .explainer import Explainer
-    from .heatmap import heatmap_image, write_png
+    from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow
 
-    if os.path.exists(args.output) and not args.force:
-        raise RelgraphError(f"output exists: {args.output} (pass --force to overwrite)")
-    if os.path.abspath(args.output) in (os.path.abspath(args.input), os.path.abspath(args.explainer)):
-        raise RelgraphError("refusing to overwrite an input file; choose another -o")
+    check_output(args.output, [args.input, args.explainer], overwrite=args.force)
+    ext = os.path.splitext(args.output)[1].lower()
+    if ext not in EXPLAIN_OUTPUTS:
+        raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
+    if args.batch_size < 1:
+        raise RelgraphError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if ext == ".png":
+        pillow()  # before any work: without Pillow the heatmap could not be written
     explainer = Explainer(args.explainer, backend=args.backend, runtime=args.runtime)
     x = _explainer_input(explainer, args.input, args.scale)
-    out = explainer.explain(x, args.target)
-    for n in range(x.shape[0]):
-        c = int(out["target"][n])
-        print(f"sample {n}: predicted {int(out['logits'][n].argmax())}, explained {c} "
-              f"(logit {out['logits'][n, c]:.4g}), Σ relevance {out['relevance'][n].sum():.4g}, "
-              f"bias {out['bias_relevance'][n]:.4g}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    ext = os.path.splitext(args.output)[1].lower()
-    if ext == ".png":
-        tiles = [heatmap_image(out["relevance"][n], image=x[n], size=256) for n in range(x.shape[0])]
-        gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
-        row = np.concatenate([t for tile in tiles for t in (tile, gap)][:-1], axis=1)
-        write_png(args.output, row)
-    elif ext == ".npy":
-        np.save(args.output, out["relevance"])
-    elif ext == ".npz":
-        np.savez(args.output, **{k.replace("/", "__"): v for k, v in out["outputs"].items()}, target=out["target"])
-    else:
-        raise RelgraphError(f"unsupported output format: {args.output} (use .png, .npy or .npz)")
+    n = x.shape[0]
+    if n == 0:
+        raise RelgraphError(f"{args.input} holds no samples: there is nothing to explain")
+    chunks = explainer.explain_chunks(x, args.target, batch_size=args.batch_size)
+    with replacing(args.output) as temporary:
+        if ext == ".png":
+            drawn = []
+            for start, out in chunks:
+                _print_samples(start, out, n)
+                drawn.extend(out["relevance"][:max(0, MAX_TILES - start)])
+            if n > MAX_TILES:
+                print(f"relgraph: note: the heatmap shows the first {MAX_TILES} of {n} samples", file=sys.stderr)
+            with open(temporary, "wb") as f:
+                f.write(encode_png(heatmap_strip(np.stack(drawn), x[:len(drawn)], size=256)))
+        elif ext == ".npy":
+            writer = None
+            for start, out in chunks:
+                _print_samples(start, out, n)
+                if writer is None:
+                    writer = NpyRows(temporary, n, out["relevance"].shape[1:], out["relevance"].dtype)
+                writer.write(out["relevance"])
+            writer.close()
+        else:
+            with NpzRows(temporary, n) as writer:
+                for start, out in chunks:
+                    _print_samples(start, out, n)
+                    writer.write({**{k.replace("/", "__"): v for k, v in out["outputs"].items()},
+                                  "target": out["target"]})
     print(f"wrote {args.output}")
+
+
+def _print_samples(start: int, out: dict, n: int) -> None:
+    for i in range(len(out["target"])):
+        if start + i == LISTED_SAMPLES and n > LISTED_SAMPLES:
+            print(f"... and {n - LISTED_SAMPLES} more samples")
+        if start + i >= LISTED_SAMPLES:
+            return
+        c = int(out["target"][i])
+        print(f"sample {start + i}: predicted {int(out['logits'][i].argmax())}, explained {c} "
+              f"(logit {out['logits'][i, c]:.4g}), Σ relevance {out['relevance'][i].sum():.4g}, "
+              f"bias {out['bias_relevance'][i]:.4g}")
 
 
 def cmd_inspect(args):
@@ -315,7 +362,7 @@ def cmd_check(args):
     from .explainer import Explainer
 
     explainer = Explainer(args.explainer, backend="onnxruntime")  # a triton folder: its ONNX explainer
-    x = _explainer_input(explainer, args.input, args.scale)
+    x = explainer.prepare(_explainer_input(explainer, args.input, args.scale))
     if args.runtimes:
         return _print_runtimes(explainer.path, x, args.target)
     trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))

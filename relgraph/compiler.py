@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, replace
@@ -15,7 +16,9 @@ import onnx_ir as ir
 
 from . import __version__
 from .errors import RelgraphError
+from .explainer import EXPLAINER_KEY
 from .export import explainer_proto, save
+from .files import check_output
 from .graph import MIN_OPSET, load_model
 from .passes import build_relevance, canonicalize
 from .rules import RuleParams, load_rule_map, resolve, to_q_formulation
@@ -39,6 +42,9 @@ def default_output(model_path, rule: str) -> str:
 def prepare(model_path) -> tuple[ir.Model, list[str]]:
     """Load and canonicalize a model (shared by compile and inspect)."""
     model = load_model(model_path)
+    if EXPLAINER_KEY in model.metadata_props:
+        raise RelgraphError(f"{model_path} is already a relgraph explainer: compile the original model, or "
+                            "run this one with relgraph explain")
     opset = model.opset_imports.get("", 1)
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
@@ -78,6 +84,10 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     start = time.perf_counter()
     if bias_relevance not in ("total", "per-layer"):
         raise RelgraphError(f"--bias-relevance must be 'total' or 'per-layer', got '{bias_relevance}'")
+    for name, value in (("epsilon", epsilon), ("gamma", gamma), ("alpha", alpha), ("beta", beta),
+                        *((("bounds", b) for b in bounds) if bounds is not None else ())):
+        if not math.isfinite(value):
+            raise RelgraphError(f"--{name} must be a finite number, got {value}")
     params = RuleParams(epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
     if bounds is not None:
         low, high = bounds
@@ -100,10 +110,8 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         composite, label = to_q_formulation(composite), f"{label}-q"
     if write:
         output = output or default_output(model_path, label)
-        if os.path.abspath(output) == os.path.abspath(model_path):
-            raise RelgraphError("refusing to overwrite the input model; choose another -o")
-        if os.path.exists(output) and not overwrite:
-            raise RelgraphError(f"output exists: {output} (pass --force to overwrite)")
+        files = [f for f in (rule_map, baseline, patterns) if isinstance(f, (str, os.PathLike))]
+        check_output(output, [model_path, *files], overwrite=overwrite)
     model, skipped = prepare(model_path)
     plan = build_relevance(model, composite, input_name=input_name,
                            per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import RelgraphError
+from .files import check_output, replacing
 from .progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -507,11 +508,13 @@ def cmd_evaluate(args) -> None:
                   f"{', '.join(p for p in (args.plot, args.heatmaps) if p)})")
             return
         if args.plot:
-            plot.perturbation_curves(args.plot, result, title=f"{Path(report['model']).name} on "
-                                                               f"{Path(data.source).name}")
+            with replacing(args.plot) as temporary:
+                plot.perturbation_curves(temporary, result, title=f"{Path(report['model']).name} on "
+                                                                  f"{Path(data.source).name}")
             print(f"wrote {args.plot}")
         if args.heatmaps:
-            plot.heatmap_grid(args.heatmaps, x, relevances, targets, predicted, masks, result.mask_share)
+            with replacing(args.heatmaps) as temporary:
+                plot.heatmap_grid(temporary, x, relevances, targets, predicted, masks, result.mask_share)
             print(f"wrote {args.heatmaps}")
 
 
@@ -524,12 +527,8 @@ def _check_options(args, outputs) -> None:
         raise RelgraphError(f"--patch must be at least 1, got {args.patch}")
     if args.random_orders < 0:
         raise RelgraphError(f"--random-orders must be ≥ 0, got {args.random_orders}")
-    inputs = {os.path.abspath(p) for p in [*args.models, args.data, args.labels, args.masks, args.train] if p}
     for path in outputs:
-        if os.path.abspath(path) in inputs:
-            raise RelgraphError(f"refusing to overwrite an input file: {path}")
-        if os.path.exists(path) and not args.force:
-            raise RelgraphError(f"output exists: {path} (pass --force to overwrite)")
+        check_output(path, [*args.models, args.data, args.labels, args.masks, args.train], overwrite=args.force)
     if len(set(map(os.path.abspath, outputs))) != len(outputs):
         raise RelgraphError("--json, --plot and --heatmaps must be different files")
     for path, ext in ((args.plot, ".png"), (args.heatmaps, ".png"), (args.json, ".json")):
@@ -621,8 +620,7 @@ def _report(result: Evaluation, model, data: Dataset, n, labelled, accuracy, arg
 
 
 def _write_json(path: str, report: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with replacing(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(report, f, indent=2)
         f.write("\n")
     print(f"wrote {path}")

@@ -12,6 +12,9 @@ import onnx
 from .errors import RelgraphError
 from .runtimes import open_session
 
+EXPLAINER_KEY = "relgraph.input"  # the compile record's key naming the explained input
+DEFAULT_BATCH = 64  # samples per session call: bounds the session's working memory, not the input's size
+
 
 class Explainer:
     """A compiled explainer (``*.onnx``) in a session of one ONNX runtime.
@@ -44,37 +47,45 @@ class Explainer:
         self.metadata = {p.key: p.value for p in read_explainer(path, weights=False).metadata_props}
         self.path = path
         self.rule = self.metadata.get("relgraph.rule", "")
-        self.input_name = self.metadata["relgraph.input"]
-        self.logits_name = self.metadata["relgraph.logits"]
-        self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        self.input_name = self.metadata[EXPLAINER_KEY]
+        self.logits_name = self.metadata.get("relgraph.logits", "")
+        try:
+            self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        except ValueError:
+            raise RelgraphError(f"{path}: its compile record (relgraph.rules) is not JSON; recompile it") from None
         if runtime != "onnxruntime" and self.metadata.get("relgraph.form") == "functions":
             raise RelgraphError(f"{path} keeps relgraph's local functions, which only onnxruntime expands; "
                                 f"compile it without --keep-functions to run it on {runtime}")
         self.session = open_session(path, runtime, threads=threads, spinning=spinning, providers=providers,
                                     device=device)
         self.runtime = runtime
-        self.input_shape = self.session.inputs[self.input_name]
-        logits = self.session.outputs[self.logits_name]
-        self.num_classes = logits[1] if len(logits) > 1 else None
+        self.input_shape = _recorded(self.session.inputs, self.input_name, "input", path)
+        logits = _recorded(self.session.outputs, self.logits_name, "logits output", path)
+        self.num_classes = logits[1]
         self.output_names = list(self.session.outputs)
 
     def prepare(self, x) -> np.ndarray:
         """Check and batch an input: float array of the model's shape, batch axis optional."""
+        x = self.batched(x).astype(np.float32, copy=False)
+        if not np.all(np.isfinite(x)):
+            raise RelgraphError("input contains NaN or infinite values")
+        return np.ascontiguousarray(x)
+
+    def batched(self, x) -> np.ndarray:
+        """:meth:`prepare`'s checks of dtype and shape, and the batch axis, without reading the values: a
+        memory-mapped input stays mapped (the values are checked chunk by chunk as they are explained)."""
         x = np.asarray(x)
         if x.dtype.kind not in "fiu" or x.dtype == bool:
             raise RelgraphError(f"input must be a float array, got dtype {x.dtype}")
         if x.dtype.kind != "f":
             raise RelgraphError(f"input must be a float array, got integer dtype {x.dtype}")
-        x = x.astype(np.float32, copy=False)
         sample = self.input_shape[1:]
         if list(x.shape) == [d for d in sample] and None not in sample:
             x = x[None]
         if x.ndim != len(self.input_shape) or any(d is not None and d != s for d, s in zip(sample, x.shape[1:])):
             expected = "[N, " + ", ".join(str(d) for d in sample) + "]"
             raise RelgraphError(f"input has shape {list(x.shape)}, the model expects {expected}")
-        if not np.all(np.isfinite(x)):
-            raise RelgraphError("input contains NaN or infinite values")
-        return np.ascontiguousarray(x)
+        return x
 
     def targets(self, target, n: int) -> np.ndarray:
         if target is None:
@@ -91,25 +102,49 @@ class Explainer:
                                 f"(0..{self.num_classes - 1}, or -1 for the predicted class)")
         return np.ascontiguousarray(t)
 
-    def explain(self, x, target=None, *, baseline=None) -> dict:
-        """``baseline`` (compare-to-baseline rules only): one sample or [N, ...]; default: the compiled one."""
-        x = self.prepare(x)
+    def explain(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH) -> dict:
+        """``baseline`` (compare-to-baseline rules only): one sample or [N, ...]; default: the compiled one.
+
+        The session runs on ``batch_size`` samples at a time (None: all at once), so its working memory
+        is a chunk's; the results are written into arrays of the whole batch as they come.
+        """
+        n = self.batched(x).shape[0]
+        result = None
+        for start, out in self.explain_chunks(x, target, baseline=baseline, batch_size=batch_size):
+            if result is None:
+                result = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in out["outputs"].items()}
+                result["target"] = np.empty(n, np.int64)
+            stop = start + len(out["target"])
+            for k, v in out["outputs"].items():
+                result[k][start:stop] = v
+            result["target"][start:stop] = out["target"]
+        chosen = result.pop("target")
+        return {"logits": result[self.logits_name], "relevance": result["relevance"],
+                "bias_relevance": result["bias_relevance"], "target": chosen, "outputs": result}
+
+    def explain_chunks(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH):
+        """Yield ``(start, out)`` for each chunk of ``batch_size`` samples, ``out`` as :meth:`explain`
+        returns it for rows start..start + len(chunk); for callers that stream results to disk. Each
+        chunk is converted and checked (:meth:`prepare`) when its turn comes."""
+        x = self.batched(x)
         t = self.targets(target, x.shape[0])
-        feed = {self.input_name: x, "target": t}
+        if batch_size is not None and batch_size < 1:
+            raise RelgraphError(f"batch size must be at least 1, got {batch_size}")
+        b = None
         if baseline is not None:
             if "baseline" not in self.overridable_inputs():
                 raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
-            feed["baseline"] = self.prepare(baseline)
-        outputs = self.run(feed)
-        logits = outputs[self.logits_name]
-        chosen = np.where(t < 0, logits.argmax(1), t)
-        return {
-            "logits": logits,
-            "relevance": outputs["relevance"],
-            "bias_relevance": outputs["bias_relevance"],
-            "target": chosen,
-            "outputs": outputs,
-        }
+            b = self.prepare(baseline)
+        step = max(x.shape[0], 1) if batch_size is None else batch_size
+        for start in range(0, max(x.shape[0], 1), step):
+            feed = {self.input_name: self.prepare(x[start:start + step]), "target": t[start:start + step]}
+            if b is not None:  # one baseline for all, or one per sample
+                feed["baseline"] = b if b.shape[0] == 1 else b[start:start + step]
+            outputs = self.run(feed)
+            logits = outputs[self.logits_name]
+            chosen = np.where(feed["target"] < 0, logits.argmax(1), feed["target"])
+            yield start, {"logits": logits, "relevance": outputs["relevance"],
+                          "bias_relevance": outputs["bias_relevance"], "target": chosen, "outputs": outputs}
 
     @property
     def device(self) -> str:
@@ -142,7 +177,17 @@ def read_onnx(path, what: str = "model", *, weights: bool = True) -> onnx.ModelP
 
 def is_explainer(proto: onnx.ModelProto) -> bool:
     """Whether relgraph compiled this model (its compile record names the explained input)."""
-    return any(p.key == "relgraph.input" for p in proto.metadata_props)
+    return any(p.key == EXPLAINER_KEY for p in proto.metadata_props)
+
+
+def _recorded(values: dict, name: str, what: str, path: str) -> list:
+    """The dimensions of the session input or output the compile record names, or a one-line error for an
+    edited record."""
+    found = values.get(name)
+    if found is None or ("logits" in what and len(found) != 2):
+        raise RelgraphError(f"{path}: its compile record names the {what} '{name}', which the graph does not "
+                            "have as such; recompile the model")
+    return found
 
 
 def read_explainer(path, *, weights: bool = True) -> onnx.ModelProto:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 
 import onnx
 import onnx.inliner
@@ -24,6 +25,7 @@ import onnx.shape_inference
 import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
+from .files import make_folder, replacing
 from .graph import EXPORT_IR_VERSION, to_proto
 from .rules.functions import DOMAIN, DOMAIN_VERSION, function_proto
 
@@ -93,12 +95,22 @@ def untyped_values(proto: onnx.ModelProto) -> list[str]:
 
 
 def save(proto: onnx.ModelProto, path: str, *, overwrite: bool = False) -> None:
-    if os.path.exists(path) and not overwrite:
+    """Write ``proto`` at ``path`` atomically (see :func:`relgraph.files.replacing`).
+
+    Past protobuf's 2 GiB limit the weights go to ``PATH.data`` beside it: written by onnx into a staging
+    folder, then moved into place before the model that points at them.
+    """
+    if os.path.lexists(path) and not overwrite:
         raise RelgraphError(f"output exists: {path} (pass --force to overwrite)")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    big = proto.ByteSize() > 1_900_000_000
-    try:
-        onnx.save_model(proto, path, save_as_external_data=big,
-                        location=os.path.basename(path) + ".data" if big else None)
-    except OSError as exc:
-        raise RelgraphError(f"cannot write {path}: {exc.strerror}") from None
+    if proto.ByteSize() > 1_900_000_000:
+        folder, location = os.path.dirname(os.path.abspath(path)), os.path.basename(path) + ".data"
+        make_folder(folder)
+        onnx.external_data_helper.convert_model_to_external_data(proto, location=location)
+        try:
+            with tempfile.TemporaryDirectory(dir=folder, prefix=f".{location}.") as staging:
+                onnx.external_data_helper.write_external_data_tensors(proto, staging)
+                os.replace(os.path.join(staging, location), os.path.join(folder, location))
+        except OSError as exc:
+            raise RelgraphError(f"cannot write {os.path.join(folder, location)}: {exc.strerror}") from None
+    with replacing(path) as temporary:
+        onnx.save_model(proto, temporary)

@@ -38,10 +38,12 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if not proto.graph.node and not proto.graph.output:
         raise RelgraphError(f"not a readable ONNX model: {path} (empty graph)")
     _check_external_data(proto, path.parent)
+    _check_opset(proto, path)
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as exc:
         raise RelgraphError(f"cannot read external data of {path}: {exc}") from None
+    _check_tensors(proto, path)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -63,6 +65,43 @@ def _check_external_data(proto: onnx.ModelProto, base: Path) -> None:
             )
         if not target.exists():
             raise RelgraphError(f"external data file missing for tensor '{tensor.name}': {location}")
+
+
+def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
+    known = onnx.defs.onnx_opset_version()
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx") and entry.version > known:
+            raise RelgraphError(f"{path} uses opset {entry.version}; this onnx ({onnx.__version__}) knows opsets "
+                                f"up to {known}")
+
+
+# 4-bit element types pack two values a byte; inputs relgraph cannot explain (no gradient, no relevance).
+_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
+_NON_NUMERIC_INPUTS = {onnx.TensorProto.STRING, onnx.TensorProto.BOOL, onnx.TensorProto.COMPLEX64,
+                       onnx.TensorProto.COMPLEX128, onnx.TensorProto.UNDEFINED}
+
+
+def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
+    """Raw data must hold exactly what shape and type declare; graph inputs must be numeric tensors."""
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if not tensor.HasField("raw_data") or tensor.data_type in (onnx.TensorProto.STRING,
+                                                                   onnx.TensorProto.UNDEFINED):
+            continue
+        count = int(np.prod(tensor.dims, dtype=np.int64))
+        if tensor.data_type in _PACKED_4BIT:
+            expected = (count + 1) // 2
+        else:
+            expected = count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        if len(tensor.raw_data) != expected:
+            raise RelgraphError(f"invalid ONNX model {path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} "
+                                f"bytes, its shape {list(tensor.dims)} and type declare {expected}")
+    for value in proto.graph.input:
+        kind = value.type.WhichOneof("value")
+        elem = value.type.tensor_type.elem_type if kind == "tensor_type" else None
+        if elem in _NON_NUMERIC_INPUTS or kind != "tensor_type":
+            what = onnx.TensorProto.DataType.Name(elem) if elem is not None else kind
+            raise RelgraphError(f"input '{value.name}' of {path} is {what}: relgraph explains numeric tensor "
+                                f"inputs only")
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:

@@ -1,306 +1,205 @@
-"""Dependency-free image I/O and relevance heatmap rendering.
+"""Image I/O through Pillow, with limits, and relevance heatmap rendering.
 
-This module only needs numpy and the standard library. It provides:
+Decoding and encoding go through Pillow (an optional dependency: ``pip install 'relgraph[cpu]'``), never
+through code of our own. A picture from outside is hostile until proven otherwise, so decoding is bounded
+before a single pixel is decoded: the header's size (what Pillow will decode, the last IHDR included) must
+stay within :data:`MAX_PIXELS` and :data:`MAX_DECODED_BYTES`, PNG text chunks within Pillow's
+``MAX_TEXT_CHUNK`` / ``MAX_TEXT_MEMORY`` set below, and a truncated file is an error, not a grey picture.
+Decompression is streamed by Pillow into the image's own buffer, so a small file whose data inflates far
+beyond its header stops at the header's size.
 
-* :func:`write_png` / :func:`read_png` -- a minimal PNG encoder and a decoder
-  for non-interlaced PNGs (8-bit gray, RGB, gray+alpha, RGBA, and palette or
-  gray images with 1/2/4/8-bit samples).
-* :func:`relevance_to_rgb` -- a diverging blue/white/red colormap that is
-  symmetric around zero.
-* :func:`overlay`, :func:`upscale` and :func:`heatmap_image` -- helpers to
-  turn a relevance tensor into a viewable RGB image.
+* :func:`decode_image` / :func:`read_image` -- PNG (any bit depth, interlaced, palette), JPEG or WebP →
+  uint8 H×W, H×W×2 (gray + alpha), H×W×3 or H×W×4. :func:`decode_png` / :func:`read_png` are the same.
+* :func:`encode_png` / :func:`write_png` -- uint8 H×W[×{2,3,4}] → an 8-bit PNG (written atomically).
+* :func:`relevance_to_rgb` -- a diverging blue/white/red colormap that is symmetric around zero.
+* :func:`overlay`, :func:`upscale`, :func:`heatmap_image` and :func:`heatmap_strip` -- from relevance to
+  a viewable RGB image; the strip draws at most :data:`MAX_TILES` samples, one at a time.
 """
 
 from __future__ import annotations
 
+import io
 import os
-import struct
-import zlib
-from typing import Iterator, Optional, Tuple, Union
+import warnings
+from typing import Optional, Union
 
 import numpy as np
 
+from .errors import RelgraphError
+from .files import replacing
+
 __all__ = [
-    "write_png",
+    "MAX_PIXELS",
+    "MAX_DECODED_BYTES",
+    "UnsupportedImage",
+    "decode_image",
+    "read_image",
+    "decode_png",
     "read_png",
+    "encode_png",
+    "write_png",
     "relevance_to_rgb",
     "overlay",
     "upscale",
     "heatmap_image",
-    "save_heatmap",
+    "heatmap_strip",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 40_000_000  # a few hundred bytes of PNG can describe gigapixels: refuse before decoding
+MAX_DECODED_BYTES = 192 * 2**20  # what Pillow holds once decoded (16-bit gray: 2 bytes a pixel; RGBA: 4)
+MAX_TEXT_CHUNK = 256 * 2**10  # one PNG text chunk (Pillow's default: 1 MiB)
+MAX_TEXT_MEMORY = 2**20  # all text chunks of one PNG (Pillow's default: 64 MiB)
+MAX_TILES = 64  # samples drawn side by side in one heatmap strip
+INSTALL_PILLOW = "pip install 'relgraph[cpu]' (or pip install pillow)"
 
-# PNG color types and the number of samples per pixel for each.
-_GRAY, _RGB, _PALETTE, _GRAY_ALPHA, _RGBA = 0, 2, 3, 4, 6
-_CHANNELS = {_GRAY: 1, _RGB: 3, _PALETTE: 1, _GRAY_ALPHA: 2, _RGBA: 4}
-_ALLOWED_DEPTHS = {
-    _GRAY: (1, 2, 4, 8, 16),
-    _RGB: (8, 16),
-    _PALETTE: (1, 2, 4, 8),
-    _GRAY_ALPHA: (8, 16),
-    _RGBA: (8, 16),
-}
-_COLOR_TYPE_FOR_CHANNELS = {1: _GRAY, 2: _GRAY_ALPHA, 3: _RGB, 4: _RGBA}
+# The formats relgraph reads, told apart by their first bytes; nothing else is handed to Pillow.
+_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
+_CHANNEL_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+_BYTES_PER_PIXEL = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16B": 2, "I;16L": 2,
+                    "I;16N": 2, "RGB": 3, "YCbCr": 3, "RGBA": 4, "RGBa": 4, "CMYK": 4, "I": 4, "F": 4}
+
+
+class UnsupportedImage(RelgraphError):
+    """An image this installation cannot read: not PNG, JPEG or WebP, or Pillow missing (HTTP 415, not 400)."""
+
+
+def image_format(head: bytes) -> Optional[str]:
+    """"PNG", "JPEG" or "WEBP" from a file's first 12 bytes; None for anything else."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def pillow():
+    """Pillow's Image module with relgraph's limits in force, or a one-line error naming what to install."""
+    try:
+        from PIL import Image, ImageFile, PngImagePlugin
+    except ImportError:
+        raise UnsupportedImage(f"reading and writing images needs Pillow, which is not installed: "
+                               f"{INSTALL_PILLOW}") from None
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a partly grey picture
+    PngImagePlugin.MAX_TEXT_CHUNK = MAX_TEXT_CHUNK
+    PngImagePlugin.MAX_TEXT_MEMORY = MAX_TEXT_MEMORY
+    return Image
 
 
 # ---------------------------------------------------------------------------
-# PNG writing
+# Decoding
 # ---------------------------------------------------------------------------
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    """Serialize one PNG chunk (length, type, data, CRC-32 of type+data)."""
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+def _check_size(width: int, height: int, mode: str, kind: str, max_pixels: int) -> None:
+    """The header check: run on ``Image.open``'s size, before ``load()`` decodes anything."""
+    pixels = width * height
+    if pixels > max_pixels:
+        raise RelgraphError(f"the {_FORMATS[kind]} image is {width}×{height}: more than {max_pixels:,} pixels")
+    decoded = pixels * _BYTES_PER_PIXEL.get(mode, 4)
+    if decoded > MAX_DECODED_BYTES:
+        raise RelgraphError(f"the {_FORMATS[kind]} image is {width}×{height} {mode}: {decoded / 2**20:.0f} MiB "
+                            f"decoded, more than {MAX_DECODED_BYTES / 2**20:.0f} MiB")
 
 
-def _as_png_pixels(image: np.ndarray) -> Tuple[np.ndarray, int]:
-    """Validate an array for :func:`write_png`; return it as HxWxC and its color type."""
-    arr = np.asarray(image)
+def _as_uint8(image) -> np.ndarray:
+    """A loaded Pillow image → uint8 H×W (gray), H×W×2 (gray + alpha), H×W×3 (RGB) or H×W×4 (RGBA).
+
+    1-bit gray becomes 0/255; 16-bit gray v becomes round(255·v/65535) (Pillow keeps it as "I;16");
+    palette images become RGB, or RGBA when they carry transparency; CMYK and YCbCr become RGB.
+    """
+    mode = image.mode
+    if mode.startswith("I"):  # 16- or 32-bit gray
+        values = np.clip(np.asarray(image), 0, 65535).astype(np.uint32)
+        return ((values * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "1":
+        image = image.convert("L")
+    elif mode in ("P", "PA"):
+        image = image.convert("RGBA" if mode == "PA" or "transparency" in image.info else "RGB")
+    elif mode == "La":
+        image = image.convert("LA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA" if "A" in image.getbands() or "a" in image.getbands() else "RGB")
+    return np.array(image, dtype=np.uint8)
+
+
+def _decode(source, kind: Optional[str], max_pixels: int) -> np.ndarray:
+    if kind is None:
+        raise UnsupportedImage("the image is neither PNG nor JPEG nor WebP")
+    Image = pillow()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source, formats=(kind,)) as image:
+                _check_size(image.width, image.height, image.mode, kind, max_pixels)
+                image.load()
+                return _as_uint8(image)
+    except RelgraphError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own, larger cap
+        raise RelgraphError(f"the {_FORMATS[kind]} image is over {max_pixels:,} pixels ({exc})") from None
+    except Exception as exc:  # Pillow raises many types for broken files (OSError, SyntaxError, ValueError...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RelgraphError(f"cannot read the {_FORMATS[kind]}: {reason}") from None
+
+
+def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """PNG, JPEG or WebP bytes → uint8 pixels (see :func:`_as_uint8`), within the limits above.
+
+    Raises :class:`UnsupportedImage` for another format or without Pillow, :class:`RelgraphError` for a
+    broken file or one over the limits.
+    """
+    return _decode(io.BytesIO(data), image_format(bytes(data[:12])), max_pixels)
+
+
+def read_image(path: PathLike, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`decode_image` of a file, streamed from disk."""
+    try:
+        with open(path, "rb") as f:
+            kind = image_format(f.read(12))
+            f.seek(0)
+            return _decode(f, kind, max_pixels)
+    except OSError as exc:
+        raise RelgraphError(f"cannot read {path}: {exc.strerror}") from None
+
+
+decode_png = decode_image
+read_png = read_image
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+def _pillow_image(pixels: np.ndarray):
+    arr = np.asarray(pixels)
     if arr.dtype != np.uint8:
-        raise ValueError(f"write_png expects a uint8 array, got dtype {arr.dtype}")
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.ndim != 3 or arr.shape[2] not in _COLOR_TYPE_FOR_CHANNELS:
-        raise ValueError(
-            f"write_png expects an HxW, HxWx2, HxWx3 or HxWx4 array, got shape {np.shape(image)}"
-        )
+        raise ValueError(f"a PNG is written from a uint8 array, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in _CHANNEL_MODES):
+        raise ValueError(f"a PNG is written from an H×W, H×W×2, H×W×3 or H×W×4 array, got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"write_png cannot encode an empty image of shape {np.shape(image)}")
-    return np.ascontiguousarray(arr), _COLOR_TYPE_FOR_CHANNELS[arr.shape[2]]
+        raise ValueError(f"cannot encode an empty image of shape {arr.shape}")
+    return pillow().fromarray(np.ascontiguousarray(arr))
 
 
 def encode_png(image: np.ndarray, compression: int = 6) -> bytes:
-    """Encode a uint8 image (HxW, HxWx2, HxWx3 or HxWx4) as PNG bytes.
-
-    Rows are stored with filter type 0 (None) and compressed with zlib.
-    """
-    pixels, color_type = _as_png_pixels(image)
-    height, width, channels = pixels.shape
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    rows = pixels.reshape(height, width * channels)
-    raw = np.concatenate([np.zeros((height, 1), dtype=np.uint8), rows], axis=1)
-    body = zlib.compress(raw.tobytes(), compression)
-    return (
-        PNG_SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", body)
-        + _chunk(b"IEND", b"")
-    )
+    """A uint8 H×W, H×W×2, H×W×3 or H×W×4 array as 8-bit PNG bytes (zlib level ``compression``)."""
+    buffer = io.BytesIO()
+    _pillow_image(image).save(buffer, format="PNG", compress_level=compression)
+    return buffer.getvalue()
 
 
 def write_png(path: PathLike, rgb_uint8: np.ndarray) -> None:
-    """Write a uint8 image to ``path`` as an 8-bit PNG.
-
-    Args:
-        path: destination file name.
-        rgb_uint8: array of shape HxW (grayscale), HxWx3 (RGB) or HxWx4
-            (RGBA); HxWx2 (gray+alpha) is accepted as well.
-    """
-    data = encode_png(rgb_uint8)
-    with open(path, "wb") as handle:
-        handle.write(data)
-
-
-# ---------------------------------------------------------------------------
-# PNG reading
-# ---------------------------------------------------------------------------
-
-
-def _iter_chunks(data: bytes) -> Iterator[Tuple[bytes, bytes]]:
-    """Yield ``(type, payload)`` for each chunk, verifying lengths and CRCs."""
-    if not data.startswith(PNG_SIGNATURE):
-        raise ValueError("not a PNG file: missing PNG signature")
-    pos = len(PNG_SIGNATURE)
-    while pos < len(data):
-        if pos + 8 > len(data):
-            raise ValueError("truncated PNG: incomplete chunk header")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            raise ValueError(f"truncated PNG: chunk {kind!r} runs past end of file")
-        payload = data[pos + 8 : end]
-        (crc,) = struct.unpack(">I", data[end : end + 4])
-        if zlib.crc32(kind + payload) & 0xFFFFFFFF != crc:
-            raise ValueError(f"corrupt PNG: CRC mismatch in chunk {kind!r}")
-        yield kind, payload
-        if kind == b"IEND":
-            return
-        pos = end + 4
-    raise ValueError("truncated PNG: missing IEND chunk")
-
-
-def _parse_header(payload: bytes) -> Tuple[int, int, int, int]:
-    """Parse and validate IHDR; return ``(width, height, bit_depth, color_type)``."""
-    if len(payload) != 13:
-        raise ValueError("corrupt PNG: IHDR chunk must be 13 bytes")
-    width, height, depth, color_type, compression, filter_method, interlace = struct.unpack(
-        ">IIBBBBB", payload
-    )
-    if width == 0 or height == 0:
-        raise ValueError(f"corrupt PNG: invalid size {width}x{height}")
-    if color_type not in _CHANNELS:
-        raise ValueError(f"unsupported PNG: unknown color type {color_type}")
-    if depth not in _ALLOWED_DEPTHS[color_type]:
-        raise ValueError(f"corrupt PNG: bit depth {depth} invalid for color type {color_type}")
-    if depth == 16:
-        raise ValueError("unsupported PNG: 16-bit samples are not supported (8-bit only)")
-    if compression != 0 or filter_method != 0:
-        raise ValueError("unsupported PNG: unknown compression or filter method")
-    if interlace != 0:
-        raise ValueError("unsupported PNG: interlaced (Adam7) images are not supported")
-    return width, height, depth, color_type
-
-
-def _paeth(a: int, b: int, c: int) -> int:
-    """Paeth predictor from the PNG specification."""
-    p = a + b - c
-    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-    if pa <= pb and pa <= pc:
-        return a
-    if pb <= pc:
-        return b
-    return c
-
-
-def _unfilter_row(
-    filter_type: int, row: bytearray, prior: bytearray, bpp: int
-) -> bytearray:
-    """Undo one PNG row filter in place and return the reconstructed row."""
-    n = len(row)
-    if filter_type == 0:  # None
-        pass
-    elif filter_type == 1:  # Sub
-        for i in range(bpp, n):
-            row[i] = (row[i] + row[i - bpp]) & 0xFF
-    elif filter_type == 2:  # Up
-        row[:] = ((np.frombuffer(row, np.uint8) + np.frombuffer(prior, np.uint8))).tobytes()
-    elif filter_type == 3:  # Average
-        for i in range(n):
-            left = row[i - bpp] if i >= bpp else 0
-            row[i] = (row[i] + ((left + prior[i]) >> 1)) & 0xFF
-    elif filter_type == 4:  # Paeth
-        for i in range(n):
-            if i >= bpp:
-                left, upper_left = row[i - bpp], prior[i - bpp]
-            else:
-                left, upper_left = 0, 0
-            row[i] = (row[i] + _paeth(left, prior[i], upper_left)) & 0xFF
-    else:
-        raise ValueError(f"corrupt PNG: unknown row filter type {filter_type}")
-    return row
-
-
-def _unfilter(raw: bytes, height: int, stride: int, bpp: int) -> np.ndarray:
-    """Reverse the per-row filters of decompressed image data; return rows as bytes."""
-    expected = height * (stride + 1)
-    if len(raw) < expected:
-        raise ValueError(
-            f"corrupt PNG: image data has {len(raw)} bytes, expected {expected}"
-        )
-    out = np.empty((height, stride), dtype=np.uint8)
-    prior = bytearray(stride)
-    for y in range(height):
-        start = y * (stride + 1)
-        row = bytearray(raw[start + 1 : start + 1 + stride])
-        prior = _unfilter_row(raw[start], row, prior, bpp)
-        out[y] = np.frombuffer(prior, dtype=np.uint8)
-    return out
-
-
-def _unpack_samples(rows: np.ndarray, width: int, depth: int, channels: int) -> np.ndarray:
-    """Split packed rows into an ``height x width*channels`` array of sample values."""
-    if depth == 8:
-        return rows[:, : width * channels]
-    bits = np.unpackbits(rows, axis=1)
-    count = width * channels
-    bits = bits[:, : count * depth].reshape(rows.shape[0], count, depth)
-    weights = (1 << np.arange(depth - 1, -1, -1)).astype(np.uint8)
-    return (bits * weights).sum(axis=2).astype(np.uint8)
-
-
-def _apply_palette(
-    indices: np.ndarray, palette: Optional[bytes], alpha: Optional[bytes]
-) -> np.ndarray:
-    """Map palette indices to RGB (or RGBA when a tRNS chunk is present)."""
-    if palette is None:
-        raise ValueError("corrupt PNG: palette image without PLTE chunk")
-    if len(palette) % 3 != 0 or not palette:
-        raise ValueError("corrupt PNG: PLTE length is not a positive multiple of 3")
-    table = np.frombuffer(palette, dtype=np.uint8).reshape(-1, 3)
-    if alpha is not None:
-        opacity = np.full((table.shape[0], 1), 255, dtype=np.uint8)
-        given = np.frombuffer(alpha, dtype=np.uint8)[: table.shape[0]]
-        opacity[: given.size, 0] = given
-        table = np.concatenate([table, opacity], axis=1)
-    if indices.size and int(indices.max()) >= table.shape[0]:
-        raise ValueError("corrupt PNG: palette index out of range")
-    return table[indices]
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """Decode PNG bytes into a uint8 array; see :func:`read_png`."""
-    header = None
-    palette: Optional[bytes] = None
-    transparency: Optional[bytes] = None
-    idat = []
-    for kind, payload in _iter_chunks(data):
-        if kind == b"IHDR":
-            header = _parse_header(payload)
-        elif header is None:
-            raise ValueError("corrupt PNG: first chunk is not IHDR")
-        elif kind == b"PLTE":
-            palette = payload
-        elif kind == b"tRNS":
-            transparency = payload
-        elif kind == b"IDAT":
-            idat.append(payload)
-    if header is None:
-        raise ValueError("corrupt PNG: missing IHDR chunk")
-    if not idat:
-        raise ValueError("corrupt PNG: missing IDAT chunk")
-    width, height, depth, color_type = header
-    channels = _CHANNELS[color_type]
-
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as exc:
-        raise ValueError(f"corrupt PNG: cannot decompress image data ({exc})") from None
-
-    stride = (width * channels * depth + 7) // 8
-    bpp = max(1, channels * depth // 8)
-    rows = _unfilter(raw, height, stride, bpp)
-    samples = _unpack_samples(rows, width, depth, channels)
-
-    if color_type == _PALETTE:
-        return _apply_palette(samples.reshape(height, width), palette, transparency)
-    if color_type == _GRAY:
-        if depth < 8:
-            samples = (samples.astype(np.uint16) * 255 // ((1 << depth) - 1)).astype(np.uint8)
-        return np.ascontiguousarray(samples.reshape(height, width))
-    return np.ascontiguousarray(samples.reshape(height, width, channels))
-
-
-def read_png(path: PathLike) -> np.ndarray:
-    """Read a non-interlaced PNG file into a uint8 numpy array.
-
-    Supported: 8-bit gray (-> HxW), RGB (-> HxWx3), gray+alpha (-> HxWx2) and
-    RGBA (-> HxWx4); palette images (-> HxWx3, or HxWx4 when the file has a
-    ``tRNS`` chunk); gray images with 1, 2 or 4-bit samples are rescaled to
-    0..255. Color-key transparency (``tRNS`` for gray/RGB) is ignored.
-
-    Raises:
-        ValueError: the file is not a PNG, is corrupt, is interlaced or uses
-            16-bit samples.
-    """
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return decode_png(data)
+    """Write a uint8 image to ``path`` as an 8-bit PNG, atomically (see :func:`relgraph.files.replacing`)."""
+    image = _pillow_image(rgb_uint8)
+    with replacing(path) as temporary:
+        image.save(temporary, format="PNG")
 
 
 # ---------------------------------------------------------------------------
@@ -438,13 +337,22 @@ def heatmap_image(
     return upscale(rgb, factor)
 
 
-def save_heatmap(
-    path: PathLike,
-    relevance: np.ndarray,
-    image: Optional[np.ndarray] = None,
-    size: int = 256,
+def heatmap_strip(
+    relevance: np.ndarray, images: Optional[np.ndarray] = None, size: int = 256, max_tiles: int = MAX_TILES
 ) -> np.ndarray:
-    """Render with :func:`heatmap_image`, write it as PNG and return the pixels."""
-    rgb = heatmap_image(relevance, image=image, size=size)
-    write_png(path, rgb)
-    return rgb
+    """The heatmaps of the first ``max_tiles`` samples of ``relevance`` [N, ...] side by side, 8 white
+    pixels apart, each over ``images[n]`` when given (see :func:`heatmap_image`).
+
+    Tiles are drawn one at a time into the strip, so memory is the strip's, not N float64 copies.
+    """
+    count = min(len(relevance), max_tiles)
+    if count == 0:
+        raise ValueError("no samples to draw")
+    strip = None
+    for n in range(count):
+        tile = heatmap_image(relevance[n], image=None if images is None else images[n], size=size)
+        if strip is None:
+            step = tile.shape[1] + 8
+            strip = np.full((tile.shape[0], step * count - 8, 3), 255, np.uint8)
+        strip[:, n * step:n * step + tile.shape[1]] = tile
+    return strip

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import RelgraphError
+from .files import replacing
 from .statistics import LayerStats, StatisticsRunner
 
 ESTIMATORS = ("linear", "two-component")
@@ -127,11 +128,8 @@ def regime_pattern(st: LayerStats, regime: str) -> np.ndarray:
 def save_patterns(path, patterns: dict, estimator: str) -> None:
     """Write ``patterns`` and the estimator's name as .npz at exactly ``path``."""
     check_estimator(estimator)
-    try:
-        with open(path, "wb") as f:
-            np.savez(f, **{ESTIMATOR_KEY: np.array(estimator)}, **patterns)
-    except OSError as exc:
-        raise RelgraphError(f"cannot write {path}: {exc.strerror}") from None
+    with replacing(path) as temporary, open(temporary, "wb") as f:
+        np.savez(f, **{ESTIMATOR_KEY: np.array(estimator)}, **patterns)
 
 
 def load_patterns(path) -> tuple[dict[str, np.ndarray], str | None]:

@@ -12,35 +12,37 @@ explainer), under two keys:
 
 For a decoded image p (uint8, H'×W'×{1,3,4}) the input is, channel by channel c,
 
-    q = area_resize(to_channels(p))                           (H×W, float)
+    q = to_channels(box_resize(p))                            (H×W, float)
     q = 255 − q                  when invert (or "auto" and the border is brighter than the whole image)
     q = 255·(q − min q)/(max q − min q)                       when autocontrast (and max q > min q)
     x_c = (scale·q_c − mean_c) / std_c
 
 ``to_channels`` puts transparent pixels on white (an alpha-drawn digit reads as ink on paper) and takes
-the luma 0.299R + 0.587G + 0.114B for one channel. ``area_resize`` averages each output pixel's footprint
-with fractional coverage (a box filter), which is how scikit-learn's 8×8 digits were made from 32×32
-bitmaps; the picture is stretched to H×W, not cropped.
+the luma 0.299R + 0.587G + 0.114B for one channel. ``box_resize`` is Pillow's box filter: each output
+pixel is the mean of the input pixels whose centres fall in its footprint; for an integer ratio that is
+the area average, which is how scikit-learn's 8×8 digits were made from 32×32 bitmaps. The picture is
+stretched to H×W, not cropped. Both steps are linear in the pixels once colour is premultiplied by
+alpha, so the resize runs first, on the picture's own uint8 planes one at a time, and the picture is
+never held in floating point at full size.
+
+Decoding (:func:`decode_image`) is :func:`relgraph.heatmap.decode_image`, with its limits.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import struct
 from dataclasses import dataclass
 
 import numpy as np
 
 from .errors import RelgraphError
+from .heatmap import MAX_PIXELS, UnsupportedImage, decode_image, pillow
+
+__all__ = ["PREPROCESS_KEY", "CLASSES_KEY", "MAX_PIXELS", "UnsupportedImage", "Preprocess", "decode_image",
+           "model_preprocess", "model_classes", "box_resize", "to_channels", "border_is_brighter"]
 
 PREPROCESS_KEY = "relgraph.preprocess"
-MAX_PIXELS = 40_000_000  # a few hundred bytes of PNG can inflate to gigabytes: refuse before decoding
 CLASSES_KEY = "relgraph.classes"
-
-
-class UnsupportedImage(RelgraphError):
-    """An image the service cannot read in this installation (HTTP 415, not 400)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Preprocess:
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decoded pixels → (input x float32 [C, H, W], the resized picture uint8 H×W[×3] to draw on)."""
-        q = area_resize(to_channels(pixels, self.channels), self.height, self.width)
+        q = to_channels(box_resize(pixels, self.height, self.width), self.channels, premultiplied=True)
         picture = np.clip(np.round(q), 0, 255).astype(np.uint8)
         if self.invert is True or (self.invert == "auto" and border_is_brighter(q)):
             q = 255.0 - q
@@ -110,51 +112,29 @@ def model_classes(metadata: dict) -> list[str] | None:
     return [str(c) for c in classes]
 
 
-# ------------------------------------------------------------------------------------------- decoding
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """PNG (built in) or JPEG (with Pillow) bytes → uint8 H×W or H×W×{2,3,4}, told apart by their magic."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        from .heatmap import decode_png
-
-        width, height = struct.unpack(">II", data[16:24]) if len(data) >= 24 else (0, 0)
-        if width * height > MAX_PIXELS:
-            raise RelgraphError(f"the image is {width}×{height}: more than {MAX_PIXELS:,} pixels")
-        try:
-            return decode_png(data)
-        except ValueError as exc:
-            raise RelgraphError(f"cannot read the PNG: {exc}") from None
-    if data.startswith(b"\xff\xd8\xff"):
-        return _decode_jpeg(data)
-    raise UnsupportedImage("the image is neither PNG nor JPEG")
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    try:
-        from PIL import Image
-    except ImportError:
-        raise UnsupportedImage("JPEG images need Pillow (pip install pillow); send a PNG instead") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as exc:  # Pillow raises many types for broken files
-        raise RelgraphError(f"cannot read the JPEG: {exc}") from None
-
-
 # ------------------------------------------------------------------------------------------- geometry
 
 
-def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
-    """uint8 H×W[×{2,3,4}] → float64 H×W×channels; alpha composites onto white, one channel is the luma."""
-    p = np.asarray(pixels, np.float64)
+def _layout(pixels: np.ndarray) -> np.ndarray:
+    p = np.asarray(pixels)
     if p.ndim == 2:
         p = p[..., None]
-    if p.ndim != 3 or p.shape[2] not in (1, 2, 3, 4):
+    if p.ndim != 3 or p.shape[2] not in (1, 2, 3, 4) or 0 in p.shape:
         raise RelgraphError(f"unsupported image layout {list(np.shape(pixels))}")
+    return p
+
+
+def to_channels(pixels: np.ndarray, channels: int, *, premultiplied: bool = False) -> np.ndarray:
+    """H×W[×{2,3,4}] → float64 H×W×channels; alpha composites onto white, one channel is the luma.
+
+    q = p·α/255 + 255·(1 − α/255); with ``premultiplied`` (what :func:`box_resize` returns for a
+    picture with alpha) the colour planes already hold p·α/255.
+    """
+    p = np.asarray(_layout(pixels), np.float64)
     if p.shape[2] in (2, 4):  # over white: a transparent background is paper
         alpha = p[..., -1:] / 255.0
-        p = p[..., :-1] * alpha + 255.0 * (1.0 - alpha)
+        colour = p[..., :-1] if premultiplied else p[..., :-1] * alpha
+        p = colour + 255.0 * (1.0 - alpha)
     if channels == 1 and p.shape[2] == 3:
         p = p @ np.array([[0.299], [0.587], [0.114]])
     if channels == 3 and p.shape[2] == 1:
@@ -162,21 +142,35 @@ def to_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
     return p
 
 
-def area_weights(size_in: int, size_out: int) -> np.ndarray:
-    """The [size_out, size_in] box-filter matrix: row i averages input span [i·s, (i+1)·s), s = in/out,
-    each input pixel weighted by the length of its overlap with that span (rows sum to 1)."""
-    edges = np.arange(size_out + 1) * (size_in / size_out)
-    lo, hi = edges[:-1, None], edges[1:, None]
-    pixel = np.arange(size_in)[None, :]
-    overlap = np.clip(np.minimum(hi, pixel + 1) - np.maximum(lo, pixel), 0.0, None)
-    return overlap / overlap.sum(axis=1, keepdims=True)
+def _resize_plane(plane: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One H'×W' plane → height×width by Pillow's box filter, in float32 (Pillow's "F" mode).
+
+    A uint8 plane goes to Pillow as it is and becomes float32 there: 5 bytes a pixel at the peak, not 8.
+    """
+    Image = pillow()
+    if plane.dtype == np.uint8:
+        image = Image.fromarray(np.ascontiguousarray(plane)).convert("F")
+    else:
+        image = Image.fromarray(np.ascontiguousarray(plane, dtype=np.float32))
+    return np.asarray(image.resize((width, height), Image.Resampling.BOX), np.float64)
 
 
-def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """H'×W'×C → height×width×C by area averaging (separable: rows, then columns)."""
-    rows, cols = area_weights(image.shape[0], height), area_weights(image.shape[1], width)
-    tall = np.tensordot(rows, image, axes=(1, 0))  # two small products, never height×width×H'×W'
-    return np.moveaxis(np.tensordot(tall, cols, axes=(1, 1)), 2, 1)
+def box_resize(pixels: np.ndarray, height: int, width: int, *, premultiply: bool = True) -> np.ndarray:
+    """H'×W'[×C] → float64 height×width×C by Pillow's box filter, one plane at a time (float32 inside).
+
+    Output pixel (i, j) is the mean of the input pixels whose centres fall in [i·s, (i+1)·s) ×
+    [j·t, (j+1)·t), s = H'/height, t = W'/width. With alpha (C = 2 or 4) and ``premultiply`` the colour
+    planes come back premultiplied, resize(p·α/255), next to resize(α): the resize is linear, so
+    :func:`to_channels` then puts them on white exactly as it would the full-size picture.
+    """
+    p = _layout(pixels)
+    planes = p.shape[2]
+    out = np.empty((height, width, planes))
+    alpha = p[..., -1].astype(np.float32) / np.float32(255) if premultiply and planes in (2, 4) else None
+    for c in range(planes):
+        plane = p[..., c] if alpha is None or c == planes - 1 else p[..., c] * alpha
+        out[..., c] = _resize_plane(plane, height, width)
+    return out
 
 
 def border_is_brighter(image: np.ndarray) -> bool:

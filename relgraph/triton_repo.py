@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import onnx
 
 from .errors import RelgraphError
 from .explainer import read_explainer
+from .files import make_folder, same_file
 
 TRITON_TYPES = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -69,14 +71,37 @@ def export_triton(explainer: str, repo: str, *, name: str | None = None, max_bat
         raise RelgraphError(f"invalid model name '{name}' (no slashes or spaces)")
     config = model_config(model, name, max_batch)
     folder = os.path.join(repo, name)
-    if os.path.exists(folder):
+    locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+    copies = {explainer: "model.onnx", **{os.path.join(os.path.dirname(explainer), loc): loc for loc in locations}}
+    if os.path.lexists(folder):
+        if not os.path.isdir(folder):
+            raise RelgraphError(f"cannot write {folder}: it is a file, not a folder")
+        inside = [os.path.join(root, f) for root, _, files in os.walk(folder) for f in files]
+        taken = next((s for s in copies for f in inside if same_file(s, f)), None)
+        if taken:
+            raise RelgraphError(f"refusing to replace {folder}: it holds the input {taken}; choose another --repo")
         if not overwrite:
             raise RelgraphError(f"model folder exists: {folder} (pass --force to replace it)")
-        shutil.rmtree(folder)
-    os.makedirs(os.path.join(folder, "1"))
-    shutil.copyfile(explainer, os.path.join(folder, "1", "model.onnx"))
-    for location in {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}:
-        shutil.copyfile(os.path.join(os.path.dirname(explainer), location), os.path.join(folder, "1", location))
-    with open(os.path.join(folder, "config.pbtxt"), "w") as f:
-        f.write(config)
+    # built beside its place, then swapped in: an interrupted export leaves the old folder, or none
+    make_folder(repo)
+    try:
+        staging = tempfile.mkdtemp(dir=repo, prefix=f".{name}.")
+        try:
+            for source, name_in_repo in copies.items():
+                target = os.path.join(staging, "1", name_in_repo)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
+            with open(os.path.join(staging, "config.pbtxt"), "w") as f:
+                f.write(config)
+            retired = staging + ".old"
+            if os.path.lexists(folder):
+                os.replace(folder, retired)
+            os.replace(staging, folder)
+            if os.path.lexists(retired):
+                shutil.rmtree(retired)
+        finally:
+            if os.path.lexists(staging):
+                shutil.rmtree(staging)
+    except OSError as exc:
+        raise RelgraphError(f"cannot write {folder}: {exc.strerror or exc}") from None
     return folder

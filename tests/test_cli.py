@@ -14,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import relgraph
-from relgraph.heatmap import read_png
+from relgraph.heatmap import read_image
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "digits" / "digits_cnn.onnx"
@@ -52,7 +52,7 @@ def test_compile_explain_png(explainer, tmp_path):
     png = tmp_path / "heat.png"
     code, out, err = run("explain", explainer, SAMPLES, "-o", png)
     assert code == 0, err
-    img = read_png(png)
+    img = read_image(png)
     assert img.ndim == 3 and img.shape[2] == 3 and img.shape[0] >= 200
     assert out.count("sample ") == 8
 
@@ -63,6 +63,29 @@ def test_explain_npy_matches_api(explainer, tmp_path):
     assert code == 0, err
     direct = relgraph.Explainer(explainer).explain(np.load(SAMPLES), target=3)["relevance"]
     np.testing.assert_allclose(np.load(npy), direct, rtol=1e-6)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_explain_image_input(explainer, tmp_path, fmt):
+    """An 8×8 gray picture (PNG, lossless WebP, JPEG) explained as pixels/255, as Pillow itself decodes it."""
+    Image = pytest.importorskip("PIL.Image")
+    with Image.open(ROOT / "models" / "digits" / "sample0.png") as im:
+        pixels = np.asarray(im.convert("L"))
+    picture = tmp_path / f"digit.{fmt.lower()}"
+    Image.fromarray(pixels).save(picture, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    with Image.open(picture) as im:
+        decoded = np.asarray(im.convert("L"), np.float32)
+    if fmt != "JPEG":
+        np.testing.assert_array_equal(decoded, pixels)
+    npy = tmp_path / "r.npy"
+    code, _, err = run("explain", explainer, picture, "--target", "2", "-o", npy)
+    assert code == 0, err
+    direct = relgraph.Explainer(explainer).explain((decoded / 255)[None, None], target=2)["relevance"]
+    np.testing.assert_allclose(np.load(npy), direct, rtol=1e-5, atol=1e-7)
+    big = tmp_path / "big.png"
+    Image.fromarray(np.kron(pixels, np.ones((2, 2), np.uint8))).save(big)
+    code, _, err = run("explain", explainer, big, "-o", tmp_path / "r2.npy")
+    assert_one_line_error(code, err, "the image is 16×16, the model takes 8×8")
 
 
 def test_default_output_beside_model_never_overwrites(tmp_path):
@@ -181,3 +204,181 @@ def test_external_data_outside_model_folder_is_refused(tmp_path):
     onnx.save(m, sub / "m.onnx")
     code, _, err = run("compile", sub / "m.onnx", "-o", tmp_path / "o.onnx")
     assert_one_line_error(code, err, "outside the model's folder")
+
+
+# ------------------------------------------------------------------------------------------- never lose a file
+
+
+def _link(kind, target, link):
+    if kind == "symlink":
+        os.symlink(target, link)
+    elif kind == "hardlink":
+        os.link(target, link)
+    else:  # the same file spelled through another folder
+        (link.parent / "sub").mkdir(exist_ok=True)
+        return link.parent / "sub" / ".." / Path(target).name
+    return link
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hardlink", "dotdot"])
+def test_output_that_is_an_input_is_refused_even_with_force(kind, explainer, tmp_path):
+    """compile, explain and fit-patterns: -o reaching an input by any path, with --force, leaves it intact."""
+    model, data, copy = tmp_path / "m.onnx", tmp_path / "x.npy", tmp_path / "e.onnx"
+    model.write_bytes(MODEL.read_bytes())
+    data.write_bytes(SAMPLES.read_bytes())
+    copy.write_bytes(Path(explainer).read_bytes())
+    cases = [(model, ["compile", model, "--rule", "epsilon"]), (copy, ["explain", copy, data]),
+             (data, ["explain", copy, data]), (data, ["fit-patterns", model, "--data", data])]
+    for n, (target, command) in enumerate(cases):
+        before = digest(target)
+        out = _link(kind, target, tmp_path / f"out{n}{target.suffix if target != data else '.npz'}")
+        code, _, err = run(*command, "-o", out, "--force")
+        assert_one_line_error(code, err, "refusing to overwrite the input")
+        assert digest(target) == before
+
+
+def test_writes_replace_atomically(explainer, tmp_path):
+    """An output is written beside itself and renamed into place: a hard link to the old file keeps the old
+    bytes (the file was replaced, not rewritten), the mode follows the umask, nothing is left behind."""
+    out = tmp_path / "r.npy"
+    np.save(out, np.zeros(3))
+    keep = tmp_path / "old.npy"
+    os.link(out, keep)
+    code, _, err = run("explain", explainer, SAMPLES, "-o", out, "--force")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.load(keep), np.zeros(3))
+    assert np.load(out).shape == (8, 1, 8, 8)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.npy", "r.npy"]
+
+
+def test_replacing_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    from relgraph.files import replacing
+
+    out = tmp_path / "keep.bin"
+    out.write_bytes(b"old")
+    with pytest.raises(ZeroDivisionError):
+        with replacing(out) as temporary:
+            Path(temporary).write_bytes(b"half")
+            1 / 0
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["keep.bin"]
+
+
+def _gemm_model(path, opset=17, elem=TensorProto.FLOAT, extra_bytes=0):
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "W")
+    w.raw_data += b"\0" * extra_bytes
+    g = helper.make_graph([helper.make_node("Gemm", ["x", "W"], ["logits"], transB=1)], "g",
+                          [helper.make_tensor_value_info("x", elem, ["N", 4])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 10
+    onnx.save(m, path)
+    return path
+
+
+def _tampered(explainer, path, key, value):
+    m = onnx.load(explainer)
+    entries = {p.key: p.value for p in m.metadata_props}
+    if value is None:
+        del entries[key]
+    else:
+        entries[key] = value
+    onnx.helper.set_model_props(m, entries)
+    onnx.save(m, path)
+    return path
+
+
+MISTAKES = ["below-a-file", "npz-named-npy", "empty-png", "raw-data-too-long", "tampered-input", "tampered-logits",
+            "tampered-rules", "compile-an-explainer", "string-input", "bool-input", "epsilon-nan", "epsilon-inf",
+            "gamma-nan", "opset-99", "nan-in-the-last-chunk"]
+
+
+@pytest.mark.parametrize("case", MISTAKES)
+def test_user_mistakes_are_one_line(case, explainer, tmp_path):
+    """Each of these ended in an internal error (exit 3) or a traceback before; now one line, exit 2."""
+    out = tmp_path / "o.onnx"
+    if case == "below-a-file":
+        args, needle = ["explain", explainer, SAMPLES, "-o", SAMPLES / "r.npy"], "is a file, not a folder"
+    elif case == "npz-named-npy":
+        bad = tmp_path / "x.npy"
+        with open(bad, "wb") as f:
+            np.savez(f, x=np.load(SAMPLES))
+        args, needle = ["explain", explainer, bad, "-o", tmp_path / "r.npy"], "is an .npz archive"
+    elif case == "empty-png":
+        empty = tmp_path / "e.npy"
+        np.save(empty, np.zeros((0, 1, 8, 8), np.float32))
+        args, needle = ["explain", explainer, empty, "-o", tmp_path / "h.png"], "holds no samples"
+    elif case == "raw-data-too-long":
+        args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", extra_bytes=16), "-o", out], "holds 64 bytes"
+    elif case.startswith("tampered"):
+        key, value = {"tampered-input": ("relgraph.input", "nope"), "tampered-logits": ("relgraph.logits", None),
+                      "tampered-rules": ("relgraph.rules", "{not json")}[case]
+        bad = _tampered(explainer, tmp_path / "t.onnx", key, value)
+        args, needle = ["explain", bad, SAMPLES, "-o", tmp_path / "r.npy"], "recompile"
+    elif case == "compile-an-explainer":
+        args, needle = ["compile", explainer, "-o", out], "already a relgraph explainer"
+    elif case in ("string-input", "bool-input"):
+        elem = TensorProto.STRING if case == "string-input" else TensorProto.BOOL
+        args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", elem=elem), "-o", out], "numeric tensor inputs"
+    elif case.startswith(("epsilon", "gamma")):
+        name, value = case.split("-")
+        args, needle = ["compile", MODEL, f"--{name}", value, "-o", out], "must be a finite number"
+    elif case == "opset-99":
+        args, needle = ["compile", _gemm_model(tmp_path / "m.onnx", opset=99), "-o", out], "opset 99"
+    else:  # chunks before it are explained and streamed: the half-written output must vanish
+        x = np.load(SAMPLES)
+        x[-1, 0, 3, 3] = np.nan
+        np.save(tmp_path / "x.npy", x)
+        args = ["explain", explainer, tmp_path / "x.npy", "--batch-size", "2", "-o", tmp_path / "r.npy"]
+        needle = "NaN"
+    code, _, err = run(*args)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists() and not (tmp_path / "r.npy").exists() and not (tmp_path / "h.png").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+# ------------------------------------------------------------------------------------------- chunks
+
+
+def test_explain_in_chunks_streams_what_one_call_gives(explainer, tmp_path):
+    """--batch-size 3 over 70 samples (chunks of 3, the last of 1): .npy and .npz hold what one session call
+    on all 70 gives; the .png draws the first 64 and says so."""
+    x = np.concatenate([np.load(SAMPLES)] * 9)[:70] * np.linspace(0.5, 1.5, 70, dtype=np.float32)[:, None, None, None]
+    data = tmp_path / "x.npy"
+    np.save(data, x)
+    whole = relgraph.Explainer(explainer).explain(x, target=np.arange(70) % 10, batch_size=None)
+    chunked = relgraph.Explainer(explainer).explain(x, target=np.arange(70) % 10, batch_size=3)
+    for key, value in whole["outputs"].items():
+        np.testing.assert_allclose(chunked["outputs"][key], value, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(chunked["target"], np.arange(70) % 10)
+    direct = relgraph.Explainer(explainer).explain(x, batch_size=None)
+    code, out, err = run("explain", explainer, data, "--batch-size", "3", "-o", tmp_path / "r.npz")
+    assert code == 0, err
+    assert out.count("sample ") == 20 and "... and 50 more samples" in out
+    with np.load(tmp_path / "r.npz") as saved:
+        assert set(saved.files) == {*(k.replace("/", "__") for k in direct["outputs"]), "target"}
+        for key, value in direct["outputs"].items():
+            np.testing.assert_allclose(saved[key.replace("/", "__")], value, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(saved["target"], direct["target"])
+    code, _, err = run("explain", explainer, data, "--batch-size", "3", "-o", tmp_path / "r.npy")
+    assert code == 0, err
+    np.testing.assert_allclose(np.load(tmp_path / "r.npy"), direct["relevance"], rtol=1e-6, atol=1e-7)
+    code, _, err = run("explain", explainer, data, "-o", tmp_path / "h.png")
+    assert code == 0 and "first 64 of 70 samples" in err, err
+    assert read_image(tmp_path / "h.png").shape == (256, 64 * 256 + 63 * 8, 3)
+    code, _, err = run("explain", explainer, data, "--batch-size", "0", "-o", tmp_path / "z.npy")
+    assert_one_line_error(code, err, "--batch-size must be at least 1")
+
+
+def test_without_pillow_images_are_one_line_naming_the_extra(explainer, tmp_path):
+    blocked = ("import sys; sys.modules['PIL'] = None; from relgraph.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    for args in (["explain", explainer, ROOT / "models" / "digits" / "sample0.png", "-o", tmp_path / "r.npy"],
+                 ["explain", explainer, SAMPLES, "-o", tmp_path / "h.png"]):
+        proc = subprocess.run([sys.executable, "-c", blocked, *map(str, args)], capture_output=True, text=True,
+                              cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert_one_line_error(proc.returncode, proc.stderr, "needs Pillow", "pip install 'relgraph[cpu]'")
+        assert "sample 0" not in proc.stdout  # refused before any work
+    assert not list(tmp_path.iterdir())

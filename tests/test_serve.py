@@ -22,7 +22,7 @@ import pytest
 
 import relgraph
 from relgraph.explainer import Explainer
-from relgraph.preprocess import Preprocess, area_resize
+from relgraph.preprocess import Preprocess, box_resize
 from relgraph.serve import ExplainServer
 from serve_client import (MODEL, ROOT, RULE, TEST_X, assert_explained, digit_pixels, digit_png, direct_call,
                           mixed_request, multipart, npy, request)
@@ -80,14 +80,24 @@ def test_metadata_travels_from_model_to_explainer(explainer_path, server):
     assert status == 200 and headers["Content-Type"].startswith("text/html") and b'id="file"' in body
 
 
-def test_area_resize_equals_supersampled_block_mean():
-    """Reference: repeat every pixel `out` times, then average blocks of `in` — exact area coverage."""
+def test_box_resize_is_the_mean_of_the_pixels_centred_in_each_footprint():
+    """Reference: output pixel i (centre (i + ½)·s, s = in/out) averages the input pixels k whose centres
+    lie within half a footprint f = max(s, 1): −f/2 < k + ½ − (i + ½)·s ≤ f/2 (nearest pixel when
+    enlarging); for an integer ratio that is the block mean (area averaging)."""
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (7, 5, 3))
-    for h, w in [(3, 2), (8, 8), (14, 10), (7, 5)]:
-        big = np.repeat(np.repeat(image, h, axis=0), w, axis=1)  # (7h, 5w): every span is whole pixels
-        ref = big.reshape(h, 7, w, 5, 3).mean(axis=(1, 3))
-        np.testing.assert_allclose(area_resize(image, h, w), ref, rtol=1e-12, atol=1e-9)
+
+    def members(size_in, size_out):
+        step = size_in / size_out
+        offset = (np.arange(size_in) + 0.5)[None, :] - (np.arange(size_out)[:, None] + 0.5) * step
+        half = max(step, 1.0) / 2
+        return (offset > -half) & (offset <= half)
+
+    for h, w in [(3, 2), (8, 8), (14, 10), (7, 5), (1, 1)]:
+        ref = np.array([[image[r][:, c].mean(axis=(0, 1)) for c in members(5, w)] for r in members(7, h)])
+        np.testing.assert_allclose(box_resize(image, h, w, premultiply=False), ref, rtol=1e-6, atol=1e-4)
+    big = np.repeat(np.repeat(image, 3, axis=0), 4, axis=1)
+    np.testing.assert_allclose(box_resize(big, 7, 5, premultiply=False), image, rtol=1e-6, atol=1e-4)
 
 
 def test_photo_of_dark_digit_on_white_becomes_the_data(server):

@@ -18,6 +18,7 @@ import onnx
 
 from ..errors import TRITON_STACK, RelgraphError, require
 from ..explainer import read_explainer
+from ..files import check_output
 from .plan import Plan, Step, lower
 
 EXPLAINER_FILE, PLAN_FILE = "explainer.onnx", "plan.json"
@@ -64,8 +65,10 @@ def compile_triton(model_path, output=None, *, overwrite: bool = False, dtype: s
         if options.get("formulation") == "q":
             label += "-q"
         output = str(output or default_output_dir(model_path, label))
-        if os.path.abspath(output) == os.path.abspath(model_path):
-            raise RelgraphError("refusing to overwrite the input model; choose another -o")
+        inputs = [model_path, *(options.get(k) for k in ("rule_map", "baseline", "patterns")
+                                if isinstance(options.get(k), (str, os.PathLike)))]
+        for name in (EXPLAINER_FILE, PLAN_FILE):  # the folder's files, never one of the inputs
+            check_output(os.path.join(output, name), inputs, overwrite=True)
         if os.path.exists(output) and not overwrite:
             raise RelgraphError(f"output exists: {output} (pass --force to overwrite)")
         if os.path.exists(output) and not os.path.isdir(output):

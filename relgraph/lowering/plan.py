@@ -38,6 +38,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import RelgraphError
+from ..files import replacing
 
 FORMAT = "relgraph.plan/1"
 DOMAIN = "relgraph"
@@ -138,7 +139,7 @@ class Plan:
         return plan
 
     def save(self, path) -> None:
-        with open(path, "w") as f:
+        with replacing(path) as temporary, open(temporary, "w") as f:
             json.dump(self.to_json(), f, indent=1)
 
     @classmethod
