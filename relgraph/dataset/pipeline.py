@@ -28,7 +28,9 @@ from . import store
 from .sources import Spec, read_segment
 
 CONNECT_TIMEOUT_S = 5.0
-READ_CPUS = 0.25  # reading is light next to explaining: read tasks must not wait for the actors' CPUs
+# Read tasks hold no CPU: reading is light next to explaining, and a task that asked for a CPU could wait
+# forever on a node whose CPUs the actors hold. Their number in flight is capped instead.
+READS_PER_WORKER = 2
 
 
 def downsample(relevance: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -166,8 +168,8 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * block_bytes)
     items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.map_batches(read_blocks, batch_size=1, fn_kwargs={"spec": spec}, num_cpus=READ_CPUS,
-                        batch_format="numpy")
+    ds = ds.map_batches(read_blocks, batch_size=1, fn_kwargs={"spec": spec}, num_cpus=0,
+                        concurrency=READS_PER_WORKER * workers, batch_format="numpy")
     ds = ds.map_batches(ExplainWorker, batch_size=None, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=workers),
                         fn_constructor_kwargs={"path": os.path.abspath(explainer_path), "out": os.path.abspath(out),
