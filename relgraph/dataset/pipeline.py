@@ -61,8 +61,9 @@ def connect(address: str | None, *, num_cpus: float, num_gpus: float) -> None:
         except Exception as exc:
             raise RelgraphError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
         return
-    ray.init(num_cpus=max(1, int(np.ceil(num_cpus))), num_gpus=int(np.ceil(num_gpus)), include_dashboard=False,
-             logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    # "local": a new instance of our own, even where another Ray runs on this machine (ray.init() would join it)
+    ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), num_gpus=int(np.ceil(num_gpus)),
+             include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
 
 
 def _check_answers(address: str) -> None:
@@ -169,7 +170,7 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
     items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_blocks, batch_size=1, fn_kwargs={"spec": spec}, num_cpus=0,
-                        concurrency=READS_PER_WORKER * workers, batch_format="numpy")
+                        concurrency=min(READS_PER_WORKER * workers, len(todo)), batch_format="numpy")
     ds = ds.map_batches(ExplainWorker, batch_size=None, batch_format="numpy",
                         compute=ray.data.ActorPoolStrategy(size=workers),
                         fn_constructor_kwargs={"path": os.path.abspath(explainer_path), "out": os.path.abspath(out),
