@@ -37,6 +37,7 @@ def plan(explainer_path: str, data: str, *, block_rows: int, batch_size: int, ta
     from ..explainer import Explainer
 
     explainer = Explainer(explainer_path, backend="onnxruntime")  # a triton folder: its ONNX explainer
+    explainer.targets(target, 1)  # a class out of range is a one-line error here, not in every actor
     spec = _sources.spec_of(explainer)
     if store_size and len(spec.sample_shape) != 3:
         raise RelgraphError("--store-size needs image inputs [N, C, H, W]")
@@ -78,7 +79,7 @@ def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int
     if todo:
         from .pipeline import connect, run
 
-        connect(address, num_cpus=workers * cpus_per_worker + 1, num_gpus=workers * gpus_per_worker)
+        connect(address, num_cpus=workers * cpus_per_worker + 1)
         rows = sum(stop - begin for _, b in todo for *_, begin, stop in b)
         with Progress(rows, "explaining", min_total=1 if progress else rows + 1) as bar:
             computed = run(explainer_path, out, todo, spec, batch_size=batch_size, target=target,

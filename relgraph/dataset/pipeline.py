@@ -45,9 +45,9 @@ def downsample(relevance: np.ndarray, height: int, width: int) -> np.ndarray:
     return (np.einsum("ia,ncab,jb->ncij", rows, relevance.astype(np.float64), cols) * scale).astype(np.float32)
 
 
-def connect(address: str | None, *, num_cpus: float, num_gpus: float) -> None:
+def connect(address: str | None, *, num_cpus: float) -> None:
     """Join the cluster at ``address`` (checked to answer within a few seconds first), or start Ray
-    locally with no dashboard and only the CPUs and GPUs the run asks for."""
+    locally with no dashboard and only the CPUs the run asks for (GPUs: those Ray finds)."""
     import ray
 
     _quiet()
@@ -62,8 +62,8 @@ def connect(address: str | None, *, num_cpus: float, num_gpus: float) -> None:
             raise RelgraphError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
         return
     # "local": a new instance of our own, even where another Ray runs on this machine (ray.init() would join it)
-    ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), num_gpus=int(np.ceil(num_gpus)),
-             include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False)
 
 
 def _check_answers(address: str) -> None:
@@ -83,6 +83,15 @@ def _quiet() -> None:
     # Ray's own notes go to its log files, not to the user's terminal
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+def _check_resources(available: dict, cpus: float, gpus: float) -> None:
+    """An actor that asks for more than the cluster has would wait forever: say so instead."""
+    for name, wanted, flag in (("CPU", cpus, "--cpus-per-worker"), ("GPU", gpus, "--gpus-per-worker")):
+        have = available.get(name, 0.0)
+        if wanted > have:
+            raise RelgraphError(f"{flag} {wanted:g}: the Ray cluster has {have:g} {name}s in all, so no worker "
+                                "could start")
 
 
 def read_blocks(batch: dict, spec: Spec) -> dict:
@@ -163,8 +172,9 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    block_bytes = int(np.prod(spec.sample_shape)) * 4 * max(len(s) and sum(e - b for *_, b, e in s)
-                                                            for _, s in todo)
+    _check_resources(ray.cluster_resources(), cpus_per_worker, gpus_per_worker)
+    block_bytes = int(np.prod(spec.sample_shape)) * 4 * max(sum(stop - start for *_, start, stop in segments)
+                                                            for _, segments in todo)
     # a block travels whole from its read task to its actor: Ray must not split it on the way
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * block_bytes)
     items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]

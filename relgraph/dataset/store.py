@@ -71,6 +71,9 @@ def prepare(out: str, manifest: dict, *, force: bool) -> set[int]:
         with open(os.path.join(out, MANIFEST)) as f:
             previous = json.load(f)
         if previous == manifest and not force:
+            for name in entries:  # what an interrupted run left half-written
+                if name.startswith(".part-") and name.endswith(".tmp"):
+                    os.remove(os.path.join(out, name))
             return finished_blocks(out)
         if not force:
             changed = [k for k in manifest if previous.get(k) != manifest[k]]
