@@ -140,16 +140,20 @@ def _spray_cli(out, report, *extra):
 def test_spray_finds_the_texture_shortcut(shapes, tmp_path):
     """Class 0 (disc; its shortcut texture: horizontal stripes): the eigengap finds two strategies and they
     are the texture-driven and the object-driven samples (texture = class or not)."""
-    report, stdout = _spray_cli(shapes["shapes_cnn"][0], tmp_path / "report", "--features", "histogram")
+    report, stdout = _spray_cli(shapes["shapes_cnn"][0], tmp_path / "report", "--features", "histogram",
+                                "--class", "0")
+    assert list(report) == ["0"]
     c0 = report["0"]
     assert c0["k"] == 2, stdout
+    assert len(c0["tsne"]) == len(c0["tsne_index"]) == len(c0["ids"])  # fewer than 1,000: all mapped
     ari = adjusted_rand_score(_texture_agrees(shapes, c0["ids"], 0), c0["clusters"])
     assert ari >= 0.8, (ari, stdout)
     assert len(c0["ids"]) == len(set(c0["ids"])) == len(c0["clusters"])
     assert len(c0["eigenvalues"]) == 32 and c0["eigenvalues"][0] < 1e-8
-    for name in ("index.html", "class0_eigenvalues.png", "class0_embedding.png", "class0_prototypes.png"):
-        assert (tmp_path / "report" / name).stat().st_size > 1000
     page = (tmp_path / "report" / "index.html").read_text()
+    for name in ("class0_eigenvalues.png", "class0_embedding.png", "class0_prototypes.png"):
+        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "report" / name).stat().st_size > 5000 and f'src="{name}"' in page
     assert "http" not in page and "<script" not in page  # opens offline
 
 

@@ -17,8 +17,9 @@ Lapuschkin et al. 2019, "Unmasking Clever Hans predictors and assessing what mac
    eigenvalues near 0 and then a jump.
 5. **k-means** (scikit-learn, seeded) on the rows of the first k eigenvectors scaled to unit length
    (Ng, Jordan & Weiss 2001); k = 1 puts every sample in one cluster.
-6. a **t-SNE** 2-d map of the spectral embedding for the picture, and per cluster its **prototypes**: the
-   mean heatmap and the samples nearest the cluster's centre in the embedding.
+6. a **t-SNE** 2-d map of the spectral embedding for the picture (of at most 1,000 samples per class, a
+   seeded subset beyond), and per cluster its **prototypes**: the mean heatmap and the samples nearest the
+   cluster's centre in the embedding.
 
 scikit-learn and scipy are optional (``pip install 'relgraph[dataset]'``).
 """
@@ -35,6 +36,7 @@ from ..errors import RelgraphError, require
 
 FEATURES = ("pixels", "histogram")
 HISTOGRAM_BINS = 40
+TSNE_SAMPLES = 1000  # the t-SNE map shows at most this many samples of a class
 SPRAY_STACK = ("sklearn", "scipy")
 
 
@@ -47,7 +49,8 @@ class ClassAnalysis:
     clusters: np.ndarray
     eigenvalues: np.ndarray
     k: int
-    embedding: np.ndarray | None = None              # t-SNE [n, 2]
+    embedding: np.ndarray | None = None              # t-SNE [m, 2] of the samples embedded_index
+    embedded_index: np.ndarray | None = None
     prototypes: dict = field(default_factory=dict)   # cluster → {"size", "central": [indices]}
     means: dict = field(default_factory=dict)        # cluster → mean heatmap [h, w]
 
@@ -58,6 +61,7 @@ class ClassAnalysis:
                "prototypes": {str(c): [self.ids[i] for i in p["central"]] for c, p in self.prototypes.items()}}
         if self.embedding is not None:
             out["tsne"] = np.round(self.embedding, 4).tolist()
+            out["tsne_index"] = self.embedded_index.tolist()  # positions in ids
         return out
 
 
@@ -153,15 +157,19 @@ def kmeans(vectors: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(e).astype(np.int64)
 
 
-def tsne(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Step 6: a 2-d t-SNE map of the spectral embedding (perplexity ≤ 30, below n/3 for small classes)."""
+def tsne(vectors: np.ndarray, seed: int = 0, limit: int = TSNE_SAMPLES) -> tuple[np.ndarray, np.ndarray]:
+    """Step 6: a 2-d t-SNE map of the spectral embedding (perplexity ≤ 30, below n/3 for small classes).
+
+    The map is a picture, and t-SNE's cost grows faster than the rest of SpRAy: beyond ``limit`` samples it
+    maps a seeded random subset of ``limit``. Returns (indices mapped, coordinates [len(indices), 2])."""
     from sklearn.manifold import TSNE
 
     n = len(vectors)
+    index = np.arange(n) if n <= limit else np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
     if n < 5:
-        return np.zeros((n, 2))
-    return TSNE(n_components=2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed,
-                max_iter=500).fit_transform(vectors)
+        return index, np.zeros((n, 2))
+    return index, TSNE(n_components=2, perplexity=min(30.0, (len(index) - 1) / 3), init="pca",
+                       random_state=seed, max_iter=500).fit_transform(vectors[index])
 
 
 def analyse(relevance: np.ndarray, ids, label: int, *, kind: str = "pixels", size=(32, 32), neighbors: int = 10,
@@ -179,7 +187,8 @@ def analyse(relevance: np.ndarray, ids, label: int, *, kind: str = "pixels", siz
     k = int(labels.max()) + 1
     result = ClassAnalysis(label, list(ids), labels, lam, k)
     space = vectors[:, :max(k, 2)]
-    result.embedding = tsne(vectors[:, :min(len(lam), 16)], seed) if embed else None
+    if embed:
+        result.embedded_index, result.embedding = tsne(vectors[:, :min(len(lam), 16)], seed)
     maps = heatmaps_2d(relevance)
     for c in range(k):
         members = np.flatnonzero(labels == c)
@@ -245,7 +254,7 @@ def add_command(sub) -> None:
     s.add_argument("--max-clusters", type=int, default=4, help="largest k the eigengap may choose (default 4)")
     s.add_argument("--clusters", type=int, help="use this k instead of the eigengap")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--no-plots", action="store_true", help="write spray.json only")
+    s.add_argument("--no-plots", action="store_true", help="write spray.json only (and skip the t-SNE map)")
     s.add_argument("--force", action="store_true", help="overwrite an existing report")
     s.set_defaults(run=cmd_spray)
 
@@ -261,7 +270,7 @@ def cmd_spray(args) -> None:
     if args.neighbors < 1 or args.max_clusters < 1 or args.eigenvalues < 2:
         raise RelgraphError("--neighbors and --max-clusters must be at least 1, --eigenvalues at least 2")
     results = spray_dataset(args.output, args.report, classes=args.classes, force=args.force,
-                            plots=not args.no_plots, kind=args.features, size=size, neighbors=args.neighbors,
+                            plots=not args.no_plots, embed=not args.no_plots, kind=args.features, size=size, neighbors=args.neighbors,
                             n_eigval=args.eigenvalues, max_clusters=args.max_clusters, clusters=args.clusters,
                             seed=args.seed)
     for c, r in results.items():

@@ -57,10 +57,12 @@ def embedding(path: str, r) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=110)
     e = r.embedding if r.embedding is not None else np.zeros((len(r.ids), 2))
+    clusters = r.clusters[r.embedded_index] if r.embedding is not None else r.clusters
     for c in range(r.k):
-        m = r.clusters == c
+        m = clusters == c
         ax.scatter(e[m, 0], e[m, 1], s=8, color=COLORS[c % len(COLORS)], label=f"cluster {c} ({m.sum()})")
-    ax.set_title(f"class {r.label}: t-SNE of the spectral embedding", fontsize=9)
+    shown = "" if len(e) == len(r.ids) else f" ({len(e)} of {len(r.ids)})"
+    ax.set_title(f"class {r.label}: t-SNE of the spectral embedding{shown}", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(fontsize=7, markerscale=1.5)
