@@ -229,3 +229,25 @@ def test_bad_input_is_one_line_and_exit_2(explainers, tmp_path):
         assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert time.monotonic() - start < 60
     assert (other / store.part_name(0)).read_bytes() == b"kept" and (foreign / "notes.txt").exists()
+
+
+def test_parquet_sources_read_across_row_groups(explainers, tmp_path):
+    """A Parquet source (a fixed-shape tensor column in several row groups) is cut into blocks and read back
+    row for row (the readers alone, without Ray)."""
+    import pyarrow as pa
+
+    from relgraph.dataset import sources
+
+    x = np.load(DIGITS / "test_x.npy")[:50]
+    table = pa.table({"x": pa.FixedShapeTensorArray.from_numpy_ndarray(x), "label": np.arange(50)})
+    pq.write_table(table, tmp_path / "digits.parquet", row_group_size=16)
+    spec = sources.spec_of(relgraph.Explainer(explainers["digits"]))
+    srcs = sources.sources(str(tmp_path / "digits.parquet"), spec)
+    assert [(s.name, s.kind, s.rows) for s in srcs] == [("digits.parquet", "parquet", 50)]
+    blocks = sources.blocks(srcs, 20)
+    assert [b[0][3:] for b in blocks] == [[0, 20], [20, 40], [40, 50]]
+    read = np.concatenate([sources.read_segment(b[0], spec)[0] for b in blocks])
+    np.testing.assert_array_equal(read, x)
+    pq.write_table(pa.table({"x": pa.FixedShapeTensorArray.from_numpy_ndarray(x[:, :, :4])}), tmp_path / "bad.parquet")
+    with pytest.raises(RelgraphError, match=r"holds shape \[50, 1, 4, 8\]"):
+        sources.sources(str(tmp_path / "bad.parquet"), spec)
