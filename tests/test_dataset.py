@@ -152,8 +152,8 @@ def test_resume_computes_only_the_missing_blocks(cluster, explainers, tmp_path):
 
 
 def test_a_node_killed_mid_run_leaves_no_duplicates_and_no_gaps(cluster, explainers, tmp_path):
-    """The node that runs the actors and read tasks is removed after the first blocks are written; a fresh
-    node joins, Ray restarts the actors there and retries the lost tasks."""
+    """The node that runs the actors and read tasks is removed after the first blocks are written; then a
+    fresh node joins, Ray restarts the actors there and retries the lost tasks."""
     d = shapes_data.make_split("heldout", 240)
     np.save(tmp_path / "x.npy", d["x"])
     out = tmp_path / "out"
@@ -172,13 +172,13 @@ def test_a_node_killed_mid_run_leaves_no_duplicates_and_no_gaps(cluster, explain
     deadline = time.monotonic() + 300
     while not store.finished_blocks(str(out)) and time.monotonic() < deadline and thread.is_alive():
         time.sleep(0.2)
-    written_before = len(store.finished_blocks(str(out)))
-    cluster.add_node(num_cpus=2)
     for node in victim:
         cluster.remove_node(node, allow_graceful=False)
+    written_at_kill = len(store.finished_blocks(str(out)))  # counted once the node is gone
+    cluster.add_node(num_cpus=2)
     thread.join(600)
     assert not errors, errors
-    assert 0 < written_before < 20, written_before  # the kill happened mid-run
+    assert 0 < written_at_kill < 20, written_at_kill  # the kill happened mid-run
     got = by_id(out)
     assert got[0] == sorted(f"x.npy:{i}" for i in range(240))  # every id once: no gaps, no duplicates
     sample = {f"x.npy:{i}": d["x"][i] for i in range(0, 240, 19)}
