@@ -135,7 +135,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # Modules that define their own subcommand. They must stay cheap to import (no torch, no triton at top level).
-_COMMAND_MODULES: tuple[str, ...] = ("serve", "evaluate", "aot", "bench")
+_COMMAND_MODULES: tuple[str, ...] = ("serve", "evaluate", "aot", "bench", "dataset", "spray")
 
 
 # ------------------------------------------------------------------------------------------- commands

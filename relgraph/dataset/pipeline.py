@@ -1,0 +1,197 @@
+"""The Ray Data pipeline of ``explain-dataset``: read tasks, then an actor pool of explainers.
+
+    blocks still to do ─from_items─▶ read_blocks (tasks) ─▶ ExplainWorker (actor pool, map_batches) ─▶ part files
+                                       one Ray block per            one onnxruntime session per actor;
+                                       input block                  writes the block, returns its counts
+
+Each actor owns one :class:`~relgraph.explainer.Explainer` (onnxruntime on CPU or CUDA, or a Triton launch
+plan on a GPU actor) and explains each input block in batches of ``batch_size``. Actors and tasks are retried
+by Ray when a worker or a node dies (Ray Data's actor pools restart actors without limit and retry their
+tasks); since a block is written
+atomically under its own name, a retried block replaces itself and the output has neither duplicates nor
+gaps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+
+import numpy as np
+
+from ..errors import RelgraphError
+from ..preprocess import area_weights
+from . import store
+from .sources import Spec, read_segment
+
+CONNECT_TIMEOUT_S = 5.0
+# Read tasks hold no CPU: reading is light next to explaining, and a task that asked for a CPU could wait
+# forever on a node whose CPUs the actors hold. Their number in flight is capped instead.
+READS_PER_WORKER = 2
+
+
+def downsample(relevance: np.ndarray, height: int, width: int) -> np.ndarray:
+    """[N, C, H, W] → [N, C, height, width] by area *sums*: R'_ij = (H/h)(W/w) Σ_ab A_ia R_ab B_jb with A, B
+    the box-filter (area-averaging) matrices, so each output pixel holds the relevance of its footprint and
+    Σ R' = Σ R exactly (conservation survives the downsampling)."""
+    n, c, h0, w0 = relevance.shape
+    if (h0, w0) == (height, width):
+        return relevance
+    rows, cols = area_weights(h0, height), area_weights(w0, width)
+    scale = (h0 / height) * (w0 / width)
+    return (np.einsum("ia,ncab,jb->ncij", rows, relevance.astype(np.float64), cols) * scale).astype(np.float32)
+
+
+def connect(address: str | None, *, num_cpus: float) -> None:
+    """Join the cluster at ``address`` (checked to answer within a few seconds first), or start Ray
+    locally with no dashboard and only the CPUs the run asks for (GPUs: those Ray finds)."""
+    import ray
+
+    _quiet()
+    if ray.is_initialized():
+        return
+    if address:
+        if address != "auto":
+            _check_answers(address)
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as exc:
+            raise RelgraphError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        return
+    # "local": a new instance of our own, even where another Ray runs on this machine (ray.init() would join it)
+    ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False)
+
+
+def _check_answers(address: str) -> None:
+    """ray.init waits long on a dead address; a plain TCP connect says in seconds whether anyone is there."""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise RelgraphError(f"Ray address must be HOST:PORT, ray://HOST:PORT or auto, got {address}")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise RelgraphError(f"no Ray cluster answers at {address}: {exc.strerror or exc}") from None
+
+
+def _quiet() -> None:
+    # before ray.data configures its loggers and the driver's core worker starts: progress is ours, and
+    # Ray's own notes go to its log files, not to the user's terminal
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+
+
+def _check_resources(available: dict, cpus: float, gpus: float) -> None:
+    """An actor that asks for more than the cluster has would wait forever: say so instead."""
+    for name, wanted, flag in (("CPU", cpus, "--cpus-per-worker"), ("GPU", gpus, "--gpus-per-worker")):
+        have = available.get(name, 0.0)
+        if wanted > have:
+            raise RelgraphError(f"{flag} {wanted:g}: the Ray cluster has {have:g} {name}s in all, so no worker "
+                                "could start")
+
+
+def read_blocks(batch: dict, spec: Spec) -> dict:
+    """A read task: one input block (a row of block descriptors) → its samples, failed ones flagged."""
+    ids, sources, rows, xs, errors, block_ids, sizes = [], [], [], [], [], [], []
+    for block, segments in zip(batch["block"], batch["segments"]):
+        segments = json.loads(segments)
+        count = sum(stop - start for _, _, _, start, stop in segments)
+        for segment in segments:
+            name, _, _, start, stop = segment
+            x, err = read_segment(segment, spec)
+            xs.append(x)
+            errors += [e or "" for e in err]
+            ids += [f"{name}:{r}" for r in range(start, stop)]
+            sources += [name] * (stop - start)
+            rows += list(range(start, stop))
+        block_ids += [int(block)] * count
+        sizes += [count] * count
+    return {"block": np.array(block_ids, np.int64), "block_rows": np.array(sizes, np.int64),
+            "id": np.array(ids, object), "source": np.array(sources, object), "row": np.array(rows, np.int64),
+            "x": np.concatenate(xs), "error": np.array(errors, object)}
+
+
+class ExplainWorker:
+    """An actor: one explainer session; each call explains whole blocks and writes them."""
+
+    def __init__(self, path: str, out: str, batch_size: int, target: int | None, store_size, threads: int,
+                 gpus: float):
+        from ..explainer import Explainer
+
+        kwargs = {} if os.path.isdir(path) else {"threads": threads, "spinning": False}
+        if gpus and not os.path.isdir(path):
+            kwargs["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.explainer = Explainer(path, **kwargs)
+        self.out, self.batch_size, self.target, self.store_size = out, batch_size, target, store_size
+
+    def __call__(self, batch: dict) -> dict:
+        done = {"block": [], "rows": [], "failed": [], "seconds": []}
+        for block in np.unique(batch["block"]):
+            start = time.perf_counter()
+            sel = np.flatnonzero(batch["block"] == block)
+            if len(sel) != batch["block_rows"][sel[0]]:  # a block must never be written in part
+                raise RuntimeError(f"block {block}: got {len(sel)} of {batch['block_rows'][sel[0]]} rows")
+            failed = [[batch["id"][i], batch["error"][i]] for i in sel if batch["error"][i]]
+            ok = np.array([i for i in sel if not batch["error"][i]], np.int64)
+            table = store.block_table(*self.explain(batch, ok), failed)
+            store.write_block(self.out, int(block), table)
+            done["block"].append(int(block))
+            done["rows"].append(len(ok))
+            done["failed"].append(len(failed))
+            done["seconds"].append(time.perf_counter() - start)
+        return {k: np.array(v) for k, v in done.items()}
+
+    def explain(self, batch: dict, ok: np.ndarray):
+        x = batch["x"][ok]
+        parts = [self.explainer.explain(x[i:i + self.batch_size], self.target)
+                 for i in range(0, len(x), self.batch_size)]
+        if parts:
+            joined = {k: np.concatenate([p[k] for p in parts]) for k in ("target", "logits", "relevance",
+                                                                      "bias_relevance")}
+        else:  # every sample of the block failed: an empty table of the right shapes
+            classes = self.explainer.num_classes or 0
+            joined = {"target": np.zeros(0, np.int64), "logits": np.zeros((0, classes), np.float32),
+                      "relevance": np.zeros((0, *x.shape[1:]), np.float32), "bias_relevance": np.zeros(0)}
+        relevance = joined["relevance"]
+        if self.store_size:
+            relevance = downsample(relevance, *self.store_size)
+        return (list(batch["id"][ok]), list(batch["source"][ok]), batch["row"][ok], joined["target"],
+                joined["logits"], relevance, joined["bias_relevance"])
+
+
+def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec, *, batch_size: int, target,
+        store_size, workers: int, cpus_per_worker: float, gpus_per_worker: float, on_block=None) -> int:
+    """Explain the blocks ``todo`` ([(index, segments)]) on the connected Ray cluster; return how many
+    were computed. ``on_block(rows)`` is called as each block is written (progress)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    _check_resources(ray.cluster_resources(), cpus_per_worker, gpus_per_worker)
+    block_bytes = int(np.prod(spec.sample_shape)) * 4 * max(sum(stop - start for *_, start, stop in segments)
+                                                            for _, segments in todo)
+    # a block travels whole from its read task to its actor: Ray must not split it on the way
+    ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * block_bytes)
+    items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.map_batches(read_blocks, batch_size=1, fn_kwargs={"spec": spec}, num_cpus=0,
+                        concurrency=min(READS_PER_WORKER * workers, len(todo)), batch_format="numpy")
+    ds = ds.map_batches(ExplainWorker, batch_size=None, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=workers),
+                        fn_constructor_kwargs={"path": os.path.abspath(explainer_path), "out": os.path.abspath(out),
+                                               "batch_size": batch_size, "target": target,
+                                               "store_size": store_size, "gpus": gpus_per_worker,
+                                               "threads": max(1, int(cpus_per_worker))},
+                        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
+    computed = set()
+    for done in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for block, rows, failed in zip(done["block"], done["rows"], done["failed"]):
+            if int(block) not in computed and on_block:
+                on_block(int(rows) + int(failed))
+            computed.add(int(block))
+    return len(computed)
