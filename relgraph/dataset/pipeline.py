@@ -23,7 +23,6 @@ import time
 import numpy as np
 
 from ..errors import RelgraphError
-from ..preprocess import area_weights
 from . import store
 from .sources import Spec, read_segment
 
@@ -31,6 +30,16 @@ CONNECT_TIMEOUT_S = 5.0
 # Read tasks hold no CPU: reading is light next to explaining, and a task that asked for a CPU could wait
 # forever on a node whose CPUs the actors hold. Their number in flight is capped instead.
 READS_PER_WORKER = 2
+
+
+def area_weights(size_in: int, size_out: int) -> np.ndarray:
+    """The [size_out, size_in] box-filter matrix: row i averages input span [i·s, (i+1)·s), s = in/out,
+    each input pixel weighted by the length of its overlap with that span (rows sum to 1)."""
+    edges = np.arange(size_out + 1) * (size_in / size_out)
+    lo, hi = edges[:-1, None], edges[1:, None]
+    pixel = np.arange(size_in)[None, :]
+    overlap = np.clip(np.minimum(hi, pixel + 1) - np.maximum(lo, pixel), 0.0, None)
+    return overlap / overlap.sum(axis=1, keepdims=True)
 
 
 def downsample(relevance: np.ndarray, height: int, width: int) -> np.ndarray:
