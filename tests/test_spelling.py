@@ -109,6 +109,20 @@ BODIES = {
         "   t = Add (h, one)\n   u = Clip (t, zero, three)\n   a = Mul (h, u)",
         "   t = Add (h, one)\n   u = Clip (t, zero, three)\n   k = Cast <to = 1> (u)\n   a = Mul (k, h)",
     ]),
+    # a crop of 1 pixel on each side: Keras's Cropping2D through tf2onnx slices every axis, the batch
+    # included, with INT32_MAX ends; torch, the cropped axes alone
+    "crop": ("Slice", [
+        "   st = Constant <value = int64[2] {1, 1}> ()\n   en = Constant <value = int64[2] {5, 5}> ()"
+        "\n   ax = Constant <value = int64[2] {2, 3}> ()\n   a = Slice (h, st, en, ax)",
+        "   st = Constant <value = int64[4] {0, 0, 1, 1}> ()"
+        "\n   en = Constant <value = int64[4] {2147483647, 2147483647, -1, -1}> ()"
+        "\n   ax = Constant <value = int64[4] {0, 1, 2, 3}> ()\n   a = Slice (h, st, en, ax)",
+        "   st = Constant <value = int64[3] {-9223372036854775807, 1, 1}> ()"
+        "\n   en = Constant <value = int64[3] {9223372036854775807, -1, 9223372036854775807}> ()"
+        "\n   ax = Constant <value = int64[3] {0, -2, -1}> ()\n   s = Slice (h, st, en, ax)"
+        "\n   st2 = Constant <value = int64[1] {0}> ()\n   en2 = Constant <value = int64[1] {-1}> ()"
+        "\n   ax2 = Constant <value = int64[1] {3}> ()\n   a = Slice (s, st2, en2, ax2)",
+    ]),
     "passthrough": ("Relu", [
         "   a = Relu (h)",
         "   k = Cast <to = 1> (h)\n   i = Identity (k)\n   a = Relu (i)",
