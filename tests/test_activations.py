@@ -1,10 +1,11 @@
-"""PRelu, Elu, Softplus and Neg against independent references.
+"""PRelu, Elu, Softplus, Neg and ReduceSum against independent references.
 
 - ``gradient`` equals torch autograd in float64 (torch's export writes each as its ONNX op), within ten
   times torch's own float32 round-off;
 - ``epsilon-plus-flat`` and ``epsilon-gamma-box`` equal zennit's composites (which pass relevance through
   every activation module, ``Pass``), to a relative L2 of 1e-4 per sample (zennit runs in float64);
-- Neg spelled as a Mul by −1 gives the same relevance under every rule (tests/test_spelling.py's check).
+- Neg spelled as a Mul by −1 gives the same relevance under every rule (tests/test_spelling.py's check; so
+  does ReduceSum against n · ReduceMean, there).
 """
 
 from __future__ import annotations
@@ -109,3 +110,27 @@ def test_neg_as_a_scaling(tmp_path, seed):
     bodies = ["   a = Neg (h)", "   m = Constant <value = float {-1.0}> ()\n   a = Mul (h, m)",
               "   m = Constant <value = float {-1.0}> ()\n   a = Div (h, m)"]
     assert_same_relevance([write_model(tmp_path / f"n{i}.onnx", body, seed) for i, body in enumerate(bodies)], seed)
+
+
+class SumHead(nn.Module):
+    """conv → ReLU → x.sum((2, 3)) (ReduceSum) → dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).sum((2, 3)))
+
+
+def test_reduce_sum_gradient_equals_torch(tmp_path):
+    torch.manual_seed(7)
+    model = SumHead().eval()
+    path = tm.export(model, torch.zeros(1, 3, 6, 6), tmp_path / "sum.onnx", False)
+    assert "ReduceSum" in tm.op_types(path)
+    x = tm.random_input((3, 3, 6, 6), seed=8)
+    target = np.array([0, 2, 4])
+    out = explain(str(path), "gradient", x, target)
+    np.testing.assert_allclose(out["logits"], tm.reference_logits(model, x), rtol=1e-5, atol=1e-5)
+    error = tm.relative_error(out["relevance"], tm.reference_gradient(model, x, target))
+    assert np.all(error < 1e-5), error

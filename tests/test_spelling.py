@@ -123,6 +123,15 @@ BODIES = {
         "\n   st2 = Constant <value = int64[1] {0}> ()\n   en2 = Constant <value = int64[1] {-1}> ()"
         "\n   ax2 = Constant <value = int64[1] {3}> ()\n   a = Slice (s, st2, en2, ax2)",
     ]),
+    # a sum over H and W: n · ReduceMean, ReduceSum with the axes as an input (either sign), keepdims=0 then
+    # Unsqueeze (torch's x.sum((2, 3)) followed by a view)
+    "reduce-sum": ("ReduceMean", [
+        "   m = ReduceMean <axes = [2, 3]> (h)\n   n = Constant <value = float {36.0}> ()\n   a = Mul (m, n)",
+        "   ax = Constant <value = int64[2] {2, 3}> ()\n   a = ReduceSum (h, ax)",
+        "   ax = Constant <value = int64[2] {-1, -2}> ()\n   a = ReduceSum <keepdims = 1> (h, ax)",
+        "   ax = Constant <value = int64[2] {2, 3}> ()\n   s = ReduceSum <keepdims = 0> (h, ax)"
+        "\n   a = Unsqueeze (s, ax)",
+    ]),
     "passthrough": ("Relu", [
         "   a = Relu (h)",
         "   k = Cast <to = 1> (h)\n   i = Identity (k)\n   a = Relu (i)",

@@ -85,8 +85,9 @@ def trailing_scale(v: ir.Value):
 class Emitter:
     """Inserts nodes just before ``anchor`` (so the graph stays in topological order) and names them after it.
 
-    Every op the passes emit is elementwise over one activation and one-element constants, so each output
-    gets the shape and type of its highest-rank input, and no shape inference needs to run in between.
+    The ops the passes emit are elementwise over one activation and one-element constants, so each output
+    gets the shape and type of its highest-rank input, and no shape inference needs to run in between (a pass
+    that emits another op sets the shape itself).
     """
 
     def __init__(self, graph: ir.Graph, anchor: ir.Node):
@@ -106,7 +107,10 @@ class Emitter:
         return node.outputs[0]
 
     def scalar(self, x: float) -> ir.Value:
-        return add_initializer(self.graph, f"{self.anchor.name}/scalar", np.array(x, np.float32))
+        return self.constant(np.array(x, np.float32))
+
+    def constant(self, array: np.ndarray) -> ir.Value:
+        return add_initializer(self.graph, f"{self.anchor.name}/constant", array)
 
     def replace(self, old: ir.Value, new: ir.Value) -> None:
         """``new`` takes over every use and the name of ``old`` (the shape is the same: it computes the same)."""
