@@ -272,7 +272,7 @@ def cmd_explain(args):
 
 def cmd_inspect(args):
     from .compiler import prepare
-    from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes
+    from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes, unfolded_shape
     from .rules import RULES, kind_of, load_rule_map, resolve, RuleParams
     from .rules.registry import CHECKS
 
@@ -294,7 +294,8 @@ def cmd_inspect(args):
     for node in nodes:
         why = None
         if node.op_type not in RULES:
-            why = "only at the model output" if node.op_type in OUTPUT_OPS else "no rule"
+            why = "only at the model output" if node.op_type in OUTPUT_OPS else \
+                unfolded_shape(node) if node.op_type == "Shape" else "no rule"
         elif CHECKS.get(node.op_type):
             why = CHECKS[node.op_type](node)
         if why:

@@ -1,6 +1,7 @@
 """Shapes a model states loosely: dynamic height and width fixed with ``--input-shape``, slices of every axis.
 
-- A CNN exported by torch with dynamic H and W (its flattened size depends on them) compiles with ``--input-shape input=Nx3x8x8`` into an explainer equal to that of the same network
+- A CNN exported by torch with dynamic H and W (its flattened size depends on them; flattened by Flatten or by
+  ``x.view(x.size(0), -1)``, computed from Shape at run time) compiles with ``--input-shape input=Nx3x8x8`` into an explainer equal to that of the same network
   exported with static H and W, under ``gradient`` and ``epsilon``; its gradient equals torch autograd's.
 - Without the flag, the refusal is one line that names it; a bad flag is one line too.
 - A Slice of part of the batch axis is refused by ``inspect`` and ``compile`` alike (one covers what the other
@@ -30,16 +31,18 @@ except ModuleNotFoundError:  # tests/ imported as a package
 
 class FlattenCNN(nn.Module):
     """Conv → ReLU → max pool → strided conv → ReLU → flatten → dense: the dense layer's input size depends on
-    H and W, and the strided conv's transpose needs them."""
+    H and W, and the strided conv's transpose needs them. ``view``: flatten as ``x.view(x.size(0), -1)``, which
+    the legacy export computes from Shape at run time."""
 
-    def __init__(self):
+    def __init__(self, view: bool = False):
         super().__init__()
+        self.view = view
         self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
         self.fc = nn.Linear(6 * 2 * 2, 5)
 
     def forward(self, x):
         x = torch.relu(self.conv2(nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)))
-        return self.fc(torch.flatten(x, 1))
+        return self.fc(x.view(x.size(0), -1) if self.view else torch.flatten(x, 1))
 
 
 def export(model: nn.Module, path, dynamic_hw: bool) -> str:
@@ -55,14 +58,19 @@ def export(model: nn.Module, path, dynamic_hw: bool) -> str:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    torch.manual_seed(0)
-    model = FlattenCNN()
+def exports(tmp_path_factory):
+    """form → (torch model, dynamic-H/W export, static export), for both ways of flattening."""
     folder = tmp_path_factory.mktemp("shapes")
-    dynamic, static = export(model, folder / "dynamic.onnx", True), export(model, folder / "static.onnx", False)
-    dims = onnx.load(dynamic).graph.input[0].type.tensor_type.shape.dim
-    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
-    return model, dynamic, static
+    out = {}
+    for form in ("flatten", "view"):
+        torch.manual_seed(0)
+        model = FlattenCNN(view=form == "view")
+        dynamic = export(model, folder / f"{form}_dynamic.onnx", True)
+        static = export(model, folder / f"{form}_static.onnx", False)
+        dims = onnx.load(dynamic).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+        out[form] = model, dynamic, static
+    return out
 
 
 def explain(path: str, rule: str, x: np.ndarray, **kw) -> dict:
@@ -72,9 +80,10 @@ def explain(path: str, rule: str, x: np.ndarray, **kw) -> dict:
     return dict(zip(names, session.run(None, {tm.INPUT: x, "target": np.full(len(x), 2, np.int64)})))
 
 
+@pytest.mark.parametrize("form", ["flatten", "view"])
 @pytest.mark.parametrize("rule", ["gradient", "epsilon"])
-def test_dynamic_height_width_fixed_equals_static_export(exported, rule):
-    model, dynamic, static = exported
+def test_dynamic_height_width_fixed_equals_static_export(exports, form, rule):
+    model, dynamic, static = exports[form]
     x = tm.random_input((3, 3, 8, 8), seed=1)
     fixed = explain(dynamic, rule, x, input_shapes={tm.INPUT: ["N", 3, 8, 8]})
     reference = explain(static, rule, x)
@@ -82,11 +91,14 @@ def test_dynamic_height_width_fixed_equals_static_export(exported, rule):
     assert np.all(tm.relative_error(fixed["relevance"], reference["relevance"]) <= 1e-6)
     if rule == "gradient":
         exact = tm.reference_gradient(model, x, np.full(len(x), 2))
-        assert np.all(tm.relative_error(fixed["relevance"], exact) < 1e-4)
+        assert np.all(tm.relative_error(fixed["relevance"], exact) < 1e-5)
+    for n in (1, 5):  # the batch stays dynamic
+        assert explain(dynamic, rule, tm.random_input((n, 3, 8, 8), seed=n),
+                       input_shapes={tm.INPUT: ["N", 3, 8, 8]})["relevance"].shape == (n, 3, 8, 8)
 
 
-def test_input_shape_on_the_command_line(exported, tmp_path):
-    _, dynamic, static = exported
+def test_input_shape_on_the_command_line(exports, tmp_path):
+    _, dynamic, static = exports["view"]
     code, out, err = run("inspect", dynamic, "--input-shape", "input=Nx3x8x8")
     assert code == 0, err
     assert "[" in out and "3, 8, 8]" in out.splitlines()[0]
@@ -100,8 +112,10 @@ def test_input_shape_on_the_command_line(exported, tmp_path):
     assert np.all(tm.relative_error(ours["relevance"], reference["relevance"]) <= 1e-6)
 
 
-def test_dynamic_dimensions_refused_naming_the_flag(exported, tmp_path):
-    _, dynamic, _ = exported
+@pytest.mark.parametrize("form", ["flatten", "view"])
+def test_dynamic_dimensions_refused_naming_the_flag(exports, form, tmp_path):
+    """The strided conv's refusal (flatten) or the Reshape's that did not fold (view) names the flag."""
+    _, dynamic, _ = exports[form]
     code, _, err = run("compile", dynamic, "-o", tmp_path / "e.onnx")
     assert_one_line_error(code, err, "--input-shape")
     code, out, _ = run("inspect", dynamic)
@@ -115,14 +129,14 @@ def test_dynamic_dimensions_refused_naming_the_flag(exported, tmp_path):
     ("input=Nx3x8x8.5", "NAME=DIMS"),
     ("Nx3x8x8", "NAME=DIMS"),
 ])
-def test_bad_input_shape(exported, flag, needle):
-    _, dynamic, _ = exported
+def test_bad_input_shape(exports, flag, needle):
+    _, dynamic, _ = exports["flatten"]
     with pytest.raises(relgraph.RelgraphError, match=needle):
         relgraph.compile(dynamic, write=False, input_shapes=[flag])
 
 
-def test_bad_input_shape_on_the_command_line(exported, tmp_path):
-    _, dynamic, _ = exported
+def test_bad_input_shape_on_the_command_line(exports, tmp_path):
+    _, dynamic, _ = exports["view"]
     code, _, err = run("compile", dynamic, "-o", tmp_path / "e.onnx", "--input-shape", "input=Nx4x8x8")
     assert_one_line_error(code, err, "--input-shape", "axis 1")
     assert not (tmp_path / "e.onnx").exists()
