@@ -2,9 +2,9 @@
 Constant nodes (→ initializers), dead nodes.
 
 Spellings: torch's legacy export leaves Identity nodes (on parameters, and between a module's output and the
-graph output) and Dropout at opsets < 12; tf2onnx ends graphs in an Identity to the output name Keras gives
-and writes Cast(to=float) on values that are float already (Keras's ``Rescaling``, a ``Lambda`` that casts);
-paddle2onnx keeps Dropout (``is_test``) nodes.
+graph output); tf2onnx ends graphs in an Identity to the output name the TensorFlow graph gives, and writes a
+``tf.cast`` of a float tensor to float as Cast(to=FLOAT); exports of models left in training mode keep
+Dropout.
 
 An Identity or Dropout that produces a graph output hands the output's name to the value it passes on, so
 the op before it (a Softmax, say) is at the output; it stays an Identity only where that value is a graph

@@ -4,7 +4,7 @@
     Gelu(x, approximate=tanh) = x · ½(1 + tanh(√(2/π)·(x + 0.044715·x³)))
     Swish(x; α)              = x · σ(α·x)                                  (opset 24; SiLU at α = 1)
 
-torch's dynamo export at opset ≥ 20 and onnxscript's fusions write the Gelu op; the legacy torch export,
+Exporters that target opset ≥ 20 may write the Gelu op, and ≥ 24 the Swish op; the legacy torch export,
 tf2onnx (Keras's ``gelu``) and jax2onnx write the products above; Keras's and torch's ``silu`` come as
 x · Sigmoid(x). The products are the canonical form: the relevance pass recognises the gate (a product of x
 and an elementwise function of x) and gives it no relevance, so the op and every written-out form get the

@@ -2,8 +2,8 @@
 
 onnx's version converter rewrites a Softmax or LogSoftmax of opset < 13 (which flattened its input from
 ``axis`` on) as Flatten → Softmax → Reshape to the input's shape; on [N, classes] logits both are no-ops, and
-the softmax at the model output must be seen as such (its input is what is explained). tf2onnx also reshapes
-Keras's Dense outputs to the shape they have, and torch's legacy export flattens [N, C] tensors.
+the softmax at the model output must be seen as such (its input is what is explained). A flatten of an
+[N, classes] tensor (a head written for any rank) is the same no-op.
 
 A Reshape/Flatten is a no-op when its input and output have the same rank and the same static dimensions
 beyond the batch axis (the element count then fixes the batch axis too). At a graph output the input takes

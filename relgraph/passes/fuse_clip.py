@@ -4,9 +4,8 @@
     clip(clip(x, l₁, h₁), l₂, h₂) = clip(x, max(l₁, l₂), min(h₁, h₂))   when max(l₁, l₂) ≤ min(h₁, h₂)
 
 with relu(x) = clip(x, 0, ∞). ReLU6 comes out as one Clip(x, 0, 6) however it was written:
-``jnp.minimum(jnp.maximum(x, 0), 6)`` (jax's ``relu6``, exported elementwise by jax2onnx), Relu followed by
-Min(·, 6) (tf2onnx's older Relu6 conversion), Clip at opset 6 attributes or opset 11 inputs (torch, tf2onnx,
-paddle2onnx). A Clip(x, 0, ∞) becomes Relu: the relevance pass knows a ReLU's output is non-negative and reads
+``jnp.minimum(jnp.maximum(x, 0), 6)`` (jax's ``relu6`` exported op by op, as jax2onnx does), Relu followed by
+Min(·, 6), Clip with attribute bounds (opset < 11) or input bounds (torch, tf2onnx, paddle2onnx). A Clip(x, 0, ∞) becomes Relu: the relevance pass knows a ReLU's output is non-negative and reads
 the ε denominator of the layer before it from it.
 
 Skipped: Min/Max with more than two inputs or a constant of more than one element (a per-channel bound is

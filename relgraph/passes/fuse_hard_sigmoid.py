@@ -2,10 +2,10 @@
 
     k·clip(m·x + c, 0, h) = hardsigmoid(x; α = m/h, β = c/h)   when k·h = 1,   hardsigmoid(x; α, β) = clip(αx + β, 0, 1)
 
-Spellings: tf2onnx writes Keras's ``hard_sigmoid`` (MobileNetV3's squeeze-excitation gates) as
-Mul(Clip(x + 3, 0, 6), 1/6), and Keras 2's as Clip(0.2·x + 0.5, 0, 1); paddle2onnx writes Div(Clip(x + 3, 0,
-6), 6); jax2onnx, ``jax.nn.hard_sigmoid`` = relu6(x + 3)/6 through Min/Max (folded to Clip first, see
-:mod:`.fuse_clip`); torch at opset < 14 the HardSigmoid op itself, with α = 1/6. The constants may stand on
+Spellings: tf2onnx writes the hard sigmoid of Keras's MobileNetV3 (its squeeze-excitation gates) as
+Mul(Clip(x + 3, 0, 6), 1/6), and Keras 2's ``hard_sigmoid``, clip(0.2·x + 0.5, 0, 1), op by op; paddle2onnx
+writes Div(Clip(x + 3, 0, 6), 6); jax's ``hard_sigmoid`` = relu6(x + 3)/6 exported op by op comes through
+Min/Max (folded to Clip first, see :mod:`.fuse_clip`); torch writes the HardSigmoid op itself, α = 1/6. The constants may stand on
 either side and be scalings or divisions. Without the fold, the offset c would be an Add of a constant before
 the clamp, and ε would give it, as a bias, a share of the relevance that the HardSigmoid op passes on.
 

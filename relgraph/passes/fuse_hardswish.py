@@ -3,9 +3,9 @@
     (s·x) · (k·hardsigmoid(x; 1/6, 1/2)) · t = (s·k·t) · hardswish(x),   hardswish(x) = x · relu6(x + 3)/6
 
 Spellings: tf2onnx writes Keras's ``hard_swish`` (MobileNetV3) as x · (Clip(x + 3, 0, 6) · 1/6); paddle2onnx
-writes (x · Clip(x + 3, 0, 6)) / 6, the scaling after the product; jax2onnx, x · relu6(x + 3)/6 through
-Min/Max (folded to Clip first, see :mod:`.fuse_clip`); torch at opset < 14, x · HardSigmoid(x) with
-α = 1/6. The hard sigmoid is read by :func:`.fuse_hard_sigmoid.hard_sigmoid_of` (Clip or HardSigmoid, the
+writes (x · Clip(x + 3, 0, 6)) / 6, the scaling after the product; jax's ``hard_swish`` exported op by op,
+x · relu6(x + 3)/6 through Min/Max (folded to Clip first, see :mod:`.fuse_clip`); an exporter without the
+HardSwish op (opset < 14), x · HardSigmoid(x) with α = 1/6. The hard sigmoid is read by :func:`.fuse_hard_sigmoid.hard_sigmoid_of` (Clip or HardSigmoid, the
 constants on either side, scalings or divisions), the scalings after the product are taken in while the
 product has no other consumer, and an overall factor other than 1 stays as a Mul by a constant.
 

@@ -3,8 +3,7 @@
     Σ_{axes} x = n · mean_{axes}(x),   n = the number of elements summed (static)
 
 torch writes ``x.sum(dim)`` as ReduceSum (ResNeSt's split attention sums its radix groups), tf2onnx writes
-``tf.reduce_sum`` and Keras's ``GlobalAveragePooling`` in some versions as ReduceSum then a division, and
-softmax is sometimes written out as Exp / ReduceSum. The mean has its rules (an ε-normalized linear map,
+``tf.reduce_sum`` so, and softmax is sometimes written out as Exp / ReduceSum. The mean has its rules (an ε-normalized linear map,
 :mod:`relgraph.rules.pooling`); the scaling by n is exact under every rule (R_x = R under ε, n·R for the
 gradient). So the gradient is exact, and ε gives R_x = x ⊙ R ⊘ (Σx + n·ε·s): the sum's ε rule with the
 stabilizer acting on the mean, the same relevance as a model that writes n · ReduceMean itself.

@@ -186,9 +186,8 @@ def _function_of(v: ir.Value, roots: list[ir.Value], memo: dict) -> bool:
     ends at one of them or at a constant."""
     if any(v is r for r in roots) or const_array(v) is not None:
         return True
-    if id(v) not in memo:
+    if id(v) not in memo:  # the graph is a DAG: memo only saves walking a shared ancestor twice
         node = v.producer()
-        memo[id(v)] = False  # a path that comes back here proves nothing
         data = [] if node is None or node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx") \
             else [u for u in node.inputs if u is not None and const_array(u) is None]
         memo[id(v)] = bool(data) and all(_function_of(u, roots, memo) for u in data)
