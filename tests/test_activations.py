@@ -1,4 +1,4 @@
-"""PRelu, Elu, Softplus, Neg and ReduceSum against independent references.
+"""PRelu, Elu, Softplus, Neg, Max/Min with a constant and ReduceSum against independent references.
 
 - ``gradient`` equals torch autograd in float64 (torch's export writes each as its ONNX op), within ten
   times torch's own float32 round-off;
@@ -130,6 +130,34 @@ def test_reduce_sum_gradient_equals_torch(tmp_path):
     assert "ReduceSum" in tm.op_types(path)
     x = tm.random_input((3, 3, 6, 6), seed=8)
     target = np.array([0, 2, 4])
+    out = explain(str(path), "gradient", x, target)
+    np.testing.assert_allclose(out["logits"], tm.reference_logits(model, x), rtol=1e-5, atol=1e-5)
+    error = tm.relative_error(out["relevance"], tm.reference_gradient(model, x, target))
+    assert np.all(error < 1e-5), error
+
+
+class FloorCeiling(nn.Module):
+    """conv → max(x, floor) → min(·, ceiling), both per channel (torch.maximum/minimum: Max and Min of a
+    constant) → dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 6 * 6, 5)
+        self.register_buffer("floor", torch.tensor([-0.3, 0.0, 0.2, -1.0]).reshape(4, 1, 1))
+        self.register_buffer("ceiling", torch.tensor([0.5, 1.0, 0.8, 0.1]).reshape(4, 1, 1))
+
+    def forward(self, x):
+        x = torch.minimum(torch.maximum(self.conv(x), self.floor), self.ceiling)
+        return self.fc(torch.flatten(x, 1))
+
+
+def test_max_min_with_a_constant_gradient_equals_torch(tmp_path):
+    torch.manual_seed(9)
+    model = FloorCeiling().eval()
+    path = tm.export(model, torch.zeros(1, 3, 6, 6), tmp_path / "floor.onnx", False)
+    assert {"Max", "Min"} <= tm.op_types(path)
+    x = tm.random_input((3, 3, 6, 6), seed=10)
+    target = np.array([1, 3, 4])
     out = explain(str(path), "gradient", x, target)
     np.testing.assert_allclose(out["logits"], tm.reference_logits(model, x), rtol=1e-5, atol=1e-5)
     error = tm.relative_error(out["relevance"], tm.reference_gradient(model, x, target))

@@ -8,9 +8,11 @@ with relu(x) = clip(x, 0, ∞). ReLU6 comes out as one Clip(x, 0, 6) however it 
 Min(·, 6), Clip with attribute bounds (opset < 11) or input bounds (torch, tf2onnx, paddle2onnx). A Clip(x, 0, ∞) becomes Relu: the relevance pass knows a ReLU's output is non-negative and reads
 the ε denominator of the layer before it from it.
 
-Skipped: Min/Max with more than two inputs or a constant of more than one element (a per-channel bound is
-no Clip), clamps whose ranges do not overlap (ONNX then gives the upper bound everywhere), an inner clamp with
-other consumers.
+A Min/Max of an activation and a constant of more than one element (a bound per channel) is no Clip: it keeps
+its op, the activation first (its rule, :mod:`relgraph.rules.elementwise`, reads it there).
+
+Skipped: Min/Max with more than two inputs, clamps whose ranges do not overlap (ONNX then gives the upper
+bound everywhere), an inner clamp with other consumers.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import onnx_ir.passes.common as common
 
 from .base import ReportingPass
 from .match import STANDARD, Emitter, scalar
-from ..graph import attr
+from ..graph import attr, const_array
 
 
 def clamp_bounds(node: ir.Node):
@@ -54,6 +56,18 @@ def clamp_bounds(node: ir.Node):
     return None
 
 
+def _activation_first(node: ir.Node) -> bool:
+    """Min/Max(c, x) → Min/Max(x, c) for a constant c of several elements."""
+    if node.op_type not in ("Min", "Max") or node.domain not in STANDARD or len(node.inputs) != 2:
+        return False
+    c, x = node.inputs
+    if const_array(c) is None or const_array(x) is not None:
+        return False
+    node.replace_input_with(0, x)
+    node.replace_input_with(1, c)
+    return True
+
+
 class FuseClipPass(ReportingPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -62,6 +76,7 @@ class FuseClipPass(ReportingPass):
         for node in list(graph):
             bounds = clamp_bounds(node)
             if bounds is None:
+                modified |= _activation_first(node)
                 continue
             x, low, high = bounds
             inner = clamp_bounds(x.producer())

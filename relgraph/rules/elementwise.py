@@ -1,5 +1,6 @@
 """Rules for elementwise nonlinearities y = f(x): rectifiers (Relu, LeakyRelu, PRelu with a constant slope per
-channel, Clip), smooth ones (Elu, Softplus, Sigmoid, Tanh, Erf, Pow by a constant), the hard ones (HardSigmoid,
+channel, Clip, Max/Min with a constant: per channel, a one-element one being a Clip by canonicalization, the
+activation first), smooth ones (Elu, Softplus, Sigmoid, Tanh, Erf, Pow by a constant), the hard ones (HardSigmoid,
 HardSwish), and Neg, y = −x (an activation here: ``pass`` gives it R_x = R, as the ε rule gives a scaling by a
 constant, (−x)·R ⊘ (−x)).
 
@@ -48,6 +49,9 @@ def derivative_mask(env: Env, R=None):
         return b.op("Mul", R, b.op("Sigmoid", x))
     if op == "Neg":
         return b.op("Neg", R)
+    if op in ("Max", "Min"):  # 1 where x is the one taken (ties, of measure zero, to the constant)
+        taken = b.op("Greater" if op == "Max" else "Less", x, node.inputs[1])
+        return b.op("Where", taken, R, zero)
     if op == "Clip":
         lo, hi = _clip_bounds(node)
         inside = None
@@ -95,8 +99,8 @@ def _check_clip(node) -> str | None:
     return None
 
 
-ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Softplus", "Neg", "Clip", "Sigmoid", "Tanh", "HardSigmoid",
-               "HardSwish", "Erf", "Pow")
+ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Softplus", "Neg", "Clip", "Max", "Min", "Sigmoid", "Tanh",
+               "HardSigmoid", "HardSwish", "Erf", "Pow")
 
 
 def _check_operands(node) -> str | None:
@@ -106,6 +110,8 @@ def _check_operands(node) -> str | None:
         return "the exponent is not constant"
     if node.op_type == "PRelu" and const_array(node.inputs[1]) is None:
         return "the slope is not constant"
+    if node.op_type in ("Max", "Min") and (len(node.inputs) != 2 or const_array(node.inputs[1]) is None):
+        return "only of one activation and a constant"
     return None
 
 
