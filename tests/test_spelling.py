@@ -248,7 +248,8 @@ def test_activation_spellings_give_equal_relevance(tmp_path, case, seed):
 @pytest.mark.parametrize("case", sorted(TAILS))
 def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
     _, tails = TAILS[case]
-    paths = [write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", 0, tail=tail) for i, tail in enumerate(tails)]
+    paths = [write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", seed, tail=tail)
+             for i, tail in enumerate(tails)]
     assert_same_relevance(paths, seed)
 
 
@@ -308,7 +309,7 @@ def mobilenet_like(path, seed: int, blocks: int = 4) -> str:
                   hard_sigmoid(f"z{k}", f"zg{k}"), f"   se{k} = Mul (da{k}, zg{k})",
                   f"   p{k} = Conv (se{k}, P{k}, PB{k})\n   s{k + 1} = Add ({v}, p{k})"]
         v = f"s{k + 1}"
-    text = (f'<ir_version: 10, opset_import: ["" : 17]>\nnet (float[N, 3, 6, 6] x) => (float[N, 5] logits) {{\n'
+    text = ('<ir_version: 10, opset_import: ["" : 17]>\nnet (float[N, 3, 6, 6] x) => (float[N, 5] logits) {\n'
             + CONSTANTS + "\n" + "\n".join(lines)
             + f"\n   g = GlobalAveragePool ({v})\n   f = Flatten (g)\n   logits = Gemm <transB = 1> (f, W3, B3)\n}}")
     model = onnx.parser.parse_model(text)
