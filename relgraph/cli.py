@@ -41,6 +41,10 @@ def main(argv=None) -> int:
         return 3
 
 
+INPUT_SHAPE_HELP = ("fix an input's dynamic dimensions, e.g. input=Nx3x224x224 (a letter keeps a dimension "
+                    "dynamic; the batch axis always is); repeat for several inputs")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
     from .rules import RULE_NAMES
@@ -64,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--formulation", choices=("r", "q"), default="r",
                    help="q: compile LRP-0 as Q = R/a propagation (no division by z)")
     c.add_argument("--input", dest="input_name", help="name of the input to explain (default: the first)")
+    c.add_argument("--input-shape", dest="input_shapes", action="append", metavar="NAME=DIMS",
+                   help=INPUT_SHAPE_HELP)
     c.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
     c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     c.add_argument("--target", default="onnx", metavar="{onnx,triton}",
@@ -105,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("model")
     i.add_argument("--rule", default="epsilon")
     i.add_argument("--rule-map", metavar="FILE")
+    i.add_argument("--input-shape", dest="input_shapes", action="append", metavar="NAME=DIMS",
+                   help=INPUT_SHAPE_HELP)
     i.add_argument("--target", default="onnx", metavar="{onnx,triton}",
                    help="triton: list the launch plan's steps (MODEL may be a triton folder or an explainer)")
     i.set_defaults(run=cmd_inspect)
@@ -155,7 +163,7 @@ def cmd_compile(args):
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
                      bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
                      formulation=args.formulation, baseline=args.baseline, patterns=args.patterns,
-                     keep_functions=args.keep_functions)
+                     keep_functions=args.keep_functions, input_shapes=args.input_shapes)
     rules = {}
     for rule in result.plan.rules().values():
         rules[rule] = rules.get(rule, 0) + 1
@@ -319,16 +327,19 @@ def _print_samples(start: int, out: dict, n: int) -> None:
 
 def cmd_inspect(args):
     from .compiler import prepare
-    from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes
+    from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes, unfolded_shape
     from .rules import RULES, kind_of, load_rule_map, resolve, RuleParams
     from .rules.registry import CHECKS
 
     if args.target != "onnx":
+        if args.input_shapes:
+            raise RelgraphError("--input-shape applies when inspecting a model (--target onnx); a compiled "
+                                "explainer has its shapes")
         from .lowering.commands import cmd_inspect_triton
 
         return cmd_inspect_triton(args)
     composite = load_rule_map(args.rule_map, RuleParams()) if args.rule_map else resolve(args.rule, RuleParams())
-    model, skipped = prepare(args.model)
+    model, skipped = prepare(args.model, args.input_shapes)
     x, logits = explained_values(model)
     nodes = relevance_nodes(model.graph, x, logits)
     firsts = first_layers([n for n in nodes if n.op_type in RULES], x)
@@ -338,7 +349,8 @@ def cmd_inspect(args):
     for node in nodes:
         why = None
         if node.op_type not in RULES:
-            why = "only at the model output" if node.op_type in OUTPUT_OPS else "no rule"
+            why = "only at the model output" if node.op_type in OUTPUT_OPS else \
+                unfolded_shape(node) if node.op_type == "Shape" else "no rule"
         elif CHECKS.get(node.op_type):
             why = CHECKS[node.op_type](node)
         if why:
@@ -350,6 +362,10 @@ def cmd_inspect(args):
         print(f"{node.name[:48]:48} {node.op_type:20} {kind:11} {rule}{' (first layer)' if node.name in firsts else ''}")
     for note in skipped:
         print(f"note: {note}")
+    if any(not isinstance(d, int) for d in list(x.shape)[1:]):
+        spec = "x".join(["N"] + [str(d) if isinstance(d, int) else "?" for d in list(x.shape)[1:]])
+        print(f"note: input '{x.name}' has dynamic dimensions: layers that need static shapes (strided "
+              f"convolutions, pooling, slices) compile once --input-shape {x.name}={spec} fixes them (numbers for ?)")
     if unsupported:
         raise UnsupportedOpsError(unsupported, RULES)
 

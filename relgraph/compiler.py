@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,17 +40,54 @@ def default_output(model_path, rule: str) -> str:
     return str(p.with_name(f"{p.stem}.{rule}.onnx"))
 
 
-def prepare(model_path) -> tuple[ir.Model, list[str]]:
-    """Load and canonicalize a model (shared by compile and inspect)."""
+def prepare(model_path, input_shapes=None) -> tuple[ir.Model, list[str]]:
+    """Load and canonicalize a model (shared by compile and inspect); ``input_shapes`` as in :func:`compile`."""
     model = load_model(model_path)
     if EXPLAINER_KEY in model.metadata_props:
         raise RelgraphError(f"{model_path} is already a relgraph explainer: compile the original model, or "
                             "run this one with relgraph explain")
+    if input_shapes:
+        fix_input_shapes(model, input_shapes)
     opset = model.opset_imports.get("", 1)
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
     skipped = canonicalize(model)
     return model, skipped
+
+
+def parse_input_shape(text: str) -> tuple[str, list]:
+    """``NAME=Nx3x224x224`` → (NAME, ["N", 3, 224, 224]): numbers fix a dimension, letters keep it symbolic."""
+    name, sep, spec = text.rpartition("=")
+    dims = re.split(r"[xX×]", spec)
+    if not sep or not name or not all(d.isdigit() and int(d) > 0 or d.isalpha() for d in dims):
+        raise RelgraphError(f"--input-shape expects NAME=DIMS such as input=Nx3x224x224, got '{text}'")
+    return name, [int(d) if d.isdigit() else d for d in dims]
+
+
+def fix_input_shapes(model: ir.Model, input_shapes) -> None:
+    """Give graph inputs the shapes ``input_shapes`` names (a dict NAME → dims, or ``NAME=DIMS`` strings).
+
+    A model exported with dynamic height and width ([N, 3, H, W]) compiles once they are fixed: the rules
+    of convolutions, pooling and reshapes need static non-batch dimensions. A static dimension of the
+    model must be given as it is; the batch axis stays dynamic whatever is given for it.
+    """
+    if not isinstance(input_shapes, dict):
+        input_shapes = dict(parse_input_shape(t) for t in input_shapes)
+    inputs = {v.name: v for v in model.graph.inputs if not v.is_initializer()}
+    for name, given in input_shapes.items():
+        value = inputs.get(name)
+        if value is None:
+            raise RelgraphError(f"--input-shape: the model has no input '{name}' (inputs: {', '.join(inputs)})")
+        given = [d if isinstance(d, str) else int(d) for d in given]
+        if value.shape is not None:
+            declared = list(value.shape)
+            if len(declared) != len(given):
+                raise RelgraphError(f"--input-shape: input '{name}' has rank {len(declared)}, "
+                                    f"{'x'.join(map(str, given))} has rank {len(given)}")
+            for axis, (d, g) in enumerate(zip(declared, given)):
+                if axis > 0 and isinstance(d, int) and isinstance(g, int) and d != g:
+                    raise RelgraphError(f"--input-shape: input '{name}' has {d} at axis {axis}, not {g}")
+        value.shape = ir.Shape(given)
 
 
 def _upgrade(model: ir.Model, opset: int) -> ir.Model:
@@ -66,7 +104,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
             formulation: str = "r", baseline=None, patterns=None, write: bool = True,
-            target: str = "onnx", keep_functions: bool = False) -> CompileResult:
+            target: str = "onnx", keep_functions: bool = False, input_shapes=None) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
 
     ``target``: the graph is shaped for onnxruntime and other ONNX runtimes ("onnx") or for the triton
@@ -74,6 +112,9 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
 
     ``keep_functions``: keep relgraph's model-local functions (the compact form the triton lowering reads)
     instead of writing standard ONNX operators only (the portable default, see :mod:`relgraph.export`).
+
+    ``input_shapes``: shapes that fix the inputs' dynamic dimensions, ``{"input": ["N", 3, 224, 224]}`` or
+    ``["input=Nx3x224x224"]`` (``--input-shape``; see :func:`fix_input_shapes`).
 
     ``patterns``: the fitted patterns the pattern rules read (``patternnet``, ``patternattribution``): a
     .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
@@ -112,7 +153,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         output = output or default_output(model_path, label)
         files = [f for f in (rule_map, baseline, patterns) if isinstance(f, (str, os.PathLike))]
         check_output(output, [model_path, *files], overwrite=overwrite)
-    model, skipped = prepare(model_path)
+    model, skipped = prepare(model_path, input_shapes)
     plan = build_relevance(model, composite, input_name=input_name,
                            per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx")
     if patterns is not None and not any(c.rule in PATTERN_RULES for c in plan.choices.values()):

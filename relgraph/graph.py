@@ -152,7 +152,7 @@ def static_dims(value: ir.Value, what: str = "") -> list[int]:
     if any(d is None for d in out[1:]):
         raise RelgraphError(
             f"'{value.name}'{' (' + what + ')' if what else ''} has dynamic non-batch dimensions {out}; "
-            "give the model static spatial shapes"
+            "fix the input's with --input-shape NAME=Nx3x224x224 (a letter keeps a dimension dynamic)"
         )
     return [-1 if d is None else d for d in out[:1]] + out[1:]
 

@@ -15,7 +15,7 @@ def cmd_compile_triton(args) -> None:
                             gamma=args.gamma, alpha=args.alpha, beta=args.beta, bounds=args.bounds,
                             rule_map=args.rule_map, bias_relevance=args.bias_relevance,
                             input_name=args.input_name, formulation=args.formulation, baseline=args.baseline,
-                            patterns=args.patterns, dtype=args.dtype)
+                            patterns=args.patterns, dtype=args.dtype, input_shapes=args.input_shapes)
     rules = Counter(result.plan.rules().values())
     summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
     print(f"wrote {result.path}/ (explainer.onnx, plan.json; {len(result.plan.nodes)} nodes explained: "

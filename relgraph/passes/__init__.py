@@ -7,23 +7,34 @@ import onnx_ir.passes.common as common
 
 from .bias_as_input import BiasAsInputPass
 from .cleanup import CleanupPass
+from .decompose_gates import DecomposeGatesPass
+from .drop_noop_reshapes import DropNoopReshapesPass
 from .fold_batchnorm import FoldBatchNormPass
 from .fold_constants import FoldConstantsPass
+from .fuse_clip import FuseClipPass
+from .fuse_hard_sigmoid import FuseHardSigmoidPass
+from .fuse_hardswish import FuseHardSwishPass
 from .normalize_gemm import NormalizeGemmPass
+from .reduce_sum_as_mean import ReduceSumAsMeanPass
 from .relevance import build_relevance
 from .shapes import InferShapesPass
 
-__all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "FoldBatchNormPass",
-           "FoldConstantsPass", "NormalizeGemmPass", "InferShapesPass"]
+__all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
+           "DropNoopReshapesPass", "FoldBatchNormPass", "FoldConstantsPass", "FuseClipPass", "FuseHardSigmoidPass",
+           "FuseHardSwishPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
 
 
 def canonicalize(model: ir.Model) -> list[str]:
     """Bring a model to the form the rules expect; returns what the passes skipped, and why.
 
     Order matters: constants must be folded before shapes are final, BatchNorm folded before biases are
-    made explicit inputs, and shapes inferred again after every pass that creates values.
+    made explicit inputs, and shapes inferred again after every pass that creates values. The spelling
+    passes (gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as means) read constants and shapes, so they run
+    after folding; clamps are folded first, as the hard sigmoid and hard swish read one Clip.
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
+    spellings = [DecomposeGatesPass(), FuseClipPass(), FuseHardSigmoidPass(), FuseHardSwishPass(),
+                 DropNoopReshapesPass(), ReduceSumAsMeanPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
         common.InlinePass(),
@@ -32,6 +43,7 @@ def canonicalize(model: ir.Model) -> list[str]:
         folds,
         CleanupPass(),
         InferShapesPass(),
+        *spellings,
         gemms,
         bns,
         BiasAsInputPass(),
@@ -39,4 +51,4 @@ def canonicalize(model: ir.Model) -> list[str]:
         common.TopologicalSortPass(),
         InferShapesPass(),
     )(model)
-    return folds.skipped + bns.skipped + gemms.skipped
+    return folds.skipped + sum((p.skipped for p in spellings), []) + bns.skipped + gemms.skipped

@@ -6,7 +6,9 @@ Three cases, all produced by torch exports:
   by an initializer;
 * a Reshape whose target shape is computed at run time from ``Shape(x)`` (``x.view(x.size(0), -1)``,
   the dynamo export's ``sym_size``) gets the constant target ``[-1, d1, …]`` when shape inference
-  proves every non-batch output dimension;
+  proves every non-batch output dimension, or else when evaluating the target with the batch set to two
+  sizes shows that only its first entry follows the batch (the legacy export's
+  ``x.view(x.size(0), -1)`` next to a dynamic batch, whose −1 onnx's inference cannot resolve);
 * a lookup of static dimensions, ``Shape(x)`` or ``Gather(Shape(x), i)`` where every dimension it reads
   is static (the legacy export's ``torch.chunk`` computes its slice bounds from ``x.size(1)``), becomes a
   constant, so that the arithmetic on it folds by the first rule.
@@ -22,6 +24,7 @@ why not in ``skipped``. Requires shapes inferred on the model; leaves them infer
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
@@ -53,7 +56,7 @@ class FoldConstantsPass(ReportingPass):
             if node.op_type in _NEVER_FOLD or node.domain not in ("", "ai.onnx"):
                 continue
             if node.op_type == "Reshape":
-                modified |= self._fold_reshape_target(graph, node)
+                modified |= self._fold_reshape_target(graph, node, model.opset_imports.get("", 17))
             if node.op_type in ("Shape", "Gather") and self._fold_static_dims(graph, node):
                 modified = True
                 continue
@@ -114,13 +117,82 @@ class FoldConstantsPass(ReportingPass):
         graph.remove(node, safe=True)
         return True
 
-    def _fold_reshape_target(self, graph, node) -> bool:
+    def _fold_reshape_target(self, graph, node, opset) -> bool:
         if is_const(node.inputs[1]):
             return False
         out = node.outputs[0]
-        if out.shape is None or any(not isinstance(d, int) for d in list(out.shape)[1:]):
-            self.skipped.append(f"Reshape '{node.name}': output shape not proven static beyond the batch axis")
-            return False
-        target = np.array([-1] + [int(d) for d in list(out.shape)[1:]], dtype=np.int64)
+        if out.shape is not None and all(isinstance(d, int) for d in list(out.shape)[1:]):
+            target = np.array([-1] + [int(d) for d in list(out.shape)[1:]], dtype=np.int64)
+        else:
+            target = self._target_per_batch(graph, node, opset)
+            if target is None:
+                self.skipped.append(f"Reshape '{node.name}': output shape not proven static beyond the batch axis")
+                return False
         node.replace_input_with(1, add_initializer(graph, f"{node.name}/target_shape", target))
         return True
+
+    def _target_per_batch(self, graph, node, opset) -> np.ndarray | None:
+        """The target shape of a Reshape computed from ``Shape`` of values static beyond the batch axis (the
+        legacy export's ``x.view(x.size(0), -1)``: Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])).
+
+        The subgraph is evaluated twice, every Shape replaced by its dimensions with the batch set to 2 and
+        then 3: an entry that stays is a constant, one that follows the batch becomes −1, and a −1 of the
+        target is resolved from the input's per-sample size (one −1 at most may remain).
+        """
+        shapes, inside, stack = [], set(), [node.inputs[1]]
+        while stack:
+            v = stack.pop()
+            if v is None or is_const(v) or id(v) in inside:
+                continue
+            producer = v.producer()
+            if producer is None or producer.op_type in _NEVER_FOLD or producer.domain not in ("", "ai.onnx"):
+                return None
+            inside.add(id(v))
+            if producer.op_type == "Shape":
+                dims = list(producer.inputs[0].shape or [None])
+                if any(not isinstance(d, int) for d in dims[1:]):
+                    return None
+                shapes.append(producer)
+            else:
+                stack.extend(producer.inputs)
+        sub = [n for n in graph if any(id(o) in inside for o in n.outputs)]
+        x = node.inputs[0]
+        if x.shape is None or any(not isinstance(d, int) for d in list(x.shape)[1:]):
+            return None
+        runs = []
+        for batch in (2, 3):
+            protos = []
+            for n in sub:
+                if n.op_type == "Shape":
+                    dims = [batch] + list(n.inputs[0].shape)[1:]
+                    dims = dims[attr(n, "start", 0):attr(n, "end", len(dims))]
+                    protos.append(onnx.helper.make_node("Constant", [], [n.outputs[0].name],
+                                                        value=onnx.numpy_helper.from_array(np.array(dims, np.int64))))
+                else:
+                    protos.append(ir.serde.serialize_node(n))
+            consts = {v.name: const_array(v) for n in sub for v in n.inputs if v is not None and is_const(v)}
+            try:
+                fn_graph = onnx.helper.make_graph(
+                    protos, "target",
+                    [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                     for k, a in consts.items()],
+                    [onnx.helper.make_tensor_value_info(node.inputs[1].name, onnx.TensorProto.INT64, None)])
+                m = onnx.helper.make_model(fn_graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+                runs.append(np.asarray(ReferenceEvaluator(m).run(None, consts)[0]).reshape(-1))
+            except Exception:  # an op the reference evaluator lacks
+                return None
+        two, three = runs
+        if len(two) != len(three):
+            return None
+        follows = (two == 2) & (three == 3)
+        if not np.all((two == three) | follows) or follows.sum() != 1 or not follows[0] \
+                or np.any(two[1:] == 0) or np.sum(two[1:] == -1) > 1:
+            return None
+        target = two.astype(np.int64)
+        target[0] = -1
+        per_sample, known = int(np.prod(list(x.shape)[1:])), int(np.prod([d for d in target[1:] if d != -1]))
+        if -1 in target[1:]:
+            if known == 0 or per_sample % known:
+                return None
+            target[1:][target[1:] == -1] = per_sample // known
+        return target

@@ -97,11 +97,28 @@ def relevance_nodes(graph: ir.Graph, x: ir.Value, logits: ir.Value) -> list[ir.N
     return on_path
 
 
+def unfolded_shape(node: ir.Node) -> str:
+    """Why a Shape node is left on the relevance path: the nodes whose shape operand it computes at run time."""
+    sized, stack, seen = [], list(node.outputs), set()
+    while stack:
+        v = stack.pop()
+        for use in v.uses():
+            user = use.node
+            if use.idx > 0 and user.op_type in ("Reshape", "Expand", "Tile", "Slice", "Pad", "ConstantOfShape"):
+                sized.append(f"{user.op_type} '{user.name}'")
+            elif id(user) not in seen:
+                seen.add(id(user))
+                stack.extend(user.outputs)
+    what = ", ".join(sorted(set(sized))) or "a node"
+    return f"the shape operand of {what} did not fold to a constant: dynamic dimensions? --input-shape fixes them"
+
+
 def validate(nodes: list[ir.Node]) -> None:
     problems = []
     for node in nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
-            why = "only at the model output" if node.op_type in OUTPUT_OPS else ""
+            why = "only at the model output" if node.op_type in OUTPUT_OPS else \
+                unfolded_shape(node) if node.op_type == "Shape" else ""
             problems.append((node.op_type, node.name, why))
             continue
         check = CHECKS.get(node.op_type)

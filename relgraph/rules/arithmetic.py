@@ -13,8 +13,11 @@ Three kinds, decided per node:
   R ⊘ stab(z) unmultiplied (``Share``): that layer's own ε step then needs no sign test.
 - *product* (Mul of two activations: SiLU x·σ(x), squeeze-excitation x·σ(fc(…))): the gradient uses
   the product rule; ``gate`` gives all relevance to the signal and none to the gate (the LSTM LRP
-  convention of Arras et al. 2017). The gate is the operand that comes out of a sigmoid-like op, or
-  else the one that is broadcast; when neither tells, the relevance is split in half.
+  convention of Arras et al. 2017). The gate is recognised by what it computes: in x·g(x), g an
+  elementwise function of x through any chain of elementwise ops (a hard swish written as
+  x·(Clip(x + 3, 0, 6)·1/6), GELU's x·½(1 + erf(x/√2)), x·σ(1.702·x)), x being the signal up to a
+  scaling (GELU's (½x)·(1 + erf(…))). Otherwise the gate is the operand that comes out of a sigmoid-like
+  op, or else the one that is broadcast; when none of these tells, the relevance is split in half.
 
 Broadcasting is undone by summing over the broadcast axes (the adjoint of Expand).
 """
@@ -161,6 +164,45 @@ def _residual_sum(env: Env) -> bool:
     return None not in out[1:] and all(dims(v) == out for v in node.inputs)
 
 
+# ops that map each element of their activation inputs to one element (constant operands aside)
+ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Clip", "Min",
+               "Max", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish",
+               "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Sin", "Cos", "Cast", "Identity"}
+
+
+def _scalings(v: ir.Value) -> list[ir.Value]:
+    """v and the values it is a constant multiple of: v = k·u through Mul/Div by constants."""
+    chain = [v]
+    node = v.producer()
+    while node is not None and node.op_type in ("Mul", "Div") and _by_constant(node) \
+            and (node.op_type == "Mul" or const_array(node.inputs[1]) is not None):
+        chain.append(next(u for u in node.inputs if const_array(u) is None))
+        node = chain[-1].producer()
+    return chain
+
+
+def _function_of(v: ir.Value, roots: list[ir.Value], memo: dict) -> bool:
+    """Whether v is an elementwise function of the roots alone: every path up from v through elementwise ops
+    ends at one of them or at a constant."""
+    if any(v is r for r in roots) or const_array(v) is not None:
+        return True
+    if id(v) not in memo:  # the graph is a DAG: memo only saves walking a shared ancestor twice
+        node = v.producer()
+        data = [] if node is None or node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx") \
+            else [u for u in node.inputs if u is not None and const_array(u) is None]
+        memo[id(v)] = bool(data) and all(_function_of(u, roots, memo) for u in data)
+    return memo[id(v)]
+
+
+def _gates(a: ir.Value, c: ir.Value) -> tuple[bool, bool]:
+    """Which operands of the product a·c are gates: an elementwise function of the other (up to a scaling of
+    it), else one that comes out of a sigmoid-like op."""
+    gate_a, gate_c = _function_of(a, _scalings(c), {}), _function_of(c, _scalings(a), {})
+    if gate_a != gate_c:
+        return gate_a, gate_c
+    return _is_gate(a), _is_gate(c)
+
+
 def _is_gate(v: ir.Value) -> bool:
     """Whether v comes out of a sigmoid-like op, through reshapes and affine maps by constants (GELU's gate
     is (1 + erf(x/√2))/2, the tanh form's 1 + tanh(…))."""
@@ -180,7 +222,7 @@ def _by_constant(node: ir.Node) -> bool:
 def product_gate(env: Env):
     """All relevance to the signal operand, none to the gate."""
     a, c = env.node.inputs
-    gate_a, gate_c = _is_gate(a), _is_gate(c)
+    gate_a, gate_c = _gates(a, c)
     if gate_a != gate_c:
         signal = 1 if gate_a else 0
     else:

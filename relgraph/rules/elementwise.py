@@ -1,4 +1,8 @@
-"""Rules for elementwise nonlinearities y = f(x).
+"""Rules for elementwise nonlinearities y = f(x): rectifiers (Relu, LeakyRelu, PRelu with a constant slope per
+channel, Clip, Max/Min with a constant: per channel, a one-element one being a Clip by canonicalization, the
+activation first), smooth ones (Elu, Softplus, Sigmoid, Tanh, Erf, Pow by a constant), the hard ones (HardSigmoid,
+HardSwish), and Neg, y = −x (an activation here: ``pass`` gives it R_x = R, as the ε rule gives a scaling by a
+constant, (−x)·R ⊘ (−x)).
 
 - ``gradient``:        R_x = f′(x) ⊙ R (the chain rule; torch's derivative conventions at the kinks).
 - ``pass`` / ``ignore``: R_x = R. LRP's treatment of activations: relevance is not changed by them
@@ -22,7 +26,7 @@ import numpy as np
 from ..graph import attr, const_array
 from .registry import ACTIVATION, Env, defrule
 
-RECTIFIERS = ("Relu", "LeakyRelu")
+RECTIFIERS = ("Relu", "LeakyRelu", "PRelu")
 
 
 def derivative_mask(env: Env, R=None):
@@ -36,6 +40,18 @@ def derivative_mask(env: Env, R=None):
     if op == "LeakyRelu":
         slope = attr(node, "alpha", 0.01)
         return b.op("Where", b.op("Greater", x, zero), R, b.op("Mul", R, b.scalar(slope)))
+    if op == "PRelu":  # the slope a (a constant, per channel) below 0
+        return b.op("Where", b.op("Greater", x, zero), R, b.op("Mul", R, node.inputs[1]))
+    if op == "Elu":  # α·eˣ = y + α below 0
+        below = b.op("Mul", R, b.op("Add", y, b.scalar(attr(node, "alpha", 1.0))))
+        return b.op("Where", b.op("Greater", x, zero), R, below)
+    if op == "Softplus":  # log(1 + eˣ)′ = σ(x)
+        return b.op("Mul", R, b.op("Sigmoid", x))
+    if op == "Neg":
+        return b.op("Neg", R)
+    if op in ("Max", "Min"):  # 1 where x is the one taken (ties, of measure zero, to the constant)
+        taken = b.op("Greater" if op == "Max" else "Less", x, node.inputs[1])
+        return b.op("Where", taken, R, zero)
     if op == "Clip":
         lo, hi = _clip_bounds(node)
         inside = None
@@ -83,7 +99,8 @@ def _check_clip(node) -> str | None:
     return None
 
 
-ACTIVATIONS = ("Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Erf", "Pow")
+ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Softplus", "Neg", "Clip", "Max", "Min", "Sigmoid", "Tanh",
+               "HardSigmoid", "HardSwish", "Erf", "Pow")
 
 
 def _check_operands(node) -> str | None:
@@ -91,6 +108,10 @@ def _check_operands(node) -> str | None:
         return _check_clip(node)
     if node.op_type == "Pow" and const_array(node.inputs[1]) is None:
         return "the exponent is not constant"
+    if node.op_type == "PRelu" and const_array(node.inputs[1]) is None:
+        return "the slope is not constant"
+    if node.op_type in ("Max", "Min") and (len(node.inputs) != 2 or const_array(node.inputs[1]) is None):
+        return "only of one activation and a constant"
     return None
 
 

@@ -45,19 +45,29 @@ def split_adjoint(env: Env):
     return env.to_first_input(b.op("Concat", *parts, axis=axis))
 
 
+INT_MAX = 2**31 - 1  # tf2onnx writes INT32_MAX ends for "to the end", torch INT64_MAX
+
+
 def _slice_params(node, in_dims):
-    """Normalized (starts, ends, axes, steps) of a Slice on a static input."""
+    """Normalized (axis, start, end, step) per sliced axis of a Slice on a static input; ends past the extent
+    (INT32_MAX, INT64_MAX) clamp to it. The batch axis (−1 in ``in_dims``) is left out: :func:`_check_slice`
+    lets through only slices that keep all of it."""
+    out = []
+    for a, s, e, st in _slice_arguments(node, len(in_dims)):
+        if a == 0 and in_dims[0] < 0:
+            continue
+        s, e, _ = slice(s, e, st).indices(in_dims[a])
+        out.append((a, s, e, st))
+    return out
+
+
+def _slice_arguments(node, rank_: int):
+    """(axis, start, end, step) as the node gives them, axes made non-negative."""
     arrays = [const_array(v) if v is not None else None for v in node.inputs[1:]]
     starts, ends = arrays[0].tolist(), arrays[1].tolist()
     axes = arrays[2].tolist() if len(arrays) > 2 and arrays[2] is not None else list(range(len(starts)))
     steps = arrays[3].tolist() if len(arrays) > 3 and arrays[3] is not None else [1] * len(starts)
-    out = []
-    for s, e, a, st in zip(starts, ends, axes, steps):
-        a %= len(in_dims)
-        d = in_dims[a]
-        s, e, _ = slice(s, e, st).indices(d)
-        out.append((a, s, e, st))
-    return out
+    return [(a % rank_, s, e, st) for s, e, a, st in zip(starts, ends, axes, steps)]
 
 
 def _check_slice(node) -> str | None:
@@ -66,6 +76,13 @@ def _check_slice(node) -> str | None:
     steps = const_array(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
     if steps is not None and np.any(steps != 1):
         return "steps other than 1 are not supported"
+    x = node.inputs[0]
+    if x.shape is not None and len(x.shape) > 0 and not isinstance(x.shape[0], int):
+        for a, s, e, _ in _slice_arguments(node, len(x.shape)):
+            # a slice of the batch axis must keep all of it, [0 (or before), INT_MAX): Keras's Cropping2D
+            # through tf2onnx slices every axis
+            if a == 0 and not ((s == 0 or s <= -INT_MAX) and e >= INT_MAX):
+                return "it slices part of the batch axis"
     return None
 
 
@@ -76,8 +93,6 @@ def slice_adjoint(env: Env):
     r = len(in_dims)
     pads = [0] * (2 * r)
     for a, s, e, _ in _slice_params(env.node, in_dims):
-        if a == 0:
-            continue  # slicing the batch axis is refused by the check of static dims above
         pads[a], pads[a + r] = s, in_dims[a] - max(e, s)
     return env.to_first_input(env.b.op("Pad", env.R, env.b.ints(pads)))
 

@@ -1,0 +1,164 @@
+"""Shapes a model states loosely: dynamic height and width fixed with ``--input-shape``, slices of every axis.
+
+- A CNN exported by torch with dynamic H and W (its flattened size depends on them; flattened by Flatten or by
+  ``x.view(x.size(0), -1)``, computed from Shape at run time) compiles with ``--input-shape input=Nx3x8x8`` into an explainer equal to that of the same network
+  exported with static H and W, under ``gradient`` and ``epsilon``; its gradient equals torch autograd's.
+- Without the flag, the refusal is one line that names it; a bad flag is one line too.
+- A Slice of part of the batch axis is refused by ``inspect`` and ``compile`` alike (one covers what the other
+  compiles; the slice of all of it, as Keras's Cropping2D through tf2onnx, is in tests/test_spelling.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+import relgraph
+
+try:
+    import torch_models as tm
+    from test_cli import assert_one_line_error, run
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import torch_models as tm
+    from tests.test_cli import assert_one_line_error, run
+
+
+class FlattenCNN(nn.Module):
+    """Conv → ReLU → max pool → strided conv → ReLU → flatten → dense: the dense layer's input size depends on
+    H and W, and the strided conv's transpose needs them. ``view``: flatten as ``x.view(x.size(0), -1)``, which
+    the legacy export computes from Shape at run time."""
+
+    def __init__(self, view: bool = False):
+        super().__init__()
+        self.view = view
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 6, 3, stride=2, padding=1)
+        self.fc = nn.Linear(6 * 2 * 2, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.conv2(nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)))
+        return self.fc(x.view(x.size(0), -1) if self.view else torch.flatten(x, 1))
+
+
+def export(model: nn.Module, path, dynamic_hw: bool) -> str:
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    example = torch.randn(2, 3, 8, 8)
+    torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=tm.LEGACY_OPSET,
+                      input_names=[tm.INPUT], output_names=[tm.OUTPUT],
+                      dynamic_axes={tm.INPUT: axes, tm.OUTPUT: {0: "batch"}})
+    proto = onnx.load(str(path))
+    proto.ir_version = tm.IR_VERSION
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """form → (torch model, dynamic-H/W export, static export), for both ways of flattening."""
+    folder = tmp_path_factory.mktemp("shapes")
+    out = {}
+    for form in ("flatten", "view"):
+        torch.manual_seed(0)
+        model = FlattenCNN(view=form == "view")
+        dynamic = export(model, folder / f"{form}_dynamic.onnx", True)
+        static = export(model, folder / f"{form}_static.onnx", False)
+        dims = onnx.load(dynamic).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims] == ["batch", 3, "height", "width"]
+        out[form] = model, dynamic, static
+    return out
+
+
+def explain(path: str, rule: str, x: np.ndarray, **kw) -> dict:
+    result = relgraph.compile(path, rule=rule, write=False, **kw)
+    session = ort.InferenceSession(result.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {tm.INPUT: x, "target": np.full(len(x), 2, np.int64)})))
+
+
+@pytest.mark.parametrize("form", ["flatten", "view"])
+@pytest.mark.parametrize("rule", ["gradient", "epsilon"])
+def test_dynamic_height_width_fixed_equals_static_export(exports, form, rule):
+    model, dynamic, static = exports[form]
+    x = tm.random_input((3, 3, 8, 8), seed=1)
+    fixed = explain(dynamic, rule, x, input_shapes={tm.INPUT: ["N", 3, 8, 8]})
+    reference = explain(static, rule, x)
+    np.testing.assert_allclose(fixed[tm.OUTPUT], reference[tm.OUTPUT], rtol=1e-6, atol=1e-6)
+    assert np.all(tm.relative_error(fixed["relevance"], reference["relevance"]) <= 1e-6)
+    if rule == "gradient":
+        exact = tm.reference_gradient(model, x, np.full(len(x), 2))
+        assert np.all(tm.relative_error(fixed["relevance"], exact) < 1e-5)
+    for n in (1, 5):  # the batch stays dynamic
+        assert explain(dynamic, rule, tm.random_input((n, 3, 8, 8), seed=n),
+                       input_shapes={tm.INPUT: ["N", 3, 8, 8]})["relevance"].shape == (n, 3, 8, 8)
+
+
+def test_input_shape_on_the_command_line(exports, tmp_path):
+    _, dynamic, static = exports["view"]
+    code, out, err = run("inspect", dynamic, "--input-shape", "input=Nx3x8x8")
+    assert code == 0, err
+    assert "[" in out and "3, 8, 8]" in out.splitlines()[0]
+    code, _, err = run("compile", dynamic, "--rule", "epsilon", "-o", tmp_path / "e.onnx",
+                       "--input-shape", "input=Bx3x8x8")
+    assert code == 0, err
+    x = tm.random_input((2, 3, 8, 8), seed=2)
+    ours = relgraph.Explainer(str(tmp_path / "e.onnx")).explain(x, 1)
+    reference = relgraph.Explainer(relgraph.compile(static, rule="epsilon", output=str(tmp_path / "s.onnx")).path) \
+        .explain(x, 1)
+    assert np.all(tm.relative_error(ours["relevance"], reference["relevance"]) <= 1e-6)
+
+
+@pytest.mark.parametrize("form", ["flatten", "view"])
+def test_dynamic_dimensions_refused_naming_the_flag(exports, form, tmp_path):
+    """The strided conv's refusal (flatten) or the Reshape's that did not fold (view) names the flag."""
+    _, dynamic, _ = exports[form]
+    code, _, err = run("compile", dynamic, "-o", tmp_path / "e.onnx")
+    assert_one_line_error(code, err, "--input-shape")
+    code, out, _ = run("inspect", dynamic)
+    assert "--input-shape input=" in out
+
+
+@pytest.mark.parametrize("flag, needle", [
+    ("input=Nx3x8", "rank 4"),            # wrong rank
+    ("input=Nx4x8x8", "axis 1"),          # a static dimension given otherwise
+    ("pixels=Nx3x8x8", "no input 'pixels'"),
+    ("input=Nx3x8x8.5", "NAME=DIMS"),
+    ("Nx3x8x8", "NAME=DIMS"),
+])
+def test_bad_input_shape(exports, flag, needle):
+    _, dynamic, _ = exports["flatten"]
+    with pytest.raises(relgraph.RelgraphError, match=needle):
+        relgraph.compile(dynamic, write=False, input_shapes=[flag])
+
+
+def test_bad_input_shape_on_the_command_line(exports, tmp_path):
+    _, dynamic, _ = exports["view"]
+    code, _, err = run("compile", dynamic, "-o", tmp_path / "e.onnx", "--input-shape", "input=Nx4x8x8")
+    assert_one_line_error(code, err, "--input-shape", "axis 1")
+    assert not (tmp_path / "e.onnx").exists()
+
+
+def test_slice_of_part_of_the_batch_refused_by_inspect_and_compile(tmp_path):
+    text = """
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[N, 4] x) => (float[M, 3] logits) {
+       st = Constant <value = int64[2] {1, 0}> ()
+       en = Constant <value = int64[2] {2147483647, 2147483647}> ()
+       ax = Constant <value = int64[2] {0, 1}> ()
+       s = Slice (x, st, en, ax)
+       logits = Gemm <transB = 1> (s, W, B)
+    }
+    """
+    model = onnx.parser.parse_model(text)
+    rng = np.random.default_rng(0)
+    model.graph.initializer.extend([numpy_helper.from_array(rng.normal(size=(3, 4)).astype(np.float32), "W"),
+                                    numpy_helper.from_array(rng.normal(size=3).astype(np.float32), "B")])
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    for command in ("inspect", "compile"):
+        code, out, err = run(command, tmp_path / "m.onnx")
+        assert code == 2
+        assert "Slice" in err and "part of the batch axis" in err, err

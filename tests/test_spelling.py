@@ -1,0 +1,333 @@
+"""Relevance is a property of the function, not of its spelling (DESIGN.md 4b): metamorphic tests.
+
+Each case is one function written the ways exporters write it (torch, tf2onnx, paddle2onnx, jax2onnx, onnx's
+version converter), inline in ONNX text. Every spelling sits in the same small CNN (conv → the spelled part →
+1×1 conv → ReLU → global pool → dense), with the same random weights; compiled under ``gradient``,
+``epsilon``, ``epsilon-plus-flat`` and ``epsilon-gamma-box`` and run by onnxruntime, every spelling must give
+the logits and the relevance of the first one, to a relative L2 of 1e-6 per sample, for several seeds.
+
+The canonical op each spelling folds to is asserted too (the pass fired), and a MobileNetV3-like stack of
+hard swishes written as tf2onnx writes them must deliver the logit to the input (conservation under ε).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+import relgraph
+from relgraph.compiler import prepare
+
+RULES = {"gradient": {}, "epsilon": {}, "epsilon-plus-flat": {}, "epsilon-gamma-box": {"bounds": (-1.0, 1.0)}}
+SEEDS = (0, 1, 2)
+TOLERANCE = 1e-6
+
+CONSTANTS = """
+   zero = Constant <value = float {0.0}> ()
+   half = Constant <value = float {0.5}> ()
+   one = Constant <value = float {1.0}> ()
+   three = Constant <value = float {3.0}> ()
+   six = Constant <value = float {6.0}> ()
+   sixth = Constant <value = float {0.16666667}> ()
+   sqrt2 = Constant <value = float {1.4142135}> ()
+   rsqrt2 = Constant <value = float {0.70710677}> ()"""
+
+HEAD = """
+<ir_version: 10, opset_import: ["" : {opset}]>
+block (float[N, 3, 6, 6] x) => (float[N, 5] {output}) {{
+   h = Conv <pads = [1, 1, 1, 1]> (x, W1, B1)
+{constants}
+{body}
+   c = Conv (a, W2, B2)
+   r = Relu (c)
+   p = GlobalAveragePool (r)
+   f = Flatten (p)
+{tail}
+}}
+"""
+LOGITS = "   logits = Gemm <transB = 1> (f, W3, B3)"
+
+# the function from h to a, in each spelling; the first of each case is the canonical form
+BODIES = {
+    "hardswish": ("HardSwish", [
+        "   a = HardSwish (h)",
+        # tf2onnx (Keras hard_swish): x · (Clip(x + 3, 0, 6) · 1/6)
+        "   t = Add (h, three)\n   u = Clip (t, zero, six)\n   g = Mul (u, sixth)\n   a = Mul (h, g)",
+        # paddle2onnx: (x · Clip(x + 3, 0, 6)) / 6, the scaling after the product
+        "   t = Add (h, three)\n   u = Clip (t, zero, six)\n   m = Mul (h, u)\n   a = Div (m, six)",
+        # jax2onnx: x · min(max(x + 3, 0), 6) / 6, constants first
+        "   t = Add (three, h)\n   u = Max (t, zero)\n   v = Min (six, u)\n   g = Div (v, six)\n   a = Mul (g, h)",
+        # torch at opset < 14: x · HardSigmoid(x)
+        "   g = HardSigmoid <alpha = 0.16666667, beta = 0.5> (h)\n   a = Mul (h, g)",
+        # Relu then Min(·, 6), the 1/6 on the signal
+        "   t = Add (h, three)\n   u = Relu (t)\n   v = Min (u, six)\n   s = Mul (h, sixth)\n   a = Mul (s, v)",
+    ]),
+    "hard-sigmoid": ("HardSigmoid", [
+        "   a = HardSigmoid <alpha = 0.16666667, beta = 0.5> (h)",
+        "   t = Add (h, three)\n   u = Clip (t, zero, six)\n   a = Mul (u, sixth)",  # tf2onnx
+        "   t = Add (h, three)\n   u = Clip (t, zero, six)\n   a = Div (u, six)",   # paddle2onnx
+        "   t = Add (h, three)\n   u = Max (t, zero)\n   v = Min (u, six)\n   a = Div (v, six)",  # jax2onnx
+        "   s = Div (h, six)\n   t = Add (s, half)\n   a = Clip (t, zero, one)",  # clip(x/6 + 1/2, 0, 1)
+    ]),
+    "squeeze-excitation": ("HardSigmoid", [
+        "   q = GlobalAveragePool (h)\n   z = Conv (q, WS, BS)\n   g = HardSigmoid <alpha = 0.16666667, beta = 0.5> (z)"
+        "\n   a = Mul (h, g)",
+        "   q = GlobalAveragePool (h)\n   z = Conv (q, WS, BS)\n   t = Add (z, three)\n   u = Clip (t, zero, six)"
+        "\n   g = Mul (u, sixth)\n   a = Mul (h, g)",
+    ]),
+    "relu6": ("Clip", [
+        "   a = Clip (h, zero, six)",
+        "   u = Max (h, zero)\n   a = Min (u, six)",
+        "   u = Min (h, six)\n   a = Max (zero, u)",
+        "   u = Relu (h)\n   a = Min (u, six)",
+    ]),
+    # a floor per channel: Max with a constant either side; the same floor everywhere is a Clip
+    "max-constant": ("Max", [
+        "   k = Constant <value = float[4, 1, 1] {0.3, -0.2, 0.1, 0.0}> ()\n   a = Max (h, k)",
+        "   k = Constant <value = float[4, 1, 1] {0.3, -0.2, 0.1, 0.0}> ()\n   a = Max (k, h)",
+        # max(x, k) = −min(−x, −k)
+        "   k = Constant <value = float[4, 1, 1] {-0.3, 0.2, -0.1, 0.0}> ()\n   n = Neg (h)\n   m = Min (n, k)"
+        "\n   a = Neg (m)",
+    ]),
+    "max-uniform": ("Max", [
+        "   k = Constant <value = float[4, 1, 1] {0.25, 0.25, 0.25, 0.25}> ()\n   a = Max (k, h)",
+        "   k = Constant <value = float {0.25}> ()\n   a = Clip (h, k)",
+    ]),
+    "relu": ("Relu", [
+        "   a = Relu (h)",
+        "   a = Max (h, zero)",
+        "   a = Max (zero, h)",
+    ]),
+    "silu": ("Sigmoid", [
+        "   g = Sigmoid (h)\n   a = Mul (h, g)",
+        "   g = Sigmoid (h)\n   a = Mul (g, h)",
+        "   g = Sigmoid (h)\n   s = Mul (h, half)\n   m = Mul (g, s)\n   a = Div (m, half)",
+    ]),
+    "gelu": ("Erf", [
+        "   d = Div (h, sqrt2)\n   e = Erf (d)\n   t = Add (e, one)\n   g = Mul (t, half)\n   a = Mul (h, g)",
+        # torch: (x · ½) · (1 + erf(x/√2))
+        "   s = Mul (h, half)\n   d = Div (h, sqrt2)\n   e = Erf (d)\n   t = Add (e, one)\n   a = Mul (s, t)",
+        # tf2onnx: (x · (1 + erf(x · 1/√2))) · ½
+        "   d = Mul (h, rsqrt2)\n   e = Erf (d)\n   t = Add (one, e)\n   m = Mul (h, t)\n   a = Mul (m, half)",
+    ]),
+    # x · clip(x + 1, 0, 3) is no named activation: only the gate recognition sees it, against the same
+    # function through the HardSigmoid op, 3·x·hardsigmoid(x; 1/3, 1/3)
+    "gate": ("Mul", [
+        "   g = HardSigmoid <alpha = 0.33333334, beta = 0.33333334> (h)\n   m = Mul (h, g)\n   a = Mul (m, three)",
+        "   t = Add (h, one)\n   u = Clip (t, zero, three)\n   a = Mul (h, u)",
+        "   t = Add (h, one)\n   u = Clip (t, zero, three)\n   k = Cast <to = 1> (u)\n   a = Mul (k, h)",
+    ]),
+    # a crop of 1 pixel on each side: Keras's Cropping2D through tf2onnx slices every axis, the batch
+    # included, with INT32_MAX ends; torch, the cropped axes alone
+    "crop": ("Slice", [
+        "   st = Constant <value = int64[2] {1, 1}> ()\n   en = Constant <value = int64[2] {5, 5}> ()"
+        "\n   ax = Constant <value = int64[2] {2, 3}> ()\n   a = Slice (h, st, en, ax)",
+        "   st = Constant <value = int64[4] {0, 0, 1, 1}> ()"
+        "\n   en = Constant <value = int64[4] {2147483647, 2147483647, -1, -1}> ()"
+        "\n   ax = Constant <value = int64[4] {0, 1, 2, 3}> ()\n   a = Slice (h, st, en, ax)",
+        "   st = Constant <value = int64[3] {-9223372036854775807, 1, 1}> ()"
+        "\n   en = Constant <value = int64[3] {9223372036854775807, -1, 9223372036854775807}> ()"
+        "\n   ax = Constant <value = int64[3] {0, -2, -1}> ()\n   s = Slice (h, st, en, ax)"
+        "\n   st2 = Constant <value = int64[1] {0}> ()\n   en2 = Constant <value = int64[1] {-1}> ()"
+        "\n   ax2 = Constant <value = int64[1] {3}> ()\n   a = Slice (s, st2, en2, ax2)",
+    ]),
+    # a sum over H and W: n · ReduceMean, ReduceSum with the axes as an input (either sign), keepdims=0 then
+    # Unsqueeze (torch's x.sum((2, 3)) followed by a view)
+    "reduce-sum": ("ReduceMean", [
+        "   m = ReduceMean <axes = [2, 3]> (h)\n   n = Constant <value = float {36.0}> ()\n   a = Mul (m, n)",
+        "   ax = Constant <value = int64[2] {2, 3}> ()\n   a = ReduceSum (h, ax)",
+        "   ax = Constant <value = int64[2] {-1, -2}> ()\n   a = ReduceSum <keepdims = 1> (h, ax)",
+        "   ax = Constant <value = int64[2] {2, 3}> ()\n   s = ReduceSum <keepdims = 0> (h, ax)"
+        "\n   a = Unsqueeze (s, ax)",
+    ]),
+    "passthrough": ("Relu", [
+        "   a = Relu (h)",
+        "   k = Cast <to = 1> (h)\n   i = Identity (k)\n   a = Relu (i)",
+        "   k, mask = Dropout (h)\n   a = Relu (k)",
+    ]),
+}
+
+# ops of opset 20 and 24: the gated activations with an op of their own
+OPSET_BODIES = {
+    "gelu": [(20, "   a = Gelu (h)")],
+    "gelu-tanh": [(20, "   a = Gelu <approximate = \"tanh\"> (h)")],
+    "silu": [(24, "   a = Swish (h)")],
+}
+BODIES["gelu-tanh"] = ("Tanh", [
+    "   k = Constant <value = float {0.044715}> ()\n   sq = Constant <value = float {0.7978846}> ()"
+    "\n   q = Mul (h, h)\n   cube = Mul (q, h)\n   w = Mul (cube, k)\n   v = Add (h, w)\n   y = Mul (v, sq)"
+    "\n   e = Tanh (y)\n   t = Add (e, one)\n   g = Mul (t, half)\n   a = Mul (h, g)",
+])
+
+# the end of the network, to the output
+TAILS = {
+    "identity": (None, [
+        LOGITS,
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   logits = Identity (l)",
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   logits, mask = Dropout (l)",
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   k = Cast <to = 1> (l)\n   logits = Identity (k)",
+    ]),
+    "softmax": ("Softmax", [
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   prob = Softmax (l)",
+        # onnx's version converter, for an opset-11 Softmax whose input's rank it cannot see
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   s = Shape (l)\n   fl = Flatten <axis = 1> (l)"
+        "\n   sm = Softmax <axis = -1> (fl)\n   prob = Reshape (sm, s)",
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   sm = Softmax <axis = 1> (l)\n   prob = Identity (sm)",
+    ]),
+    "log-softmax": ("LogSoftmax", [
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   prob = LogSoftmax (l)",
+        "   l = Gemm <transB = 1> (f, W3, B3)\n   s = Shape (l)\n   fl = Flatten <axis = 1> (l)"
+        "\n   sm = LogSoftmax <axis = -1> (fl)\n   prob = Reshape (sm, s)",
+    ]),
+}
+
+
+def weights(seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"W1": rng.normal(0, 0.5, (4, 3, 3, 3)), "B1": rng.normal(0, 0.1, 4),
+            "W2": rng.normal(0, 0.5, (4, 4, 1, 1)), "B2": rng.normal(0, 0.1, 4),
+            "WS": rng.normal(0, 0.5, (4, 4, 1, 1)), "BS": rng.normal(0, 0.1, 4),
+            "W3": rng.normal(0, 0.5, (5, 4)), "B3": rng.normal(0, 0.1, 5)}
+
+
+def write_model(path, body: str, seed: int, tail: str = LOGITS, opset: int = 17) -> str:
+    output = "prob" if "prob" in tail else "logits"
+    text = HEAD.format(opset=opset, output=output, constants=CONSTANTS, body=body, tail=tail)
+    model = onnx.parser.parse_model(text)
+    used = {i for n in model.graph.node for i in n.input}
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k)
+                                   for k, v in weights(seed).items() if k in used)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def explain(path: str, rule: str, x: np.ndarray) -> dict:
+    result = relgraph.compile(path, rule=rule, write=False, **RULES[rule])
+    session = ort.InferenceSession(result.proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {"x": x, "target": np.full(len(x), -1, np.int64)})))
+
+
+def relative_l2(actual, desired) -> np.ndarray:
+    a, d = actual.reshape(len(actual), -1), desired.reshape(len(desired), -1)
+    return np.linalg.norm(a - d, axis=1) / np.linalg.norm(d, axis=1)
+
+
+def assert_same_relevance(paths: list[str], seed: int):
+    x = np.random.default_rng(100 + seed).uniform(-1, 1, (3, 3, 6, 6)).astype(np.float32)
+    for rule in RULES:
+        reference = explain(paths[0], rule, x)
+        assert np.abs(reference["relevance"]).sum() > 0
+        for path in paths[1:]:
+            out = explain(path, rule, x)
+            np.testing.assert_allclose(out["logits"], reference["logits"], rtol=1e-5, atol=1e-6)
+            error = relative_l2(out["relevance"], reference["relevance"])
+            assert np.all(error <= TOLERANCE), f"{path} under {rule}: relative L2 {error}"
+
+
+def canonical_ops(path: str) -> list[str]:
+    return [n.op_type for n in prepare(path)[0].graph]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("case", sorted(BODIES))
+def test_activation_spellings_give_equal_relevance(tmp_path, case, seed):
+    canonical, bodies = BODIES[case]
+    paths = [write_model(tmp_path / f"{case}{i}.onnx", body, seed) for i, body in enumerate(bodies)]
+    paths += [write_model(tmp_path / f"{case}-opset{opset}.onnx", body, seed, opset=opset)
+              for opset, body in OPSET_BODIES.get(case, [])]
+    assert_same_relevance(paths, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS[:2])
+@pytest.mark.parametrize("case", sorted(TAILS))
+def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
+    _, tails = TAILS[case]
+    paths = [write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", seed, tail=tail)
+             for i, tail in enumerate(tails)]
+    assert_same_relevance(paths, seed)
+
+
+# the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
+# gate) stay products, recognised as gates by the relevance pass
+FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough"}
+
+
+@pytest.mark.parametrize("case", sorted(BODIES))
+def test_spellings_fold_to_the_canonical_form(tmp_path, case):
+    """Every spelling of a named activation canonicalizes to the same op sequence as the first one."""
+    canonical, bodies = BODIES[case]
+    forms = [canonical_ops(write_model(tmp_path / f"{case}{i}.onnx", body, 0)) for i, body in enumerate(bodies)]
+    forms += [canonical_ops(write_model(tmp_path / f"{case}-opset{opset}.onnx", body, 0, opset=opset))
+              for opset, body in OPSET_BODIES.get(case, [])]
+    assert canonical in forms[0]
+    if case in FOLDED:
+        for form in forms[1:]:
+            assert form == forms[0]
+    gone = {"Cast", "Identity", "Dropout", "Gelu", "Swish"} | (set() if case.startswith("max") else {"Min", "Max"})
+    assert not gone & set(sum(forms, []))
+
+
+@pytest.mark.parametrize("case", sorted(TAILS))
+def test_output_spellings_fold(tmp_path, case):
+    canonical, tails = TAILS[case]
+    for i, tail in enumerate(tails):
+        model = prepare(write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", 0, tail=tail))[0]
+        out = model.graph.outputs[0]
+        assert out.name in ("logits", "prob")
+        assert out.producer().op_type == (canonical or "Gemm")
+
+
+def mobilenet_like(path, seed: int, blocks: int = 4) -> str:
+    """Stem conv, then ``blocks`` × (1×1 expand conv → hard swish → depthwise 3×3 conv → hard swish →
+    squeeze-excitation with a hard-sigmoid gate → 1×1 project conv → residual sum), pool, dense: MobileNetV3's
+    block with every hard swish and hard sigmoid written as tf2onnx writes them. No layer has a bias: the
+    only constants added anywhere are the hard sigmoids' offsets."""
+    rng = np.random.default_rng(seed)
+    zeros = np.zeros
+    inits = {"W0": rng.normal(0, 0.4, (8, 3, 3, 3)), "B0": zeros(8),
+             "W3": rng.normal(0, 0.4, (5, 8)), "B3": zeros(5)}
+
+    def hard_sigmoid(v, out):
+        return f"   {out}_t = Add ({v}, three)\n   {out}_c = Clip ({out}_t, zero, six)\n   {out} = Mul ({out}_c, sixth)"
+
+    lines, v = ["   s0 = Conv <pads = [1, 1, 1, 1]> (x, W0, B0)"], "s0"
+    for k in range(blocks):
+        inits.update({f"E{k}": rng.normal(0, 0.4, (16, 8, 1, 1)), f"EB{k}": zeros(16),
+                      f"D{k}": rng.normal(0, 0.4, (16, 1, 3, 3)), f"DB{k}": zeros(16),
+                      f"S{k}": rng.normal(0, 0.4, (16, 16, 1, 1)), f"SB{k}": zeros(16),
+                      f"P{k}": rng.normal(0, 0.3, (8, 16, 1, 1)), f"PB{k}": zeros(8)})
+        lines += [f"   e{k} = Conv ({v}, E{k}, EB{k})", hard_sigmoid(f"e{k}", f"eg{k}"), f"   ea{k} = Mul (e{k}, eg{k})",
+                  f"   d{k} = Conv <pads = [1, 1, 1, 1], group = 16> (ea{k}, D{k}, DB{k})",
+                  hard_sigmoid(f"d{k}", f"dg{k}"), f"   da{k} = Mul (d{k}, dg{k})",
+                  f"   q{k} = GlobalAveragePool (da{k})\n   z{k} = Conv (q{k}, S{k}, SB{k})",
+                  hard_sigmoid(f"z{k}", f"zg{k}"), f"   se{k} = Mul (da{k}, zg{k})",
+                  f"   p{k} = Conv (se{k}, P{k}, PB{k})\n   s{k + 1} = Add ({v}, p{k})"]
+        v = f"s{k + 1}"
+    text = ('<ir_version: 10, opset_import: ["" : 17]>\nnet (float[N, 3, 6, 6] x) => (float[N, 5] logits) {\n'
+            + CONSTANTS + "\n" + "\n".join(lines)
+            + f"\n   g = GlobalAveragePool ({v})\n   f = Flatten (g)\n   logits = Gemm <transB = 1> (f, W3, B3)\n}}")
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend(numpy_helper.from_array(np.asarray(a, np.float32), k) for k, a in inits.items())
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_hard_swish_network_delivers_the_logit_to_the_input(tmp_path, seed):
+    """Under ε in a network without biases, Σ R_input = f_c(x) up to what the stabilizer absorbs: the offsets
+    +3 of the written-out hard sigmoids are part of the activations, not biases that soak up the relevance."""
+    path = mobilenet_like(tmp_path / "m.onnx", seed)
+    assert "HardSwish" in canonical_ops(path)
+    x = np.random.default_rng(seed).uniform(-1, 1, (4, 3, 6, 6)).astype(np.float32)
+    out = explain(path, "epsilon", x)
+    logit = out["logits"][np.arange(len(x)), out["logits"].argmax(1)]
+    share = out["relevance"].reshape(len(x), -1).sum(1) / logit
+    np.testing.assert_allclose(out["bias_relevance"], 0, atol=1e-6)
+    np.testing.assert_allclose(share, 1, rtol=1e-3)
