@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from zennit.attribution import Gradient
 from zennit.composites import (EpsilonAlpha2Beta1, EpsilonAlpha2Beta1Flat, EpsilonGammaBox, EpsilonPlus,
-                               EpsilonPlusFlat, LayerMapComposite, SpecialFirstLayerMapComposite)
+                               EpsilonPlusFlat, LayerMapComposite, SpecialFirstLayerMapComposite, layer_map_base)
 from zennit.layer import Sum
 from zennit.rules import AlphaBeta, Epsilon, Flat, Gamma, Norm, Pass, WSquare, ZBox, ZPlus
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
@@ -207,3 +207,46 @@ def test_resnet18_epsilon(resnet18, form):
     target = tm.reference_logits(model, x).argmax(1)
     composite = LayerMapComposite(_layer_map(Epsilon(epsilon=1e-6)), canonizers=[ResNetCanonizer()])
     _compare(model, paths[form], "epsilon", composite, x, target)
+
+
+# ------------------------------------------------------------------------------------------ a visible ε
+
+VISIBLE_EPSILON = 0.25
+SCALE_TOLERANCE = 1e-3  # per-sample relative L2
+
+
+def zennit_epsilon(canonizer, epsilon):
+    """What ε means in zennit's composites: ``Epsilon(ε)`` on the layers with weights, and zennit's own base
+    map elsewhere (``Norm`` with its fixed 1e-6 stabilizer on sums and average pooling, ``Pass`` on
+    activations and on BatchNorm its canonizers did not merge)."""
+    return LayerMapComposite(layer_map_base() + [((Convolution, nn.Linear), Epsilon(epsilon=epsilon))],
+                             canonizers=[canonizer])
+
+
+def _compare_epsilon(model, path, canonizer, x, epsilon):
+    target = tm.reference_logits(model, x).argmax(1)
+    relevance, _ = relgraph_relevance(path, "epsilon", x, target, epsilon=epsilon)
+    expected = zennit_relevance(model, zennit_epsilon(canonizer, epsilon), x, target)
+    similarity, error = tm.cosine(relevance, expected), tm.relative_error(relevance, expected)
+    assert np.all(similarity > THRESHOLD), f"cosine per sample {similarity}"
+    assert np.all(error < SCALE_TOLERANCE), f"relative L2 per sample {error}"
+    # ε is visible: zennit's own result at ε = 1e-6 is far from this one
+    near_zero = zennit_relevance(model, zennit_epsilon(canonizer, 1e-6), x, target)
+    assert np.all(tm.relative_error(near_zero, expected) > 0.05)
+    return error
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_resnet18_visible_epsilon(resnet18, form):
+    """At ε = 0.25, ``--epsilon`` acts on the convolutions and the linear layer only: the residual sums and the
+    head's average pool split with the fixed stabilizer, as zennit's Norm does."""
+    model, paths = resnet18
+    x = tm.random_input((2, 3, 64, 64), 13)
+    _compare_epsilon(model, paths[form], ResNetCanonizer(), x, VISIBLE_EPSILON)
+
+
+def test_vgg16_visible_epsilon(vgg16):
+    """VGG-16's adaptive average pool (a 1×1 AveragePool on 7×7 maps: an identity) must not absorb ε."""
+    model, paths = vgg16
+    x = tm.random_input((1, 3, 224, 224), 14)
+    _compare_epsilon(model, paths["legacy"], VGGCanonizer(), x, VISIBLE_EPSILON)

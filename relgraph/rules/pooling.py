@@ -3,7 +3,8 @@
 Average pooling, global average pooling and ReduceMean are linear maps z = A·x without parameters:
 
 - ``gradient``: R_x = Aᵀ·R.
-- ``epsilon``:  R_x = x ⊙ Aᵀ·(R ⊘ stab(z)) (zennit's ``Norm`` rule; ``zero`` has ε = 0).
+- ``norm``:     R_x = x ⊙ Aᵀ·(R ⊘ stab(z)) with the fixed ``stabilizer`` (zennit's ``Norm`` rule, the LRP
+  composites' default); ``epsilon`` / ``normalized`` use the user's ε instead, ``zero`` none.
 
 Max pooling:
 
@@ -126,11 +127,10 @@ def mean_gradient(env: Env):
     return env.to_first_input(TRANSPOSES[env.node.op_type](env, env.R))
 
 
-@defrule(tuple(TRANSPOSES), LINEAR, "epsilon", "normalized", "zero")
+@defrule(tuple(TRANSPOSES), LINEAR, "norm", "epsilon", "normalized", "zero")
 def mean_epsilon(env: Env):
     b = env.b
-    eps = 0.0 if env.rule == "zero" else env.params.epsilon
-    s = b.op("Div", env.R, env.stabilized_output(eps))
+    s = b.op("Div", env.R, env.stabilized_output(env.epsilon))
     return env.to_first_input(b.op("Mul", env.x, TRANSPOSES[env.node.op_type](env, s)))
 
 
