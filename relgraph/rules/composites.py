@@ -126,7 +126,7 @@ COMPOSITES = {
     "w-square": _affine("w-square"),
     "flat": _affine("flat"),
     "zbox": lambda: _lrp("zbox", first="zbox"),
-    # compare to baseline (seeds/001); DeepLIFT's rescale rule: multipliers propagate as gradients with Δy/Δx
+    # compare to baseline (Shrikumar et al. 2017, arXiv:1704.02685); DeepLIFT's rescale rule: multipliers propagate as gradients with Δy/Δx
     # at nonlinearities, and the input's relevance is (x − x̄) ⊙ multiplier, so Σ R = f(x) − f(x̄)
     "deeplift": lambda: _gradient("deeplift", kinds={ACTIVATION: "rescale"}, multiply_input=True,
                                   baseline="zeros"),
@@ -240,7 +240,7 @@ def load_rule_map(path, params: RuleParams) -> Composite:
 
 
 def to_q_formulation(composite: Composite) -> Composite:
-    """LRP-0 rephrased in Q = R/a (seeds/001): no division by z anywhere.
+    """LRP-0 rephrased in Q = R/a (LRP read as back-propagation, README "Rules"): no division by z anywhere.
 
     The normalized rule becomes the gradient (Q_x = Q_z·Wᵀ), winner-takes-all max stays the gradient,
     the ignore rule for nonlinearities becomes the slope rule (Q_a = (f(a)/a)·Q_b), a gate's signal gets

@@ -8,12 +8,12 @@ Average pooling, global average pooling and ReduceMean are linear maps z = A·x 
 
 Max pooling:
 
-- ``gradient``: relevance goes to the winner of each window (seeds/001's "winner takes all"), as one
-  ``relgraph.MaxPoolRoute`` call (``functions.py``). Windows overlap in ResNet's k3 s2 p1 stem, so its
-  body routes with ``ScatterElements(reduction=add)`` over the pooling indices: MaxUnpool would overwrite
-  instead of summing.
-- ``radial`` (seeds/001): zero is the reference point. In a window with a positive maximum each
-  positive a_i gets the share a_i / Σ_{a_j>0} a_j and negatives get nothing; in an all-negative window
+- ``gradient``: relevance goes to the winner of each window ("winner takes all" in the per-layer-type view
+  of LRP), as one ``relgraph.MaxPoolRoute`` call (``functions.py``). Windows overlap in ResNet's k3 s2 p1
+  stem, so its body routes with ``ScatterElements(reduction=add)`` over the pooling indices: MaxUnpool
+  would overwrite instead of summing.
+- ``radial`` (the per-layer-type view of LRP): zero is the reference point. In a window with a positive
+  maximum each positive a_i gets the share a_i / Σ_{a_j>0} a_j and negatives get nothing; in an all-negative window
   the share is (1/a_i) / Σ_j (1/a_j). Overlapping windows sum their shares.
 """
 

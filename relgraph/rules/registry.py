@@ -28,7 +28,8 @@ ACTIVATION = "activation"  # elementwise nonlinearities
 PRODUCT = "product"        # Mul of two activations (gates: SiLU, squeeze-excitation)
 STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exact for every rule
 
-# ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names of seeds/001's per-layer-type tables.
+# ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names in the per-layer-type tables of LRP
+# read as back-propagation (README, "Per-layer-type rules").
 # ``norm`` is zennit's Norm: the ε split with the fixed stabilizer, the default on sums, pooling and scale layers.
 KIND_RULES: dict[str, tuple[str, ...]] = {
     AFFINE: ("gradient", "epsilon", "normalized", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square",
@@ -111,7 +112,7 @@ class Env:
     nonnegative: Callable[[ir.Value], bool]
     report_bias: Callable[[ir.Value], None]
     first_layer: bool = False
-    formulation: str = "r"  # "q": the relevance graph carries Q = R/a (seeds/001); gradient rules report biases
+    formulation: str = "r"  # "q": the relevance graph carries Q = R/a (LRP-0 rephrased); gradient rules report biases
     baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline
     rectified: ir.Value | None = None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
     shared: bool = False  # R is the share q of z in a residual sum, R_z = z ⊙ q (see ``Share``)
