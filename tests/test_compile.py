@@ -69,7 +69,7 @@ def test_target_selects_class_and_scales_relevance(tmp_path):
 
 def test_lrp0_equals_input_times_gradient_on_relu_networks(tmp_path):
     """With Q = R/a, LRP-0 propagates Q exactly as the gradient through affine layers, ReLUs and max pooling
-    (seeds/001), and Q_out = f_c/f_c = 1: so LRP-0 from R_out = f_c equals x ⊙ ∂f_c/∂x, biases or not."""
+    (the Q = R/a reformulation), and Q_out = f_c/f_c = 1: so LRP-0 from R_out = f_c equals x ⊙ ∂f_c/∂x, biases or not."""
     zero = relgraph.Explainer(compile_(tmp_path, "zero").path).explain(X, 2)
     ixg = relgraph.Explainer(compile_(tmp_path, "input-x-gradient").path).explain(X, 2)
     err = np.linalg.norm(zero["relevance"] - ixg["relevance"]) / np.linalg.norm(ixg["relevance"])

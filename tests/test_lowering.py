@@ -182,6 +182,30 @@ def test_triton_explainer_matches_onnxruntime(folders, sample, rule):
         assert np.abs(got["relevance"]).sum() > 0
 
 
+COMPOSITE_KERNELS = {  # composite → the relevance kernel its two non-first convs run on
+    "epsilon-alpha2-beta1-flat": "lrp_parts_conv2d_back",   # αβ: split forward and push-back
+    "epsilon-plus-flat": "epsilon_conv2d",                  # z⁺ on a ReLU output: the ε step with W⁺
+    "epsilon-gamma-box": "lrp_parts_conv2d_back",           # γ
+}
+
+
+@pytest.mark.parametrize("rule", COMPOSITE_KERNELS)
+def test_composite_plans_match_onnxruntime(model_path, tmp_path, rule):
+    """zennit's composites end to end through the kernels (Triton's interpreter without a GPU): the first
+    layer's flat / z^B in torch ops, the other convs on their fused kernels, the dense head on ε."""
+    folder = compile_triton(model_path, tmp_path / f"{rule}.triton", rule=rule, bounds=(-3.0, 3.0)).path
+    launched = ops(load(folder)[0])
+    assert launched[COMPOSITE_KERNELS[rule]] == CONVS - 1 and launched["epsilon_linear"] == 1
+    assert launched["maxpool2d_back"] == 1 and launched["epsilon_sum"] == 1
+    reference, lowered = relgraph.Explainer(folder, backend="onnxruntime"), relgraph.Explainer(folder)
+    assert isinstance(lowered, TritonExplainer)
+    x = random_input((2, *LoweringNet.input_shape), seed=12, low=-3.0, high=3.0)
+    want, got = reference.explain(x, 3), lowered.explain(x, 3)
+    for name, value in want["outputs"].items():
+        assert relative_error(got["outputs"][name], value).max() < 1e-4, name
+    assert np.abs(got["relevance"]).sum() > 0
+
+
 def test_fp16_operands_plan(model_path, sample, tmp_path):
     """``--dtype fp16``: x and W go to the kernels in fp16 (fp32 accumulation). The kernels match their
     torch reference fed the same fp16 operands; against the fp32 explainer the relevance moves by fp16's

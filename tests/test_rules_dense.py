@@ -19,7 +19,7 @@ import reference as ref
 SEEDS = (0, 1, 2)
 
 
-def _model(path, layer_nodes, inits, x_shape, layer_out_dim, classes=5, relu_first=False, seed=0):
+def _model(path, layer_nodes, inits, x_shape, layer_out_dim, classes=5, relu_first=False, seed=0, relu_after=False):
     rng = np.random.default_rng(seed + 100)
     head = rng.normal(size=(classes, layer_out_dim)).astype(np.float32)
     nodes = []
@@ -30,7 +30,9 @@ def _model(path, layer_nodes, inits, x_shape, layer_out_dim, classes=5, relu_fir
     for node in layer_nodes:
         node.input[0] = src if node.input[0] == "IN" else node.input[0]
         nodes.append(node)
-    nodes += [helper.make_node("Flatten", ["y"], ["flat"], name="flatten", axis=1),
+    if relu_after:
+        nodes.append(helper.make_node("Relu", ["y"], ["y_relu"], name="relu_out"))
+    nodes += [helper.make_node("Flatten", ["y_relu" if relu_after else "y"], ["flat"], name="flatten", axis=1),
               helper.make_node("Gemm", ["flat", "V"], ["logits"], name="head", transB=1)]
     inits = dict(inits, V=head)
     graph = helper.make_graph(
@@ -109,23 +111,25 @@ def gemm_case(tmp_path, seed, relu_first=False):
     return path, x, ref.gemm_matrix(w.astype(np.float64)), b.astype(np.float64), head, w
 
 
-def _reference(rule, x, M, b, R):
-    if rule == "epsilon":
-        return ref.epsilon(x, M, b, R, 1e-6)
+def _reference(rule, x, M, b, R, eps=1e-6):
+    """The float64 reference of ``rule``; ``eps`` is its stabilizer (ε for ``epsilon``, the fixed stabilizer
+    for the others)."""
+    if rule in ("epsilon", "norm"):  # norm: the same split, on layers without weights or on scale layers
+        return ref.epsilon(x, M, b, R, eps)
     if rule == "zero":
         return ref.epsilon(x, M, b, R, 0.0)
     if rule == "zplus":
-        return ref.zplus(x, M, b, R)
+        return ref.zplus(x, M, b, R, eps)
     if rule == "alpha-beta":
-        return ref.alpha_beta(x, M, b, R, 2.0, 1.0)
+        return ref.alpha_beta(x, M, b, R, 2.0, 1.0, eps)
     if rule == "gamma":
-        return ref.gamma(x, M, b, R, 0.25)
+        return ref.gamma(x, M, b, R, 0.25, eps)
     if rule == "zbox":
-        return ref.zbox(x, M, b, R, -1.5, 2.0)
+        return ref.zbox(x, M, b, R, -1.5, 2.0, eps)
     if rule == "w-square":
-        return ref.wsquare(x, M, b, R)
+        return ref.wsquare(x, M, b, R, eps)
     if rule == "flat":
-        return ref.flat(x, M, b, R)  # random weights: no exact zeros, (M != 0) is the connectivity
+        return ref.flat(x, M, b, R, eps)  # random weights: no exact zeros, (M != 0) is the connectivity
     raise AssertionError(rule)
 
 
@@ -273,3 +277,87 @@ def test_average_pool_ceil_mode_against_onnxruntime_gradient(tmp_path, include):
     logits = sess.run(None, {"x": basis})[0]  # [D_in, classes] = (V A)ᵀ
     expected = logits[:, [1, 3]].T.reshape(2, *in_shape)
     _close(res["relevance"], expected)
+
+
+# ------------------------------------------------------------------------------------------- a visible ε
+
+VISIBLE = (0.25, 1.0)
+STABILIZER = 1e-6  # RuleParams' default fixed stabilizer
+
+
+def _visible_layers(tmp_path, kind, seed):
+    """(model path, x, M, b, rule names) for x → layer → Relu → Flatten → head, with the layer as a dense
+    float64 map z = x·M + b. Small fan-ins and unit-scale inputs, so that ε = 0.25 is comparable to |z|."""
+    rng = np.random.default_rng(seed)
+    path = str(tmp_path / f"{kind}.onnx")
+    if kind == "gemm":
+        w, b = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=6).astype(np.float32) * 0.5
+        node = helper.make_node("Gemm", ["IN", "W", "B"], ["y"], name="layer", transB=1)
+        head = _model(path, [node], {"W": w, "B": b}, (8,), 6, seed=seed, relu_after=True)
+        return path, head, rng.normal(size=(3, 8)), ref.gemm_matrix(w.astype(np.float64)), b.astype(np.float64)
+    if kind == "conv":  # fan-in 8 (2 channels, 2×2), one-sided padding: border windows see fewer inputs
+        w, b = rng.normal(size=(3, 2, 2, 2)).astype(np.float32), rng.normal(size=3).astype(np.float32) * 0.5
+        M, out_shape = ref.conv_matrix(w.astype(np.float64), (2, 5, 5), (1, 1), (1, 1, 0, 0), (1, 1), 1)
+        node = helper.make_node("Conv", ["IN", "W", "B"], ["y"], name="layer", pads=[1, 1, 0, 0])
+        head = _model(path, [node], {"W": w, "B": b}, (2, 5, 5), int(np.prod(out_shape)), seed=seed, relu_after=True)
+        return path, head, rng.normal(size=(3, 2, 5, 5)), M, ref.bias_vector(b.astype(np.float64), out_shape)
+    if kind == "batchnorm":  # a scale layer: z = a ⊙ x + c per channel
+        gamma, beta = rng.uniform(0.5, 1.5, 3), rng.normal(size=3) * 0.5
+        mean, var = rng.normal(size=3) * 0.2, rng.uniform(0.5, 1.5, 3)
+        node = helper.make_node("BatchNormalization", ["IN", "g", "bb", "m", "v"], ["y"], name="layer")
+        inits = {k: v.astype(np.float32) for k, v in dict(g=gamma, bb=beta, m=mean, v=var).items()}
+        head = _model(path, [node], inits, (3, 2, 2), 12, seed=seed, relu_after=True)
+        p = {k: v.astype(np.float64) for k, v in inits.items()}
+        a = p["g"] / np.sqrt(p["v"] + 1e-5)
+        return path, head, rng.normal(size=(3, 3, 2, 2)), np.diag(np.repeat(a, 4)), \
+            np.repeat(p["bb"] - a * p["m"], 4)
+    if kind == "sum":  # a residual sum of two activations: the halves of x along the channels
+        nodes = [helper.make_node("Split", ["IN", "halves"], ["u", "v"], name="split", axis=1),
+                 helper.make_node("Add", ["u", "v"], ["y"], name="layer")]
+        head = _model(path, nodes, {"halves": np.array([2, 2], np.int64)}, (4, 3, 3), 18, seed=seed,
+                      relu_after=True)
+        return path, head, rng.normal(size=(3, 4, 3, 3)), np.vstack([np.eye(18), np.eye(18)]), None
+    if kind == "avgpool":
+        M, _ = ref.avgpool_matrix((2, 4, 4), (2, 2), (2, 2), (0, 0, 0, 0), False)
+        node = helper.make_node("AveragePool", ["IN"], ["y"], name="layer", kernel_shape=[2, 2], strides=[2, 2])
+        head = _model(path, [node], {}, (2, 4, 4), 8, seed=seed, relu_after=True)
+        return path, head, rng.normal(size=(3, 2, 4, 4)), M, None
+    raise AssertionError(kind)
+
+
+# (layer kind, rule): every LRP rule on both affine layers; the ε family (norm by default, ε when a rule map
+# names it) on a scale layer, a residual sum and average pooling
+VISIBLE_CASES = [(kind, rule) for kind in ("gemm", "conv") for rule in LRP_RULES if rule != "zero"] + \
+    [(kind, rule) for kind in ("batchnorm", "sum", "avgpool") for rule in ("norm", "epsilon")]
+
+
+@pytest.mark.parametrize("eps", VISIBLE)
+@pytest.mark.parametrize("kind, rule", VISIBLE_CASES)
+def test_visible_epsilon(tmp_path, kind, rule, eps):
+    """Every rule at ε = 0.25 and 1.0 (``--epsilon`` for ``epsilon``, the rule map's ``stabilizer`` for the
+    rest), on inputs where the stabilizer moves the result by more than 1 %. The layer feeds a ReLU and the
+    head is ε, so its relevance vanishes where the ReLU gives 0 and the ε denominator is read off the ReLU's
+    output (``Env.stabilized_output``)."""
+    path, head, x, M, b = _visible_layers(tmp_path, kind, 7)
+    x = x.astype(np.float32)
+    epsilon = eps if rule == "epsilon" else STABILIZER
+    stabilizer = STABILIZER if rule == "epsilon" else eps
+    rule_map = tmp_path / "map.toml"
+    rule_map.write_text(f'base = "epsilon"\n[params]\nepsilon = {epsilon}\nstabilizer = {stabilizer}\n'
+                        f'[names]\n"layer" = "{rule}"\n"head" = "epsilon"\n')
+    out = relgraph.compile(path, rule_map=str(rule_map), output=str(tmp_path / "e.onnx"), bounds=(-1.5, 2.0))
+    target = np.array([0, 3, 4])
+    res = relgraph.Explainer(out.path).explain(x, target)
+    flat_x = x.reshape(len(x), -1).astype(np.float64)
+    h = np.maximum(flat_x @ M + (0.0 if b is None else b), 0.0)
+    V = head.astype(np.float64)
+    r_out = np.zeros((len(x), V.shape[0]))
+    r_out[np.arange(len(x)), target] = (h @ V.T)[np.arange(len(x)), target]
+    r_h, head_bias = ref.epsilon(h, V.T, None, r_out, epsilon)
+    rx, rb = _reference(rule, flat_x, M, b, r_h, eps)
+    _close(res["relevance"].reshape(len(x), -1), rx, tol=1e-4)
+    scale = np.abs(rx).sum(1) + np.abs(rb)
+    assert np.all(np.abs(res["bias_relevance"] - rb - head_bias) <= 1e-4 * scale), (res["bias_relevance"], rb)
+    # the stabilizer matters here: with the default one the reference moves by more than 1 %
+    near_zero, _ = _reference(rule, flat_x, M, b, ref.epsilon(h, V.T, None, r_out, STABILIZER)[0], STABILIZER)
+    assert np.linalg.norm(near_zero - rx) > 0.01 * np.linalg.norm(rx)

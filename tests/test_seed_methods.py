@@ -1,5 +1,7 @@
-"""seeds/001's per-layer-type rules (radial max, slope, repeat), its named methods as rule combinations,
-and the Q = R/a formulation of LRP-0. References: float64 numpy written here from the post's formulas."""
+"""LRP read as back-propagation with one rule per layer type (a post building on Samek et al. 2016,
+"Evaluating the visualization of what a deep neural network has learned", arXiv:1509.06321): its rules
+(radial max, slope, repeat), its named methods as rule combinations, and the Q = R/a formulation of LRP-0.
+References: float64 numpy written here from the post's formulas."""
 
 from __future__ import annotations
 

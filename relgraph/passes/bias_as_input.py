@@ -2,7 +2,7 @@
 
 A layer z = x·W + b is read as z = [x, 1]·[W; b]: the bias is a weight whose input is always one, so
 the relevance rules give it a share like any other input, and Σ R_x + Σ R_bias + leak = R_out is an
-exact account (seeds/001, "blame the bias").
+exact account ("blame the bias": LRP read as back-propagation, README "Rules").
 
 The pass gives every affine layer its bias as input #2 (a Conv/Gemm followed by an ``Add`` of a
 per-channel constant gets that constant folded in as its bias) and tags each bias value with

@@ -169,8 +169,8 @@ def first_layers(nodes: list[ir.Node], x: ir.Value) -> set[str]:
 
 ZERO_KEEPING_ACTIVATIONS = {"Relu", "LeakyRelu", "Tanh", "HardSwish"}  # f(0) = 0
 INPUT_MULTIPLYING = {AFFINE: {"epsilon", "normalized", "zero", "zplus", "alpha-beta", "gamma"},
-                     LINEAR: {"epsilon", "normalized", "zero"}}
-STABILIZED = {"epsilon", "normalized"}
+                     LINEAR: {"norm", "epsilon", "normalized", "zero"}}
+STABILIZED = {"norm", "epsilon", "normalized"}
 
 
 def vanishing_values(nodes, choices: dict, logits: ir.Value, composite: Composite) -> set[int]:

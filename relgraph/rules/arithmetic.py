@@ -2,12 +2,14 @@
 
 Three kinds, decided per node:
 
-- *scale* (an operand is a constant): z = a·x + c elementwise. The gradient is a·R. LRP (``epsilon``):
-  each term's share of z, R_x = a·x ⊙ R ⊘ stab(z), R_c = c ⊙ R ⊘ stab(z); the constant c is a bias
-  (blame the bias). A Mul/Div by a constant alone gives R_x = R exactly.
+- *scale* (an operand is a constant): z = a·x + c elementwise. The gradient is a·R. LRP: each term's
+  share of z, R_x = a·x ⊙ R ⊘ stab(z), R_c = c ⊙ R ⊘ stab(z); the constant c is a bias (blame the bias).
+  A Mul/Div by a constant alone gives R_x = R exactly.
 - *sum* (Add/Sub of two activations, the residual connection): z = a ± b, a linear map without
-  parameters: the gradient passes R to both; ``epsilon`` (zennit's ``Norm`` on its ``Sum`` module)
-  splits R_a = a ⊙ R ⊘ stab(z), R_b = ±b ⊙ R ⊘ stab(z). An Add of two terms of z's shape (a residual
+  parameters: the gradient passes R to both; LRP splits R_a = a ⊙ R ⊘ stab(z), R_b = ±b ⊙ R ⊘ stab(z).
+
+On both, ``norm`` (the LRP composites' default, zennit's ``Norm`` on its ``Sum`` module) stabilizes with the
+fixed ``stabilizer``; ``epsilon`` / ``normalized`` with the user's ε; ``zero`` with none. An Add of two terms of z's shape (a residual
   connection) emits the split as one ``relgraph.EpsilonSum`` call, which a GPU lowering runs as one kernel.
   On the ONNX target, a branch that comes out of an ε layer feeding only the sum takes its share
   R ⊘ stab(z) unmultiplied (``Share``): that layer's own ε step then needs no sign test.
@@ -118,11 +120,12 @@ def arithmetic_gradient(env: Env):
     return out
 
 
-@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "epsilon", "normalized", "zero")
+@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "norm", "epsilon", "normalized",
+         "zero")
 def arithmetic_epsilon(env: Env):
     node, b, R = env.node, env.b, env.R
     op = node.op_type
-    eps = 0.0 if env.rule == "zero" else env.params.epsilon
+    eps = env.epsilon
     out = [None] * len(node.inputs)
     if op in ("Mul", "Div"):  # one term: its share of z is all of z
         idx, _ = _operands(env)

@@ -9,8 +9,10 @@ A :class:`Composite` maps every node to a rule name, in this order of precedence
 4. the default rule of the node's kind (``kinds``).
 
 Named single rules (``--rule epsilon``) apply their rule to every affine layer and LRP's defaults
-elsewhere: ε-normalized sums and average pooling, winner-takes-all max pooling, relevance passed
-unchanged through activations, gates given no relevance. ``zbox`` applies z^B to the first layer and
+elsewhere: sums, average pooling and scale layers split by ``norm`` (zennit's Norm: the ε split with the
+fixed stabilizer, not the user's ε), winner-takes-all max pooling, relevance passed unchanged through
+activations, gates given no relevance. So ``epsilon`` means what ε means in zennit's composites: it acts
+on the layers with weights (Gemm, Conv, MatMul) only. ``zbox`` applies z^B to the first layer and
 ε elsewhere (its bounds describe the input only). The composites carry zennit's meaning
 (``zennit.composites``): z⁺, γ or αβ on convolutions, ε on fully connected layers, flat or z^B first.
 
@@ -18,10 +20,11 @@ A TOML rule map (``--rule-map FILE``) builds a composite from a named base:
 
     base = "epsilon-plus"                # any name of RULE_NAMES; default "epsilon"
     first = "flat"                       # or {rule = "zbox", low = -1.0, high = 1.0}
-    [params]                             # epsilon, gamma, alpha, beta, low, high
+    [params]                             # epsilon, stabilizer, gamma, alpha, beta, low, high
     epsilon = 1e-6
     [op_types]
     Conv = {rule = "gamma", gamma = 0.5}
+    Add = "epsilon"                      # the user's ε on residual sums too (default: norm)
     [names]
     "/features/2*" = "alpha-beta"
 """
@@ -36,7 +39,7 @@ from dataclasses import dataclass, field
 from ..errors import RelgraphError
 from .registry import (ACTIVATION, AFFINE, KIND_RULES, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, RuleParams)
 
-LRP_KINDS = {AFFINE: "epsilon", LINEAR: "epsilon", SCALE: "epsilon", MAX: "gradient", ACTIVATION: "pass",
+LRP_KINDS = {AFFINE: "epsilon", LINEAR: "norm", SCALE: "norm", MAX: "gradient", ACTIVATION: "pass",
              PRODUCT: "gate", STRUCTURAL: "gradient"}
 GRADIENT_KINDS = {kind: "gradient" for kind in KIND_RULES}
 
@@ -101,8 +104,8 @@ def _patterns(name, rule):
 
 
 def _zero():
-    # LRP-0 on the layers with weights; sums and pooling keep the ε guard (zennit's Norm always has it): an
-    # all-zero channel would otherwise give 0/0 at a global average pool
+    # LRP-0 on the layers with weights; sums and pooling keep norm's fixed stabilizer (zennit's Norm always has
+    # it): an all-zero channel would otherwise give 0/0 at a global average pool
     return Composite("zero", dict(LRP_KINDS, **{AFFINE: "zero"}))
 
 
@@ -123,7 +126,7 @@ COMPOSITES = {
     "w-square": _affine("w-square"),
     "flat": _affine("flat"),
     "zbox": lambda: _lrp("zbox", first="zbox"),
-    # compare to baseline (seeds/001); DeepLIFT's rescale rule: multipliers propagate as gradients with Δy/Δx
+    # compare to baseline (Shrikumar et al. 2017, arXiv:1704.02685); DeepLIFT's rescale rule: multipliers propagate as gradients with Δy/Δx
     # at nonlinearities, and the input's relevance is (x − x̄) ⊙ multiplier, so Σ R = f(x) − f(x̄)
     "deeplift": lambda: _gradient("deeplift", kinds={ACTIVATION: "rescale"}, multiply_input=True,
                                   baseline="zeros"),
@@ -155,7 +158,7 @@ def _params(base: RuleParams, values: dict, where: str) -> RuleParams:
     unknown = set(values) - known
     if unknown:
         raise RelgraphError(f"{where}: unknown parameter(s) {', '.join(sorted(unknown))} "
-                            f"(known: {', '.join(sorted(known - {'stabilizer'}))}, bounds)")
+                            f"(known: {', '.join(sorted(known))}, bounds)")
     for key, v in values.items():
         ok = isinstance(v, (int, float)) and not isinstance(v, bool)
         if key in ("low", "high"):
@@ -170,6 +173,8 @@ def _params(base: RuleParams, values: dict, where: str) -> RuleParams:
 def check_params(p: RuleParams, where: str = "rule parameters") -> None:
     if p.epsilon < 0:
         raise RelgraphError(f"{where}: epsilon must be ≥ 0, got {p.epsilon}")
+    if p.stabilizer <= 0:
+        raise RelgraphError(f"{where}: stabilizer must be > 0, got {p.stabilizer}")
     if p.gamma < 0:
         raise RelgraphError(f"{where}: gamma must be ≥ 0, got {p.gamma}")
     if p.alpha < 0 or p.beta < 0 or abs(p.alpha - p.beta - 1.0) > 1e-9:
@@ -235,15 +240,15 @@ def load_rule_map(path, params: RuleParams) -> Composite:
 
 
 def to_q_formulation(composite: Composite) -> Composite:
-    """LRP-0 rephrased in Q = R/a (seeds/001): no division by z anywhere.
+    """LRP-0 rephrased in Q = R/a (LRP read as back-propagation, README "Rules"): no division by z anywhere.
 
     The normalized rule becomes the gradient (Q_x = Q_z·Wᵀ), winner-takes-all max stays the gradient,
     the ignore rule for nonlinearities becomes the slope rule (Q_a = (f(a)/a)·Q_b), a gate's signal gets
     Q ⊙ gate. Q_out = 1, the input's relevance is x ⊙ Q_x, each bias gets ⟨b, Q_z⟩, and Σ a·Q is conserved.
     Only LRP-0-like composites have a Q form: ε is dropped (it exists only to guard the division).
     """
-    lrp0 = {AFFINE: ("zero", "epsilon", "normalized"), LINEAR: ("zero", "epsilon", "normalized"),
-            SCALE: ("zero", "epsilon", "normalized"), MAX: ("gradient",), ACTIVATION: ("pass", "ignore"),
+    lrp0 = {AFFINE: ("zero", "epsilon", "normalized"), LINEAR: ("zero", "norm", "epsilon", "normalized"),
+            SCALE: ("zero", "norm", "epsilon", "normalized"), MAX: ("gradient",), ACTIVATION: ("pass", "ignore"),
             PRODUCT: ("gate",), STRUCTURAL: ("gradient",)}
     bad = [f"{kind}: {rule}" for kind, rule in composite.kinds.items() if rule not in lrp0[kind]]
     bad += [f"{op}: {r if isinstance(r, str) else r.rule}" for op, r in composite.op_types.items()]

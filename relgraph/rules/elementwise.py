@@ -6,13 +6,13 @@ constant, (−x)·R ⊘ (−x)).
 
 - ``gradient``:        R_x = f′(x) ⊙ R (the chain rule; torch's derivative conventions at the kinks).
 - ``pass`` / ``ignore``: R_x = R. LRP's treatment of activations: relevance is not changed by them
-  (seeds/001's "ignore" rule for nonlinearities).
-- ``slope``:           R_x = (f(x)/x) ⊙ R (seeds/001): the ``ignore`` rule rephrased for Q = R/a; equal to
+  (the "ignore" rule of the per-layer-type view of LRP for nonlinearities).
+- ``slope``:           R_x = (f(x)/x) ⊙ R (per-layer-type view): the ``ignore`` rule rephrased for Q = R/a; equal to
   the gradient for ReLU. Where x = 0 the limit f′(0) is used.
-- ``repeat``:          R_x = f(R) (seeds/001): the activation applied to the relevance itself; the only
+- ``repeat``:          R_x = f(R) (per-layer-type view): the activation applied to the relevance itself; the only
   rule here that is not linear in R.
-- ``rescale``:         R_x = (Δy/Δx) ⊙ R with Δ the difference to the baseline's forward pass (seeds/001's
-  "compare to baseline"; DeepLIFT's rescale rule, Shrikumar et al. 2017); f′(x) ⊙ R where |Δx| < 1e-10,
+- ``rescale``:         R_x = (Δy/Δx) ⊙ R with Δ the difference to the baseline's forward pass (the
+  per-layer-type view's "compare to baseline"; DeepLIFT's rescale rule, Shrikumar et al. 2017); f′(x) ⊙ R where |Δx| < 1e-10,
   as captum.
 - ``deconvnet``:       R_x = relu(R) at rectifiers (Zeiler & Fergus 2014); the gradient elsewhere.
 - ``guided-backprop``: R_x = relu(f′(x) ⊙ R) at rectifiers (Springenberg et al. 2015); the gradient

@@ -413,10 +413,9 @@ def affine_epsilon(env: Env):
     call of the model-local function ``relgraph.Epsilon<Op>`` (body: standard ops).
     """
     lin = LINEAR_MAPS[env.node.op_type](env)
-    eps = 0.0 if env.rule == "zero" else env.params.epsilon
     from .functions import epsilon_step
 
-    relevance, s = epsilon_step(env, lin, eps)
+    relevance, s = epsilon_step(env, lin, env.epsilon)
     if lin.bias is not None:
         env.report_bias(lin.bias_share(s, lin.bias))
     return _place(env, relevance)

@@ -58,12 +58,11 @@ def layer_norm_gradient(env: Env):
     return env.to_first_input(b.op("Div", inner, sigma))
 
 
-@defrule("LayerNormalization", SCALE, "epsilon", "normalized", "zero")
+@defrule("LayerNormalization", SCALE, "norm", "epsilon", "normalized", "zero")
 def layer_norm_epsilon(env: Env):
     b, node = env.b, env.node
-    eps = 0.0 if env.rule == "zero" else env.params.epsilon
     mean, _, sigma = _statistics(env)
-    s = b.op("Div", env.R, env.stabilized_output(eps))
+    s = b.op("Div", env.R, env.stabilized_output(env.epsilon))
     u = b.op("Div", b.op("Mul", s, node.inputs[1]), sigma)
     if len(node.inputs) > 2 and node.inputs[2] is not None:  # β: a bias
         env.report_bias(b.sum_per_sample(b.op("Mul", s, node.inputs[2]), rank(env.y)))

@@ -3,16 +3,17 @@
 Average pooling, global average pooling and ReduceMean are linear maps z = A·x without parameters:
 
 - ``gradient``: R_x = Aᵀ·R.
-- ``epsilon``:  R_x = x ⊙ Aᵀ·(R ⊘ stab(z)) (zennit's ``Norm`` rule; ``zero`` has ε = 0).
+- ``norm``:     R_x = x ⊙ Aᵀ·(R ⊘ stab(z)) with the fixed ``stabilizer`` (zennit's ``Norm`` rule, the LRP
+  composites' default); ``epsilon`` / ``normalized`` use the user's ε instead, ``zero`` none.
 
 Max pooling:
 
-- ``gradient``: relevance goes to the winner of each window (seeds/001's "winner takes all"), as one
-  ``relgraph.MaxPoolRoute`` call (``functions.py``). Windows overlap in ResNet's k3 s2 p1 stem, so its
-  body routes with ``ScatterElements(reduction=add)`` over the pooling indices: MaxUnpool would overwrite
-  instead of summing.
-- ``radial`` (seeds/001): zero is the reference point. In a window with a positive maximum each
-  positive a_i gets the share a_i / Σ_{a_j>0} a_j and negatives get nothing; in an all-negative window
+- ``gradient``: relevance goes to the winner of each window ("winner takes all" in the per-layer-type view
+  of LRP), as one ``relgraph.MaxPoolRoute`` call (``functions.py``). Windows overlap in ResNet's k3 s2 p1
+  stem, so its body routes with ``ScatterElements(reduction=add)`` over the pooling indices: MaxUnpool
+  would overwrite instead of summing.
+- ``radial`` (the per-layer-type view of LRP): zero is the reference point. In a window with a positive
+  maximum each positive a_i gets the share a_i / Σ_{a_j>0} a_j and negatives get nothing; in an all-negative window
   the share is (1/a_i) / Σ_j (1/a_j). Overlapping windows sum their shares.
 """
 
@@ -126,11 +127,10 @@ def mean_gradient(env: Env):
     return env.to_first_input(TRANSPOSES[env.node.op_type](env, env.R))
 
 
-@defrule(tuple(TRANSPOSES), LINEAR, "epsilon", "normalized", "zero")
+@defrule(tuple(TRANSPOSES), LINEAR, "norm", "epsilon", "normalized", "zero")
 def mean_epsilon(env: Env):
     b = env.b
-    eps = 0.0 if env.rule == "zero" else env.params.epsilon
-    s = b.op("Div", env.R, env.stabilized_output(eps))
+    s = b.op("Div", env.R, env.stabilized_output(env.epsilon))
     return env.to_first_input(b.op("Mul", env.x, TRANSPOSES[env.node.op_type](env, s)))
 
 

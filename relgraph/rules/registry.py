@@ -28,12 +28,14 @@ ACTIVATION = "activation"  # elementwise nonlinearities
 PRODUCT = "product"        # Mul of two activations (gates: SiLU, squeeze-excitation)
 STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exact for every rule
 
-# ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names of seeds/001's per-layer-type tables.
+# ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names in the per-layer-type tables of LRP
+# read as back-propagation (README, "Per-layer-type rules").
+# ``norm`` is zennit's Norm: the ε split with the fixed stabilizer, the default on sums, pooling and scale layers.
 KIND_RULES: dict[str, tuple[str, ...]] = {
     AFFINE: ("gradient", "epsilon", "normalized", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square",
              "flat", "pattern", "pattern-attribution"),
-    LINEAR: ("gradient", "epsilon", "normalized", "zero"),
-    SCALE: ("gradient", "epsilon", "normalized", "zero"),
+    LINEAR: ("gradient", "norm", "epsilon", "normalized", "zero"),
+    SCALE: ("gradient", "norm", "epsilon", "normalized", "zero"),
     MAX: ("gradient", "radial"),
     ACTIVATION: ("gradient", "pass", "ignore", "slope", "repeat", "rescale", "deconvnet", "guided-backprop"),
     PRODUCT: ("gradient", "gate"),
@@ -91,7 +93,9 @@ class RuleParams:
     beta: float = 1.0
     low: object = None   # z^B bounds: float or per-channel list
     high: object = None
-    stabilizer: float = 1e-6  # fixed ε of the rules whose denominators only need guarding (z⁺, αβ, γ, w², flat)
+    # fixed ε of the rules whose denominators only need guarding: z⁺, αβ, γ, w², flat, z^B and ``norm`` (sums,
+    # pooling, scale layers), as zennit's ``stabilizer``; ``epsilon`` is the ε of ``epsilon``/``normalized`` alone
+    stabilizer: float = 1e-6
     # layer name → fitted pattern (relgraph.patterns), read by the pattern rules; arrays, so left out of ==
     patterns: dict | None = field(default=None, compare=False, repr=False)
 
@@ -108,11 +112,19 @@ class Env:
     nonnegative: Callable[[ir.Value], bool]
     report_bias: Callable[[ir.Value], None]
     first_layer: bool = False
-    formulation: str = "r"  # "q": the relevance graph carries Q = R/a (seeds/001); gradient rules report biases
+    formulation: str = "r"  # "q": the relevance graph carries Q = R/a (LRP-0 rephrased); gradient rules report biases
     baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline
     rectified: ir.Value | None = None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
     shared: bool = False  # R is the share q of z in a residual sum, R_z = z ⊙ q (see ``Share``)
     absorbs: Callable[[ir.Value], bool] = lambda v: False  # whether v's producer takes a ``Share`` of v
+
+    @property
+    def epsilon(self) -> float:
+        """The ε of the ε family under this node's rule: 0 for LRP-0 (``zero``), the fixed stabilizer for
+        ``norm`` (zennit's Norm), the user's ε for ``epsilon`` and ``normalized``."""
+        if self.rule == "zero":
+            return 0.0
+        return self.params.stabilizer if self.rule == "norm" else self.params.epsilon
 
     def stabilized_output(self, epsilon: float):
         """The denominator d with R ⊘ d = R_z ⊘ stab(z) for the node's output z, where it matters: only
