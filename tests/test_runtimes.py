@@ -26,6 +26,12 @@ runtime; PatternAttribution runs there.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -43,6 +49,8 @@ from relgraph.runtimes import installed_runtimes
 import torch_models as tm
 
 openvino = pytest.importorskip("openvino")
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("digits", "shapes", "resnet18", "mobilenet_v2")
 SMALL = ("digits", "shapes")  # the reference evaluator takes 20 s for one ResNet-18 batch
@@ -197,3 +205,21 @@ def test_unknown_runtime_is_one_line(models, patterns, tmp_path):
     path, _ = _compile(models, patterns, "digits", "epsilon", tmp_path)
     with pytest.raises(relgraph.RelgraphError, match="unknown runtime 'tvm'"):
         Explainer(path, runtime="tvm")
+
+
+def test_check_runtimes_reports_every_installed_runtime(models, patterns, tmp_path):
+    """`relgraph check E X --runtimes`: one row per runtime, its distance to onnxruntime, the largest one."""
+    path, x = _compile(models, patterns, "digits", "epsilon-plus-flat", tmp_path)
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run([sys.executable, "-m", "relgraph.cli", "check", path, str(tmp_path / "x.npy"), "--runtimes"],
+                          capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()}
+    assert {"onnxruntime", "openvino", "reference"} <= set(rows)
+    reference = _explain(path, x)
+    for runtime in ("openvino", "reference"):
+        printed = float(re.search(r"relevance (\S+) \(", rows[runtime]).group(1))
+        got = Explainer(path, runtime=runtime).explain(x)
+        assert printed == pytest.approx(_relative(got["relevance"], reference["relevance"]), rel=0.01, abs=1e-9)
+        assert printed <= 1e-5
+    assert "largest relevance difference" in proc.stdout
