@@ -8,6 +8,7 @@ import io
 import json
 import re
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -223,3 +224,23 @@ def exchange(url, data: bytes, timeout: float = 10.0, heads=()) -> tuple[list[An
         except (BrokenPipeError, ConnectionResetError):  # the server may refuse before reading it all
             pass
         return read_until_closed(sock, timeout, heads)
+
+
+def run_clients(client, seeds, timeout: float) -> None:
+    """Run ``client(seed)`` in one thread per seed, wait at most ``timeout`` s for each, and re-raise the first
+    exception a client raised in the calling thread."""
+    errors = []
+
+    def guarded(seed):
+        try:
+            client(seed)
+        except BaseException as exc:  # noqa: BLE001 -- re-raised by the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(seed,)) for seed in seeds]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    if errors:
+        raise errors[0]

@@ -32,7 +32,7 @@ from relgraph.explainer import Explainer
 from relgraph.serve import ExplainServer
 from relgraph.serve.command import FD_RESERVE
 from serve_client import (MODEL, ROOT, RULE, TEST_X, assert_explained, connect, direct_call, exchange, host_port,
-                          mixed_request, npy, parse_answers, read_until_closed, request)
+                          mixed_request, npy, parse_answers, read_until_closed, request, run_clients)
 
 TIMEOUT_S = 1.0  # the server's head and body timeouts here
 CASE_S = 2.0  # every hostile exchange is over within this
@@ -550,21 +550,7 @@ def test_soak_mixed_traffic(explainer_path, direct, tmp_path):
             conn.close()
 
     def run(n_per_client, seed0):
-        errors = []
-
-        def guarded(seed):
-            try:
-                client(seed, n_per_client)
-            except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=guarded, args=(seed0 + k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=170)
-        if errors:
-            raise errors[0]
+        run_clients(lambda seed: client(seed, n_per_client), range(seed0, seed0 + clients), timeout=170)
 
     try:
         run(warmup // clients, 0)

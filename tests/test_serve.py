@@ -25,7 +25,7 @@ from relgraph.explainer import Explainer
 from relgraph.preprocess import Preprocess, box_resize
 from relgraph.serve import ExplainServer
 from serve_client import (MODEL, ROOT, RULE, TEST_X, assert_explained, digit_pixels, digit_png, direct_call,
-                          mixed_request, multipart, npy, request)
+                          mixed_request, multipart, npy, request, run_clients)
 
 MAX_BATCH = 8
 
@@ -116,7 +116,7 @@ def test_photo_of_dark_digit_on_white_becomes_the_data(server):
 
 def test_load_mixed_requests_equal_direct_calls(server, direct):
     clients, per_client = 12, 25  # 300 requests
-    errors, kinds = [], []
+    kinds = []
     batches_before = server.batcher.batches
 
     def client(seed):
@@ -126,18 +126,10 @@ def test_load_mixed_requests_equal_direct_calls(server, direct):
         try:
             for _ in range(per_client):
                 kinds.append(mixed_request(rng, server.url, conn, direct))
-        except BaseException as exc:  # noqa: BLE001 -- reported by the main thread
-            errors.append(exc)
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    if errors:
-        raise errors[0]
+    run_clients(client, range(clients), timeout=120)
     assert len(kinds) == clients * per_client and len(set(kinds)) == 8
     # concurrent requests shared session calls (11-sample requests alone need two)
     assert server.batcher.batches - batches_before < clients * per_client
