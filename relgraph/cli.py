@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", dest="input_shapes", action="append", metavar="NAME=DIMS",
                    help=INPUT_SHAPE_HELP)
     c.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
+    c.add_argument("--position", default="last", metavar="last|K",
+                   help="sequence logits [N, S, V] (a language model): the position explained (default: last)")
+    c.add_argument("--embedding-relevance", action="store_true",
+                   help="token models: also return relevance_embedding [N, S, D] next to one value per token")
     c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     c.add_argument("--target", default="onnx", metavar="{onnx,triton}",
                    help="onnx: one explainer .onnx (default); triton: a folder with the explainer and its "
@@ -163,7 +167,8 @@ def cmd_compile(args):
                      alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
                      bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
                      formulation=args.formulation, baseline=args.baseline, patterns=args.patterns,
-                     keep_functions=args.keep_functions, input_shapes=args.input_shapes)
+                     keep_functions=args.keep_functions, input_shapes=args.input_shapes, position=args.position,
+                     embedding_relevance=args.embedding_relevance)
     rules = {}
     for rule in result.plan.rules().values():
         rules[rule] = rules.get(rule, 0) + 1

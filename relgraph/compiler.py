@@ -55,6 +55,16 @@ def prepare(model_path, input_shapes=None) -> tuple[ir.Model, list[str]]:
     return model, skipped
 
 
+def parse_position(position) -> int:
+    """'last' → −1; an integer (or its text) as it is."""
+    if position in ("last", None):
+        return -1
+    try:
+        return int(position)
+    except (TypeError, ValueError):
+        raise RelgraphError(f"--position must be 'last' or an integer, got '{position}'") from None
+
+
 def parse_input_shape(text: str) -> tuple[str, list]:
     """``NAME=Nx3x224x224`` → (NAME, ["N", 3, 224, 224]): numbers fix a dimension, letters keep it symbolic."""
     name, sep, spec = text.rpartition("=")
@@ -104,7 +114,8 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
             formulation: str = "r", baseline=None, patterns=None, write: bool = True,
-            target: str = "onnx", keep_functions: bool = False, input_shapes=None) -> CompileResult:
+            target: str = "onnx", keep_functions: bool = False, input_shapes=None, position="last",
+            embedding_relevance: bool = False) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
 
     ``target``: the graph is shaped for onnxruntime and other ONNX runtimes ("onnx") or for the triton
@@ -115,6 +126,10 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
 
     ``input_shapes``: shapes that fix the inputs' dynamic dimensions, ``{"input": ["N", 3, 224, 224]}`` or
     ``["input=Nx3x224x224"]`` (``--input-shape``; see :func:`fix_input_shapes`).
+
+    ``position``: where the logits of a sequence model ([N, S, V], a language model's) are explained: "last"
+    or a position K (negative counts from the end). ``embedding_relevance``: a token model's explainer also
+    returns ``relevance_embedding`` [N, S, D] next to the per-token ``relevance`` [N, S].
 
     ``patterns``: the fitted patterns the pattern rules read (``patternnet``, ``patternattribution``): a
     .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
@@ -155,7 +170,11 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         check_output(output, [model_path, *files], overwrite=overwrite)
     model, skipped = prepare(model_path, input_shapes)
     plan = build_relevance(model, composite, input_name=input_name,
-                           per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx")
+                           per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx",
+                           position=parse_position(position), embedding_relevance=embedding_relevance)
+    if embedding_relevance and plan.tokens is None:
+        raise RelgraphError(f"--embedding-relevance applies to models fed token ids; input '{plan.input.name}' "
+                            "is the explained value itself")
     if patterns is not None and not any(c.rule in PATTERN_RULES for c in plan.choices.values()):
         raise RelgraphError(f"--patterns applies to the pattern rules (patternnet, patternattribution), "
                             f"not '{label}'")
@@ -163,7 +182,9 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         "relgraph.version": __version__,
         "relgraph.rule": composite.name,
         "relgraph.params": {k: v for k, v in vars(params).items() if k != "patterns"},
-        "relgraph.input": plan.input.name,
+        "relgraph.input": plan.fed.name,
+        "relgraph.tokens": plan.tokens is not None,
+        **({"relgraph.vocabulary": plan.input.producer().inputs[0].shape[0]} if plan.tokens is not None else {}),
         "relgraph.logits": plan.logits_output,
         "relgraph.output_init": composite.output_init,
         "relgraph.rules": plan.rules(),

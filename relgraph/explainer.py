@@ -44,8 +44,23 @@ class Explainer:
         path = str(path)
         if os.path.isdir(path):  # a triton folder holds the ONNX explainer it was lowered from
             path = os.path.join(path, "explainer.onnx")
-        self.metadata = {p.key: p.value for p in read_explainer(path, weights=False).metadata_props}
+        self._read_record(read_explainer(path, weights=False), path)
         self.path = path
+        if runtime != "onnxruntime" and self.metadata.get("relgraph.form") == "functions":
+            raise RelgraphError(f"{path} keeps relgraph's local functions, which only onnxruntime expands; "
+                                f"compile it without --keep-functions to run it on {runtime}")
+        self.session = open_session(path, runtime, threads=threads, spinning=spinning, providers=providers,
+                                    device=device)
+        self.runtime = runtime
+        self.inputs = self.session.inputs
+        self.input_shape = _recorded(self.session.inputs, self.input_name, "input", path)
+        logits = _recorded(self.session.outputs, self.logits_name, "logits output", path)
+        self.num_classes = logits[1]
+        self.output_names = list(self.session.outputs)
+
+    def _read_record(self, proto: onnx.ModelProto, path: str) -> None:
+        """What the compiler recorded in the explainer's metadata, and its inputs' element types."""
+        self.metadata = {p.key: p.value for p in proto.metadata_props}
         self.rule = self.metadata.get("relgraph.rule", "")
         self.input_name = self.metadata[EXPLAINER_KEY]
         self.logits_name = self.metadata.get("relgraph.logits", "")
@@ -53,19 +68,20 @@ class Explainer:
             self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
         except ValueError:
             raise RelgraphError(f"{path}: its compile record (relgraph.rules) is not JSON; recompile it") from None
-        if runtime != "onnxruntime" and self.metadata.get("relgraph.form") == "functions":
-            raise RelgraphError(f"{path} keeps relgraph's local functions, which only onnxruntime expands; "
-                                f"compile it without --keep-functions to run it on {runtime}")
-        self.session = open_session(path, runtime, threads=threads, spinning=spinning, providers=providers,
-                                    device=device)
-        self.runtime = runtime
-        self.input_shape = _recorded(self.session.inputs, self.input_name, "input", path)
-        logits = _recorded(self.session.outputs, self.logits_name, "logits output", path)
-        self.num_classes = logits[1]
-        self.output_names = list(self.session.outputs)
+        self.tokens = self.metadata.get("relgraph.tokens") == "true"  # fed token ids, explained per token
+        self.vocabulary = int(self.metadata.get("relgraph.vocabulary", 0)) or None
+        self.input_dtypes = {v.name: onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
+                             for v in proto.graph.input if v.type.tensor_type.elem_type}
 
     def prepare(self, x) -> np.ndarray:
-        """Check and batch an input: float array of the model's shape, batch axis optional."""
+        """Check and batch an input: float array of the model's shape (token ids: integers in the vocabulary),
+        batch axis optional."""
+        if self.tokens:
+            x = self.batched(x).astype(np.int64, copy=False)
+            if self.vocabulary and x.size and (x.min() < 0 or x.max() >= self.vocabulary):
+                bad = x[(x < 0) | (x >= self.vocabulary)][0]
+                raise RelgraphError(f"token id {bad} is out of the vocabulary (0..{self.vocabulary - 1})")
+            return np.ascontiguousarray(x)
         x = self.batched(x).astype(np.float32, copy=False)
         if not np.all(np.isfinite(x)):
             raise RelgraphError("input contains NaN or infinite values")
@@ -75,9 +91,12 @@ class Explainer:
         """:meth:`prepare`'s checks of dtype and shape, and the batch axis, without reading the values: a
         memory-mapped input stays mapped (the values are checked chunk by chunk as they are explained)."""
         x = np.asarray(x)
-        if x.dtype.kind not in "fiu" or x.dtype == bool:
+        if self.tokens:
+            if x.dtype.kind not in "iu":
+                raise RelgraphError(f"input '{self.input_name}' holds token ids: an integer array, got dtype {x.dtype}")
+        elif x.dtype.kind not in "fiu" or x.dtype == bool:
             raise RelgraphError(f"input must be a float array, got dtype {x.dtype}")
-        if x.dtype.kind != "f":
+        elif x.dtype.kind != "f":
             raise RelgraphError(f"input must be a float array, got integer dtype {x.dtype}")
         sample = self.input_shape[1:]
         if list(x.shape) == [d for d in sample] and None not in sample:
@@ -102,15 +121,48 @@ class Explainer:
                                 f"(0..{self.num_classes - 1}, or -1 for the predicted class)")
         return np.ascontiguousarray(t)
 
-    def explain(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH) -> dict:
+    def side_inputs(self, inputs: dict | None, n: int) -> dict:
+        """The model's other inputs (a token model's ``attention_mask``, ``token_type_ids``), [N, …] each.
+
+        Hugging Face's defaults fill what is not given: an attention mask of ones, token types and position ids
+        as for a single segment. Any other input must be given.
+        """
+        inputs = dict(inputs or {})
+        shape = self.inputs
+        wanted = [name for name in shape if name not in (self.input_name, "target", "baseline")]
+        unknown = sorted(set(inputs) - set(wanted))
+        if unknown:
+            raise RelgraphError(f"the model has no input {', '.join(map(repr, unknown))} (its other inputs: "
+                                f"{', '.join(wanted) or 'none'})")
+        seq = self.input_shape[1] if len(self.input_shape) > 1 else None
+        out = {}
+        for name in wanted:
+            if name in inputs:
+                v = np.asarray(inputs[name])
+                if v.ndim == len(shape[name]) - 1:
+                    v = v[None]
+                if v.shape[0] != n or any(d is not None and d != g for d, g in zip(shape[name][1:], v.shape[1:])):
+                    raise RelgraphError(f"input '{name}' has shape {list(v.shape)}, expected "
+                                        f"[{n}, {', '.join(str(d) for d in shape[name][1:])}]")
+                out[name] = np.ascontiguousarray(v.astype(self.input_dtypes[name], copy=False))
+            elif name in ("attention_mask", "token_type_ids", "position_ids") and seq is not None:
+                fill = np.arange(seq) if name == "position_ids" else np.full(seq, name == "attention_mask")
+                out[name] = np.ascontiguousarray(np.broadcast_to(fill, (n, seq)).astype(self.input_dtypes[name]))
+            else:
+                raise RelgraphError(f"the model needs input '{name}' {shape[name]} as well")
+        return out
+
+    def explain(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH,
+                inputs: dict | None = None) -> dict:
         """``baseline`` (compare-to-baseline rules only): one sample or [N, ...]; default: the compiled one.
+        ``inputs``: the model's other inputs by name (:meth:`side_inputs`).
 
         The session runs on ``batch_size`` samples at a time (None: all at once), so its working memory
         is a chunk's; the results are written into arrays of the whole batch as they come.
         """
         n = self.batched(x).shape[0]
         result = None
-        for start, out in self.explain_chunks(x, target, baseline=baseline, batch_size=batch_size):
+        for start, out in self.explain_chunks(x, target, baseline=baseline, batch_size=batch_size, inputs=inputs):
             if result is None:
                 result = {k: np.empty((n, *v.shape[1:]), v.dtype) for k, v in out["outputs"].items()}
                 result["target"] = np.empty(n, np.int64)
@@ -122,12 +174,14 @@ class Explainer:
         return {"logits": result[self.logits_name], "relevance": result["relevance"],
                 "bias_relevance": result["bias_relevance"], "target": chosen, "outputs": result}
 
-    def explain_chunks(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH):
+    def explain_chunks(self, x, target=None, *, baseline=None, batch_size: int | None = DEFAULT_BATCH,
+                       inputs: dict | None = None):
         """Yield ``(start, out)`` for each chunk of ``batch_size`` samples, ``out`` as :meth:`explain`
         returns it for rows start..start + len(chunk); for callers that stream results to disk. Each
         chunk is converted and checked (:meth:`prepare`) when its turn comes."""
         x = self.batched(x)
         t = self.targets(target, x.shape[0])
+        side = self.side_inputs(inputs, x.shape[0])
         if batch_size is not None and batch_size < 1:
             raise RelgraphError(f"batch size must be at least 1, got {batch_size}")
         b = None
@@ -137,7 +191,8 @@ class Explainer:
             b = self.prepare(baseline)
         step = max(x.shape[0], 1) if batch_size is None else batch_size
         for start in range(0, max(x.shape[0], 1), step):
-            feed = {self.input_name: self.prepare(x[start:start + step]), "target": t[start:start + step]}
+            feed = {self.input_name: self.prepare(x[start:start + step]), "target": t[start:start + step],
+                    **{name: v[start:start + step] for name, v in side.items()}}
             if b is not None:  # one baseline for all, or one per sample
                 feed["baseline"] = b if b.shape[0] == 1 else b[start:start + step]
             outputs = self.run(feed)

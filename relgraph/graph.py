@@ -125,6 +125,17 @@ def is_const(value: ir.Value | None) -> bool:
     return value is not None and ir.convenience.get_const_tensor(value) is not None
 
 
+FIXED = "relgraph.fixed"  # value.meta key: the explained input does not reach this value
+
+
+def is_fixed(value: ir.Value | None) -> bool:
+    """Whether ``value`` is constant for the explanation: a constant of the model, or a *run-time constant*,
+    a value the explained input does not reach (an attention mask, position embeddings, RoPE's cos and sin,
+    anything computed from other inputs or from shapes alone). Relevance stops at such values; added to an
+    activation, they are biases. The relevance pass marks run-time constants (``relevance_nodes``)."""
+    return value is not None and (bool(value.meta.get(FIXED)) or is_const(value))
+
+
 def attr(node: ir.Node, name: str, default=None):
     a = node.attributes.get(name)
     return default if a is None else a.value
@@ -173,6 +184,12 @@ class Builder:
         self._count = 0
         self._scalars: dict[tuple, ir.Value] = {}
         self.functions: set[str] = set()  # model-local functions the emitted nodes call
+        # where the batch axis is in the values the current rule reads (``relgraph.passes.layout``):
+        # None for [N, …]; ("major",) where the leading axis holds N·k rows in batch-major order (a Gemm
+        # on [N·S, D]); ("axis", k) for the batch at axis k (sequence-first attention); ("unknown", why)
+        self.layout = None
+        self.explained: ir.Value | None = None  # the explained value x, whose leading axis is the batch
+        self._rows: ir.Value | None = None
         self.opset = graph.opset_imports.get("", MIN_OPSET)
 
     def _name(self, hint: str) -> str:
@@ -221,10 +238,25 @@ class Builder:
         return self.op("Add", z, signed)
 
     def sum_per_sample(self, v: ir.Value, rank_: int) -> ir.Value:
-        """Σ over every axis but the batch axis: [N, ...] → [N]."""
-        if rank_ == 1:
-            return v
-        return self.op("ReduceSum", v, self.ints(list(range(1, rank_))), keepdims=0)
+        """Σ over every axis but the batch axis: [N, ...] → [N] (for another layout, see ``layout``)."""
+        if self.layout is None:
+            if rank_ == 1:
+                return v
+            return self.op("ReduceSum", v, self.ints(list(range(1, rank_))), keepdims=0)
+        if self.layout[0] == "unknown":
+            raise RelgraphError(self.layout[1])
+        if self.layout[0] == "axis" and rank_ > 1:
+            k = self.layout[1]
+            v = self.op("Transpose", v, perm=[k] + [a for a in range(rank_) if a != k])
+        return self.per_sample_rows(v)
+
+    def per_sample_rows(self, v: ir.Value) -> ir.Value:
+        """Σ of the values of each sample when v holds them in batch-major order: [N·k, …] → [N]."""
+        if self.layout is not None and self.layout[0] == "unknown":
+            raise RelgraphError(self.layout[1])
+        if self._rows is None:  # [N, −1], N read off the explained value
+            self._rows = self.op("Concat", self.op("Shape", self.explained, start=0, end=1), self.ints([-1]), axis=0)
+        return self.op("ReduceSum", self.op("Reshape", v, self._rows), self.ints([1]), keepdims=0)
 
     def zeros_like(self, v: ir.Value) -> ir.Value:
         return self.op("ConstantOfShape", self.op("Shape", v), value=ir.tensor(np.zeros(1, np.float32)))

@@ -34,13 +34,10 @@ class TritonExplainer(Explainer):
 
         plan, proto, onnx_path = load(path)
         self.path, self.plan = str(path), plan
-        self.metadata = {p.key: p.value for p in proto.metadata_props}
-        self.rule = self.metadata.get("relgraph.rule", "")
-        self.input_name = self.metadata["relgraph.input"]
-        self.logits_name = self.metadata["relgraph.logits"]
-        self.rules = json.loads(self.metadata.get("relgraph.rules", "{}"))
+        self._read_record(proto, self.path)
         shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
                   for v in [*proto.graph.input, *proto.graph.output]}
+        self.inputs = {v.name: shapes[v.name] for v in proto.graph.input}
         self.input_shape = shapes[self.input_name]
         classes = shapes.get(self.logits_name, [None, None])
         self.num_classes = classes[1] if len(classes) > 1 else None

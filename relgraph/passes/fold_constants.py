@@ -31,7 +31,7 @@ from onnx.reference import ReferenceEvaluator
 
 from .base import ReportingPass
 from ..graph import add_initializer, attr, const_array, is_const, replace_value
-from .shapes import InferShapesPass
+from .shapes import EXPORT_BATCH, InferShapesPass
 
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial"}
 
@@ -119,7 +119,7 @@ class FoldConstantsPass(ReportingPass):
 
     def _fold_reshape_target(self, graph, node, opset) -> bool:
         if is_const(node.inputs[1]):
-            return False
+            return self._batch_in_target(graph, node)
         out = node.outputs[0]
         if out.shape is not None and all(isinstance(d, int) for d in list(out.shape)[1:]):
             target = np.array([-1] + [int(d) for d in list(out.shape)[1:]], dtype=np.int64)
@@ -129,6 +129,31 @@ class FoldConstantsPass(ReportingPass):
                 self.skipped.append(f"Reshape '{node.name}': output shape not proven static beyond the batch axis")
                 return False
         node.replace_input_with(1, add_initializer(graph, f"{node.name}/target_shape", target))
+        return True
+
+    def _batch_in_target(self, graph, node) -> bool:
+        """A constant target that spells out the batch size the model was exported with, [B, S, −1, d] (an
+        export with a static batch), on an input whose batch axis is now symbolic: B becomes 0 (copy the
+        input's batch) and the −1 is resolved from the input's per-sample size, so that shapes stay static
+        beyond the batch axis."""
+        batch = graph.meta.get(EXPORT_BATCH)
+        target, x = const_array(node.inputs[1]), node.inputs[0]
+        if batch is None or target is None or target.ndim != 1 or len(target) < 1 or target[0] != batch \
+                or x.shape is None or len(x.shape) < 1 \
+                or isinstance(x.shape[0], int) or not all(isinstance(d, int) for d in list(x.shape)[1:]):
+            return False
+        target = target.astype(np.int64).copy()
+        per_sample, rest = int(np.prod(list(x.shape)[1:])), target[1:]
+        known = int(np.prod(rest[rest != -1])) if np.any(rest != -1) else 1
+        if np.sum(rest == -1) > 1 or np.any(rest == 0) or known == 0 or per_sample % known:
+            return False
+        rest[rest == -1] = per_sample // known
+        if int(np.prod(rest)) != per_sample:
+            return False
+        target[0] = 0
+        node.replace_input_with(1, add_initializer(graph, f"{node.name}/target_shape", target))
+        # no zero was in the target: allowzero (the dynamo export sets it) changed nothing, and the 0 must copy
+        node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)
         return True
 
     def _target_per_batch(self, graph, node, opset) -> np.ndarray | None:

@@ -23,9 +23,11 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import RelgraphError, UnsupportedOpsError
-from ..graph import Builder, attr, const_array, dims, is_const
+from ..graph import FIXED, Builder, attr, const_array, dims, is_fixed
 from ..progress import Progress
 from ..rules import RULES, Env, kind_of, supported_ops
+from ..rules.registry import rule_function
+from .layout import batch_axes, layout_of
 from ..rules.composites import Composite
 from ..rules.registry import ACTIVATION, AFFINE, CHECKS, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, Share
 
@@ -49,12 +51,25 @@ class RelevancePlan:
     trace: list = field(default_factory=list)       # per node: relevance value names in and out, bias
     functions: list = field(default_factory=list)   # model-local functions the relevance graph calls
     logits_output: str = ""                         # the graph output that carries the logits
+    tokens: ir.Value | None = None                  # the token ids input, when x is their embedding
+
+    @property
+    def fed(self) -> ir.Value:
+        """The graph input the explanation is of: x itself, or the token ids x is the embedding of."""
+        return self.tokens if self.tokens is not None else self.input
 
     def rules(self) -> dict:
         return {name: choice.rule for name, choice in self.choices.items()}
 
 
-def explained_values(model: ir.Model, input_name: str | None = None):
+def explained_values(model: ir.Model, input_name: str | None = None, position=-1):
+    """(x, logits): the value explained and the [N, C] logits it is explained for.
+
+    x is the model's (first, or named) input, or, for a model fed integer token ids, the output of the
+    embedding lookup ``Gather(E, ids)`` that reads them (:func:`token_ids` finds the ids again). Logits of a
+    sequence model, [N, S, V], are explained at one ``position`` along S (−1: the last): a Gather picking it
+    is appended to the graph.
+    """
     graph = model.graph
     inputs = [v for v in graph.inputs if not v.is_initializer()]
     if input_name:
@@ -64,27 +79,74 @@ def explained_values(model: ir.Model, input_name: str | None = None):
     if not inputs:
         raise RelgraphError("model has no inputs")
     x = inputs[0]
+    if x.dtype is not None and x.dtype.is_integer():
+        x = _token_embedding(x)
     if not graph.outputs:
         raise RelgraphError("model has no outputs")
     out = graph.outputs[0]
     producer = out.producer()
     logits = producer.inputs[0] if producer is not None and producer.op_type in OUTPUT_OPS else out
+    if logits.shape is not None and len(logits.shape) == 3:
+        logits = _at_position(graph, logits, position)
     if logits.shape is None or len(logits.shape) != 2:
-        raise RelgraphError(f"the explained output '{logits.name}' must have shape [batch, classes], "
-                            f"got {None if logits.shape is None else list(logits.shape)}")
+        raise RelgraphError(f"the explained output '{logits.name}' must have shape [batch, classes] or "
+                            f"[batch, sequence, vocabulary], got {None if logits.shape is None else list(logits.shape)}")
     if not isinstance(logits.shape[1], int):
         raise RelgraphError(f"the number of classes of '{logits.name}' is not static")
     return x, logits
 
 
+def _token_embedding(ids: ir.Value) -> ir.Value:
+    """The output of the embedding lookup Gather(E, ids), E a constant table: what a token model is explained at."""
+    lookups = [u.node for u in ids.uses() if u.node.op_type == "Gather" and u.idx == 1
+               and const_array(u.node.inputs[0]) is not None and attr(u.node, "axis", 0) == 0]
+    if len(lookups) != 1:
+        raise RelgraphError(f"input '{ids.name}' holds integers ({ids.dtype}); relgraph explains float inputs, or "
+                            f"token ids read by one embedding lookup (Gather from a constant table), and "
+                            f"'{ids.name}' feeds {len(lookups)} such lookups")
+    return lookups[0].outputs[0]
+
+
+def token_ids(x: ir.Value) -> ir.Value | None:
+    """The integer graph input x was looked up from, when x is a token embedding."""
+    node = x.producer()
+    if node is None or node.op_type != "Gather" or not node.inputs[1].is_graph_input():
+        return None
+    return node.inputs[1]
+
+
+def _at_position(graph: ir.Graph, logits: ir.Value, position) -> ir.Value:
+    """logits[:, position, :] as a new value (a Gather appended to the graph)."""
+    length = logits.shape[1]
+    if not isinstance(position, int) or (isinstance(length, int) and not -length <= position < length):
+        raise RelgraphError(f"--position must be 'last' or a position in 0..{length - 1 if isinstance(length, int) else 'S-1'}"
+                            f" of the output '{logits.name}' [N, S, V], got {position}")
+    index = ir.Value(name=f"{logits.name}.position", shape=ir.Shape([]), type=ir.TensorType(ir.DataType.INT64),
+                     const_value=ir.tensor(np.array(position, np.int64)))
+    graph.register_initializer(index)
+    node = ir.node("Gather", [logits, index], attributes={"axis": 1}, name=f"{logits.name}.at_position")
+    graph.append(node)
+    picked = node.outputs[0]
+    picked.name = f"{logits.name}.at_position"
+    picked.shape, picked.type = ir.Shape([logits.shape[0], logits.shape[2]]), logits.type
+    return picked
+
+
 def relevance_nodes(graph: ir.Graph, x: ir.Value, logits: ir.Value) -> list[ir.Node]:
-    """Nodes on some path from x to the logits, in topological order."""
+    """Nodes on some path from x to the logits, in topological order.
+
+    Relevance flows through floating-point values only: a Shape of an activation, a comparison or a cast to
+    integers ends the path (shapes, masks and indices carry no relevance, whatever they compute). Every
+    other input of the nodes on the path is a run-time constant, and is marked so (``is_fixed``).
+    """
     forward: set[int] = {id(x)}
     reached = []
     for node in graph:
         if any(v is not None and id(v) in forward for v in node.inputs):
-            forward.update(id(o) for o in node.outputs)
-            reached.append(node)
+            floats = [o for o in node.outputs if o.dtype is None or o.dtype.is_floating_point()]
+            if floats:
+                forward.update(id(o) for o in floats)
+                reached.append(node)
     backward = {id(logits)}
     on_path = []
     for node in reversed(reached):
@@ -94,6 +156,10 @@ def relevance_nodes(graph: ir.Graph, x: ir.Value, logits: ir.Value) -> list[ir.N
     on_path.reverse()
     if id(x) not in backward:
         raise RelgraphError(f"the output '{logits.name}' does not depend on the input '{x.name}'")
+    for node in on_path:
+        for v in node.inputs:
+            if v is not None and id(v) not in forward:
+                v.meta[FIXED] = True
     return on_path
 
 
@@ -117,7 +183,7 @@ def validate(nodes: list[ir.Node]) -> None:
     problems = []
     for node in nodes:
         if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
-            why = "only at the model output" if node.op_type in OUTPUT_OPS else \
+            why = "only at the model output" if node.op_type in OUTPUT_OPS and node.op_type not in RULES else \
                 unfolded_shape(node) if node.op_type == "Shape" else ""
             problems.append((node.op_type, node.name, why))
             continue
@@ -146,7 +212,7 @@ def nonnegative_values(graph: ir.Graph) -> set[int]:
         elif op in NONNEG_PRESERVING:
             data = [v for v in node.inputs if v is not None and not (op in ("Reshape", "Pad", "Slice", "Expand",
                                                                              "Squeeze", "Unsqueeze", "Split")
-                                                                     and is_const(v))]
+                                                                     and is_fixed(v))]
             ok = bool(data) and all(id(v) in proven for v in data)
         if ok:
             proven.update(id(o) for o in node.outputs)
@@ -250,17 +316,27 @@ def sharing_values(nodes, choices: dict) -> set[int]:
 
 
 def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | None = None,
-                    per_layer_bias: bool = False, residual_shares: bool = True) -> RelevancePlan:
+                    per_layer_bias: bool = False, residual_shares: bool = True, position=-1,
+                    embedding_relevance: bool = False) -> RelevancePlan:
     """The relevance graph for ``composite``. ``residual_shares``: let residual sums hand ε layers their
     share unmultiplied (``Share``; fewer ops on onnxruntime, while the triton target fuses the sign test
-    of stab(z) into its kernels and keeps the ``relgraph.EpsilonSum`` calls)."""
+    of stab(z) into its kernels and keeps the ``relgraph.EpsilonSum`` calls).
+
+    A token model (integer ids in) is explained at its embedding lookup's output [N, S, D]: ``relevance`` is
+    then [N, S], one value per token (the sum over D), and ``embedding_relevance`` adds the [N, S, D] values
+    as ``relevance_embedding``. ``position``: where sequence logits [N, S, V] are explained (−1: the last).
+    """
     graph = model.graph
-    x, logits = explained_values(model, input_name)
+    x, logits = explained_values(model, input_name, position)
+    tokens = token_ids(x)
+    if tokens is not None and composite.baseline is not None:
+        raise RelgraphError(f"rule '{composite.name}' compares to a baseline input; a token model's input "
+                            f"'{tokens.name}' holds ids, which have no baseline")
     if x.dtype != ir.DataType.FLOAT:
         raise RelgraphError(f"input '{x.name}' has type {x.dtype}; relgraph explains float32 models")
     nodes = relevance_nodes(graph, x, logits)
     validate(nodes)
-    plan = RelevancePlan(x, logits, nodes, first_layers=first_layers(nodes, x))
+    plan = RelevancePlan(x, logits, nodes, first_layers=first_layers(nodes, x), tokens=tokens)
     for node in nodes:
         plan.choices[node.name] = composite.choose(node, kind_of(node), node.name in plan.first_layers)
 
@@ -273,6 +349,8 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
 
     contributions: dict[int, list] = {id(logits): [R_out]}
     biases: list = []
+    axes = batch_axes(nodes, x)
+    b.explained = x
     bar = Progress(len(nodes), "relevance graph", min_total=150)  # big models only: small ones take no time
     for node in reversed(nodes):
         bar.update()
@@ -288,16 +366,20 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         choice = plan.choices[node.name]
         node_bias: list = []
         b.prefix = f"relevance/{node.name}"
+        b.layout = layout_of(node.outputs[0], axes, x)
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
                   first_layer=node.name in plan.first_layers, formulation=composite.formulation,
                   baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
                   absorbs=lambda v: id(v) in sharing)
-        result = RULES[node.op_type][choice.rule](env)
+        result = rule_function(node, choice.rule)(env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"
         for v, R in zip(node.inputs, result):
-            if R is not None and v is not None and not is_const(v):
+            if R is not None and v is not None and not is_fixed(v):
                 contributions.setdefault(id(v), []).append(R)
+        if b.layout is not None and node_bias:  # rules report per row of a batch-major layout: regroup
+            node_bias = [b.per_sample_rows(v) for v in node_bias]  # (a sum per sample already is one row each)
+        b.layout = None
         bias = _sum(b, node_bias)
         if bias is not None:
             biases.append((node, bias))
@@ -318,7 +400,13 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         relevance = b.op("Mul", factor, relevance)
     total_bias = _sum(b, [v for _, v in biases]) or b.op("Mul", b.op("Cast", target, to=ir.DataType.FLOAT),
                                                           b.scalar(0.0))
-    _add_output(graph, b.op("Identity", relevance), "relevance", x.shape)
+    if tokens is not None:  # one value per token: the sum over the embedding's features
+        if embedding_relevance:
+            _add_output(graph, b.op("Identity", relevance), "relevance_embedding", x.shape)
+        relevance = b.op("ReduceSum", relevance, b.ints([-1]), keepdims=0)
+        _add_output(graph, relevance, "relevance", ir.Shape(list(x.shape)[:2]))
+    else:
+        _add_output(graph, b.op("Identity", relevance), "relevance", x.shape)
     _add_output(graph, b.op("Identity", total_bias), "bias_relevance", ir.Shape([x.shape[0]]))
     if per_layer_bias:
         for node, v in biases:

@@ -29,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import attr, const_array, dims, rank
+from ..errors import RelgraphError
+from ..graph import attr, const_array, dims, is_fixed, rank
 from .registry import LINEAR, PRODUCT, SCALE, Env, Share, defrule
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}  # GELU: x · (1 + erf(x/√2))/2
@@ -37,17 +38,20 @@ SHAPE_ONLY = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose
 
 
 def arithmetic_kind(node: ir.Node) -> str:
+    """An operand the explained input does not reach (a constant or a run-time constant, ``is_fixed``) makes
+    the node a scale layer; otherwise a Mul or Div is a product and an Add or Sub a sum."""
     if node.op_type == "BatchNormalization":
         return SCALE
-    consts = [const_array(v) is not None for v in node.inputs]
-    if any(consts):
+    if node.op_type == "Div" and is_fixed(node.inputs[1]):
+        return SCALE
+    if node.op_type != "Div" and any(map(is_fixed, node.inputs)):
         return SCALE
     return PRODUCT if node.op_type in ("Mul", "Div") else LINEAR
 
 
 def _check_arithmetic(node: ir.Node) -> str | None:
-    if node.op_type == "Div" and const_array(node.inputs[1]) is None:
-        return "division by an activation is not supported"
+    if node.op_type == "Div" and is_fixed(node.inputs[0]) and not is_fixed(node.inputs[1]):
+        return "a constant divided by an activation (a reciprocal) is not supported"
     if node.op_type == "BatchNormalization":
         if any(const_array(v) is None for v in node.inputs[1:5]):
             return "parameters are not constant"
@@ -56,10 +60,10 @@ def _check_arithmetic(node: ir.Node) -> str | None:
     return None
 
 
-def unbroadcast(env: Env, g, target: ir.Value):
-    """Sum g over the axes along which ``target`` was broadcast to the output's shape."""
+def unbroadcast(env: Env, g, target: ir.Value, g_dims: list | None = None):
+    """Sum g (of the output's shape, or ``g_dims``) over the axes along which ``target`` was broadcast."""
     b = env.b
-    out_dims, tgt_dims = dims(env.y), dims(target)
+    out_dims, tgt_dims = g_dims or dims(env.y), dims(target)
     lead = len(out_dims) - len(tgt_dims)
     axes = [i for i in range(len(out_dims))
             if i < lead or (tgt_dims[i - lead] == 1 and out_dims[i] != 1)]
@@ -72,7 +76,7 @@ def unbroadcast(env: Env, g, target: ir.Value):
 def _operands(env: Env):
     """(activation operand index, constant array) of a scale node, and the sign of x in z."""
     node = env.node
-    idx = 0 if const_array(node.inputs[0]) is None else 1
+    idx = 0 if not is_fixed(node.inputs[0]) else 1
     return idx, const_array(node.inputs[1 - idx])
 
 
@@ -98,7 +102,7 @@ def arithmetic_gradient(env: Env):
             env.report_bias(b.sum_per_sample(b.op("Mul", R, b.const(c)), rank(env.y)))
         return out
     x0, x1 = node.inputs[0], node.inputs[1]
-    const0, const1 = const_array(x0) is not None, const_array(x1) is not None
+    const0, const1 = is_fixed(x0), is_fixed(x1)
     if env.formulation == "q" and op in ("Add", "Sub") and (const0 or const1):
         c = x0 if const0 else x1
         share = b.op("Mul", R, c)
@@ -115,8 +119,10 @@ def arithmetic_gradient(env: Env):
             out[0] = unbroadcast(env, b.op("Mul", R, x1), x0)
         if not const1:
             out[1] = unbroadcast(env, b.op("Mul", R, x0), x1)
-    elif op == "Div":  # x / c
+    elif op == "Div":  # y = x / c: ∂y/∂x = 1/c, ∂y/∂c = −x/c² = −y/c
         out[0] = unbroadcast(env, b.op("Div", R, x1), x0)
+        if not const1:
+            out[1] = unbroadcast(env, b.op("Neg", b.op("Div", b.op("Mul", R, env.y), x1)), x1)
     return out
 
 
@@ -150,7 +156,7 @@ def arithmetic_epsilon(env: Env):
         share = b.op("Mul", v, s)
         if signs[i] < 0:
             share = b.op("Neg", share)
-        if const_array(v) is not None:  # a bias: report it, it flows nowhere
+        if is_fixed(v):  # a bias: report it, it flows nowhere
             env.report_bias(b.sum_per_sample(share, rank(env.y)))
         else:
             out[i] = unbroadcast(env, share, v)
@@ -161,7 +167,7 @@ def _residual_sum(env: Env) -> bool:
     """An Add of two activations that both have the output's static shape (nothing to unbroadcast). A Sub
     keeps the plain ops: its second share is negated."""
     node = env.node
-    if node.op_type != "Add" or any(const_array(v) is not None for v in node.inputs):
+    if node.op_type != "Add" or any(map(is_fixed, node.inputs)):
         return False
     out = dims(env.y)
     return None not in out[1:] and all(dims(v) == out for v in node.inputs)
@@ -178,8 +184,8 @@ def _scalings(v: ir.Value) -> list[ir.Value]:
     chain = [v]
     node = v.producer()
     while node is not None and node.op_type in ("Mul", "Div") and _by_constant(node) \
-            and (node.op_type == "Mul" or const_array(node.inputs[1]) is not None):
-        chain.append(next(u for u in node.inputs if const_array(u) is None))
+            and (node.op_type == "Mul" or is_fixed(node.inputs[1])):
+        chain.append(next(u for u in node.inputs if not is_fixed(u)))
         node = chain[-1].producer()
     return chain
 
@@ -187,12 +193,12 @@ def _scalings(v: ir.Value) -> list[ir.Value]:
 def _function_of(v: ir.Value, roots: list[ir.Value], memo: dict) -> bool:
     """Whether v is an elementwise function of the roots alone: every path up from v through elementwise ops
     ends at one of them or at a constant."""
-    if any(v is r for r in roots) or const_array(v) is not None:
+    if any(v is r for r in roots) or is_fixed(v):
         return True
     if id(v) not in memo:  # the graph is a DAG: memo only saves walking a shared ancestor twice
         node = v.producer()
         data = [] if node is None or node.op_type not in ELEMENTWISE or node.domain not in ("", "ai.onnx") \
-            else [u for u in node.inputs if u is not None and const_array(u) is None]
+            else [u for u in node.inputs if u is not None and not is_fixed(u)]
         memo[id(v)] = bool(data) and all(_function_of(u, roots, memo) for u in data)
     return memo[id(v)]
 
@@ -211,33 +217,60 @@ def _is_gate(v: ir.Value) -> bool:
     is (1 + erf(x/√2))/2, the tanh form's 1 + tanh(…))."""
     node = v.producer()
     while node is not None and (node.op_type in SHAPE_ONLY or _by_constant(node)):
-        node = next(u for u in node.inputs if u is not None and const_array(u) is None).producer()
+        node = next(u for u in node.inputs if u is not None and not is_fixed(u)).producer()
     return node is not None and node.op_type in GATE_OPS
 
 
 def _by_constant(node: ir.Node) -> bool:
-    return node.op_type in ("Add", "Sub", "Mul", "Div") and sum(const_array(u) is None for u in node.inputs) == 1
+    return node.op_type in ("Add", "Sub", "Mul", "Div") and sum(not is_fixed(u) for u in node.inputs) == 1
 
 
 # The kind is decided per node here too: the registry keeps one kind function per op type, and a fixed
 # PRODUCT would make every Mul by a constant a "product" as well.
-@defrule("Mul", arithmetic_kind, "gate")
+@defrule(("Mul", "Div"), arithmetic_kind, "gate")
 def product_gate(env: Env):
-    """All relevance to the signal operand, none to the gate."""
+    """All relevance to the signal operand, none to the gate.
+
+    A quotient a / c of two activations is a normalization (a layer or RMS norm written out): c is the gate,
+    held constant, and a gets R. A product with no recognizable gate (SwiGLU's up ⊙ act(gate)) takes the
+    uniform rule.
+    """
     a, c = env.node.inputs
-    gate_a, gate_c = _gates(a, c)
-    if gate_a != gate_c:
-        signal = 1 if gate_a else 0
+    if env.node.op_type == "Div":
+        signal = 0
     else:
-        full_a, full_c = dims(a) == dims(env.y), dims(c) == dims(env.y)
-        signal = 0 if full_a and not full_c else 1 if full_c and not full_a else None
+        gate_a, gate_c = _gates(a, c)
+        if gate_a != gate_c:
+            signal = 1 if gate_a else 0
+        else:
+            full_a, full_c = dims(a) == dims(env.y), dims(c) == dims(env.y)
+            signal = 0 if full_a and not full_c else 1 if full_c and not full_a else None
     if signal is None:
-        half = env.b.op("Mul", env.R, env.b.scalar(0.5))
-        if env.formulation == "q":  # Q_a = (R/2)/a = (Q/2)·c, and symmetrically
-            return [unbroadcast(env, env.b.op("Mul", half, c), a), unbroadcast(env, env.b.op("Mul", half, a), c)]
-        return [unbroadcast(env, half, a), unbroadcast(env, half, c)]
+        return product_uniform(env)
     out = [None, None]
-    # R formulation: R_signal = R. Q formulation: Q_signal = R_signal / signal = Q ⊙ gate.
-    R = env.R if env.formulation == "r" else env.b.op("Mul", env.R, env.node.inputs[1 - signal])
+    # R formulation: R_signal = R. Q formulation: Q_signal = R_signal / signal = Q ⊙ y / signal, which is
+    # Q ⊙ gate for a product and Q / c for a quotient.
+    if env.formulation == "r":
+        R = env.R
+    elif env.node.op_type == "Div":
+        R = env.b.op("Div", env.R, c)
+    else:
+        R = env.b.op("Mul", env.R, env.node.inputs[1 - signal])
     out[signal] = unbroadcast(env, R, env.node.inputs[signal])
     return out
+
+
+@defrule(("Mul", "Div"), arithmetic_kind, "uniform")
+def product_uniform(env: Env):
+    """The uniform rule for z = a ⊙ c (AttnLRP, Achtibat et al. 2024): R_a = R_c = R / 2.
+
+    In the Q formulation, Q_a = (R/2)/a = (Q/2) ⊙ c, and symmetrically.
+    """
+    a, c = env.node.inputs
+    if env.node.op_type == "Div":
+        raise RelgraphError(f"rule 'uniform' splits products; Div '{env.node.name}' is a quotient (use 'gate': "
+                            "the denominator held constant, or 'gradient')")
+    half = env.b.op("Mul", env.R, env.b.scalar(0.5))
+    if env.formulation == "q":
+        return [unbroadcast(env, env.b.op("Mul", half, c), a), unbroadcast(env, env.b.op("Mul", half, a), c)]
+    return [unbroadcast(env, half, a), unbroadcast(env, half, c)]

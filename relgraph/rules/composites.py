@@ -37,10 +37,13 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import RelgraphError
-from .registry import (ACTIVATION, AFFINE, KIND_RULES, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, RuleParams)
+from .registry import (ACTIVATION, AFFINE, BILINEAR, KIND_RULES, LINEAR, MAX, PRODUCT, SCALE, SOFTMAX, STRUCTURAL,
+                       RuleParams)
 
+# attention takes AttnLRP's rules in every LRP composite: the softmax's Taylor rule, the uniform ε rule on
+# bilinear MatMuls (relgraph.rules.attention)
 LRP_KINDS = {AFFINE: "epsilon", LINEAR: "norm", SCALE: "norm", MAX: "gradient", ACTIVATION: "pass",
-             PRODUCT: "gate", STRUCTURAL: "gradient"}
+             PRODUCT: "gate", BILINEAR: "uniform", SOFTMAX: "taylor", STRUCTURAL: "gradient"}
 GRADIENT_KINDS = {kind: "gradient" for kind in KIND_RULES}
 
 
@@ -85,8 +88,8 @@ class Composite:
         return choice
 
 
-def _lrp(name, **kw):
-    return Composite(name, dict(LRP_KINDS), **kw)
+def _lrp(name, kinds_update=None, **kw):
+    return Composite(name, dict(LRP_KINDS, **(kinds_update or {})), **kw)
 
 
 def _gradient(name, **kw):
@@ -126,6 +129,12 @@ COMPOSITES = {
     "w-square": _affine("w-square"),
     "flat": _affine("flat"),
     "zbox": lambda: _lrp("zbox", first="zbox"),
+    # transformers. AttnLRP (Achtibat et al. 2024): ε on linear layers, the LN rule (σ constant), identity on
+    # activations, the uniform rule on products without a gate and on bilinear MatMuls, the softmax's Taylor
+    # rule. CP-LRP (Ali et al. 2022): the same, but the attention weights are held constant and relevance flows
+    # through the values only.
+    "attnlrp": lambda: _lrp("attnlrp"),
+    "cp-lrp": lambda: _lrp("cp-lrp", kinds_update={BILINEAR: "detach", SOFTMAX: "detach"}),
     # compare to baseline (Shrikumar et al. 2017, arXiv:1704.02685); DeepLIFT's rescale rule: multipliers propagate as gradients with Δy/Δx
     # at nonlinearities, and the input's relevance is (x − x̄) ⊙ multiplier, so Σ R = f(x) − f(x̄)
     "deeplift": lambda: _gradient("deeplift", kinds={ACTIVATION: "rescale"}, multiply_input=True,
@@ -249,7 +258,7 @@ def to_q_formulation(composite: Composite) -> Composite:
     """
     lrp0 = {AFFINE: ("zero", "epsilon", "normalized"), LINEAR: ("zero", "norm", "epsilon", "normalized"),
             SCALE: ("zero", "norm", "epsilon", "normalized"), MAX: ("gradient",), ACTIVATION: ("pass", "ignore"),
-            PRODUCT: ("gate",), STRUCTURAL: ("gradient",)}
+            PRODUCT: ("gate",), BILINEAR: ("uniform",), SOFTMAX: ("taylor",), STRUCTURAL: ("gradient",)}
     bad = [f"{kind}: {rule}" for kind, rule in composite.kinds.items() if rule not in lrp0[kind]]
     bad += [f"{op}: {r if isinstance(r, str) else r.rule}" for op, r in composite.op_types.items()]
     bad += [f"{g}: {r if isinstance(r, str) else r.rule}" for g, r in composite.names]
@@ -259,6 +268,6 @@ def to_q_formulation(composite: Composite) -> Composite:
         raise RelgraphError(f"--formulation q rephrases LRP-0 (rule 'zero', 'epsilon' or 'lrp'); "
                             f"'{composite.name}' uses other rules ({', '.join(bad) or 'gradient output'})")
     q = {AFFINE: "gradient", LINEAR: "gradient", SCALE: "gradient", MAX: "gradient", ACTIVATION: "slope",
-         PRODUCT: "gate", STRUCTURAL: "gradient"}
+         PRODUCT: "gate", BILINEAR: "uniform", SOFTMAX: "taylor", STRUCTURAL: "gradient"}
     return Composite(f"{composite.name}-q", q, output_init="one", multiply_input=True, params=composite.params,
                      formulation="q")

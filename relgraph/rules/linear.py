@@ -34,8 +34,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import RelgraphError
-from ..graph import attr, const_array, static_dims
-from .registry import AFFINE, Env, defrule
+from ..graph import attr, const_array, rank, static_dims
+from .registry import AFFINE, BILINEAR, Env, defrule
 
 # ------------------------------------------------------------------------------------------- linear maps
 
@@ -374,10 +374,18 @@ def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
 # ------------------------------------------------------------------------------------------- the rules
 
 
+def affine_kind(node: ir.Node) -> str:
+    """Gemm and Conv are affine; a MatMul is affine when one operand is a constant of the model (its weights),
+    and bilinear otherwise (attention's Q·Kᵀ and A·V, :mod:`relgraph.rules.attention`)."""
+    if node.op_type == "MatMul" and sum(const_array(v) is not None for v in node.inputs) != 1:
+        return BILINEAR
+    return AFFINE
+
+
 def _check_affine(node: ir.Node) -> str | None:
     if node.op_type == "MatMul":
-        if sum(const_array(v) is not None for v in node.inputs) != 1:
-            return "needs exactly one constant operand"
+        if any(v.shape is not None and len(v.shape) < 2 for v in node.inputs):
+            return "an operand is a vector (rank 1)"
         return None
     if const_array(node.inputs[1]) is None:
         return "weights are not constant"
@@ -392,7 +400,7 @@ def _check_affine(node: ir.Node) -> str | None:
 AFFINE_OPS = ("Gemm", "Conv", "MatMul")
 
 
-@defrule(AFFINE_OPS, AFFINE, "gradient", check=_check_affine)
+@defrule(AFFINE_OPS, affine_kind, "gradient", check=_check_affine)
 def affine_gradient(env: Env):
     """R_x = R ⋆ᵀ W: the transposed map (the exact gradient).
 
@@ -405,7 +413,7 @@ def affine_gradient(env: Env):
     return _place(env, lin.transpose(env.R, lin.w))
 
 
-@defrule(AFFINE_OPS, AFFINE, "epsilon", "normalized", "zero")
+@defrule(AFFINE_OPS, affine_kind, "epsilon", "normalized", "zero")
 def affine_epsilon(env: Env):
     """LRP-ε (Bach et al. 2015): R_x = x ⊙ ((R ⊘ stab(z)) ⋆ᵀ W), R_bias = ⟨b, R ⊘ stab(z)⟩.
 
@@ -421,7 +429,7 @@ def affine_epsilon(env: Env):
     return _place(env, relevance)
 
 
-@defrule(AFFINE_OPS, AFFINE, "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat")
+@defrule(AFFINE_OPS, affine_kind, "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat")
 def affine_lrp(env: Env):
     lin = LINEAR_MAPS[env.node.op_type](env)
     if _parts_form(env, lin):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import RelgraphError
-from .linear import AFFINE_OPS, LINEAR_MAPS, _place, layer_params
-from .registry import AFFINE, Env, defrule
+from .linear import AFFINE_OPS, LINEAR_MAPS, _place, affine_kind, layer_params
+from .registry import Env, defrule
 
 PATTERN_RULES = ("pattern", "pattern-attribution")
 
 
-@defrule(AFFINE_OPS, AFFINE, *PATTERN_RULES)
+@defrule(AFFINE_OPS, affine_kind, *PATTERN_RULES)
 def affine_pattern(env: Env):
     """R_x = R ⋆ᵀ A (``pattern``) or R ⋆ᵀ (W ⊙ A) (``pattern-attribution``)."""
     w, _ = layer_params(env)

@@ -25,7 +25,9 @@ LINEAR = "linear"          # parameter-free linear maps that mix inputs: sums, a
 SCALE = "scale"            # elementwise affine with constants: BatchNormalization, Add/Sub/Mul/Div by a constant
 MAX = "max"                # MaxPool
 ACTIVATION = "activation"  # elementwise nonlinearities
-PRODUCT = "product"        # Mul of two activations (gates: SiLU, squeeze-excitation)
+PRODUCT = "product"        # Mul (or Div) of two activations (gates: SiLU, squeeze-excitation; normalizers)
+BILINEAR = "bilinear"      # MatMul of two activations (attention: Q·Kᵀ, A·V)
+SOFTMAX = "softmax"        # a Softmax inside the model (attention weights)
 STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exact for every rule
 
 # ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names in the per-layer-type tables of LRP
@@ -38,23 +40,29 @@ KIND_RULES: dict[str, tuple[str, ...]] = {
     SCALE: ("gradient", "norm", "epsilon", "normalized", "zero"),
     MAX: ("gradient", "radial"),
     ACTIVATION: ("gradient", "pass", "ignore", "slope", "repeat", "rescale", "deconvnet", "guided-backprop"),
-    PRODUCT: ("gradient", "gate"),
+    PRODUCT: ("gradient", "gate", "uniform"),
+    BILINEAR: ("gradient", "uniform", "detach"),
+    SOFTMAX: ("gradient", "taylor", "detach"),
     STRUCTURAL: ("gradient",),
 }
 
 RuleFn = Callable[["Env"], list]
 
 RULES: dict[str, dict[str, RuleFn]] = {}
+_BY_KIND: dict[tuple[str, str, str], RuleFn] = {}  # (op type, kind, rule) → a rule for the nodes of one kind
 KINDS: dict[str, Callable[[ir.Node], str]] = {}
 CHECKS: dict[str, Callable[[ir.Node], str | None]] = {}
 _DECLARED: dict[str, object] = {}  # op type → the kind (name or function) it was registered with
 
 
-def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] | None = None):
+def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] | None = None,
+            only: str | None = None):
     """Register ``fn`` as rule(s) ``names`` for ``op_types``.
 
     ``kind`` is a kind name or a function node → kind (Add is a sum of activations or a bias add).
     ``check(node)`` returns why a particular node cannot be handled (an attribute value, a mode), or None.
+    ``only``: the function serves the nodes of this kind alone (a MatMul is affine with a constant operand
+    and bilinear without one: the two kinds have different ``gradient`` rules).
     """
     if isinstance(op_types, str):
         op_types = (op_types,)
@@ -69,7 +77,11 @@ def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] 
             if check is not None:
                 CHECKS[op] = check
             for name in names:
-                RULES.setdefault(op, {})[name] = fn
+                if only is None:
+                    RULES.setdefault(op, {})[name] = fn
+                else:
+                    RULES.setdefault(op, {}).setdefault(name, fn)
+                    _BY_KIND[op, only, name] = fn
         return fn
 
     return register
@@ -77,6 +89,11 @@ def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] 
 
 def kind_of(node: ir.Node) -> str:
     return KINDS[node.op_type](node)
+
+
+def rule_function(node: ir.Node, rule: str) -> RuleFn:
+    """The function of ``rule`` for ``node``: the one registered for the node's kind, else the op's."""
+    return _BY_KIND.get((node.op_type, kind_of(node), rule)) or RULES[node.op_type][rule]
 
 
 def supported_ops() -> list[str]:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import attr, const_array, rank, static_dims
+from ..graph import attr, const_array, dims, is_fixed, rank, static_dims
+from ..errors import RelgraphError
+from .arithmetic import unbroadcast
 from .registry import STRUCTURAL, Env, defrule
 
 
@@ -30,10 +32,13 @@ def concat_adjoint(env: Env):
     """Split R along the concatenation axis into the inputs' sizes."""
     node, b = env.node, env.b
     axis = attr(node, "axis") % rank(env.y)
-    sizes = [static_dims(v, "Concat input")[axis] for v in node.inputs]
+    sizes = [dims(v)[axis] for v in node.inputs]
+    if None in sizes:
+        raise RelgraphError(f"Concat '{node.name}': the inputs' sizes along the axis {axis} are not static "
+                            f"({sizes}); fix the input's dynamic dimensions with --input-shape")
     parts = b.op("Split", env.R, b.ints(sizes), axis=axis, outputs=len(sizes))
     parts = parts if isinstance(parts, tuple) else (parts,)
-    return [None if v is None or const_array(v) is not None else p for v, p in zip(node.inputs, parts)]
+    return [None if v is None or is_fixed(v) else p for v, p in zip(node.inputs, parts)]
 
 
 @defrule("Split", STRUCTURAL, "gradient")
@@ -119,3 +124,55 @@ def pad_adjoint(env: Env):
     starts = [pads[a] for a in axes]
     ends = [pads[a] + in_dims[a] for a in axes]
     return env.to_first_input(b.op("Slice", env.R, b.ints(starts), b.ints(ends), b.ints(axes)))
+
+
+def _check_gather(node) -> str | None:
+    if const_array(node.inputs[1]) is None:
+        return "the indices are computed at run time"
+    data = dims(node.inputs[0])
+    axis = attr(node, "axis", 0) % max(len(data), 1)
+    if data[axis] is None:
+        return "it gathers along a dynamic axis (the batch axis?)"
+    if None in data[axis + 1:]:
+        return "the data has dynamic dimensions after the gathered axis"
+    return None
+
+
+@defrule("Gather", STRUCTURAL, "gradient", check=_check_gather)
+def gather_adjoint(env: Env):
+    """Gather with constant indices i (the CLS token, the last position, a slice of heads) picks rows: its
+    adjoint sums R into the picked rows, R_x[…, j, …] = Σ_{k: i_k = j} R[…, k, …]. Written as a product with
+    the one-hot matrix M [K, D] (M[k, i_k] = 1) along the gathered axis, so repeated indices add up."""
+    b, node = env.b, env.node
+    data = dims(env.x)
+    axis = attr(node, "axis", 0) % len(data)
+    picked = const_array(node.inputs[1]).astype(np.int64).reshape(-1) % data[axis]
+    onehot = np.zeros((picked.size, data[axis]), np.float32)
+    onehot[np.arange(picked.size), picked] = 1.0
+    # R: data[:axis] + indices' shape + data[axis + 1:] → data[:axis] + [K] + data[axis + 1:], axis moved last
+    R = b.op("Reshape", env.R, b.ints([0] * axis + [picked.size] + data[axis + 1:]))
+    last = len(data) - 1
+    perm = [a for a in range(len(data)) if a != axis] + [axis]
+    moved = b.op("MatMul", b.op("Transpose", R, perm=perm), b.const(onehot))
+    return env.to_first_input(b.op("Transpose", moved, perm=[int(p) for p in np.argsort(perm)]) if axis != last
+                              else moved)
+
+
+@defrule("Expand", STRUCTURAL, "gradient")
+def expand_adjoint(env: Env):
+    """y = x broadcast to a shape: R_x sums R over the broadcast axes."""
+    return env.to_first_input(unbroadcast(env, env.R, env.x))
+
+
+@defrule("Where", STRUCTURAL, "gradient")
+def where_adjoint(env: Env):
+    """y = where(c, a, b), c a mask the explained input does not reach (boolean values carry no relevance):
+    R_a = R where c, R_b = R elsewhere. A constant branch (a −∞ fill of masked attention scores, the zero of
+    the NaN guard after a softmax) takes the relevance of the positions it fills."""
+    b, node = env.b, env.node
+    cond, zero = node.inputs[0], b.scalar(0.0)
+    out = [None, None, None]
+    for i, picked in ((1, (env.R, zero)), (2, (zero, env.R))):
+        if not is_fixed(node.inputs[i]):
+            out[i] = unbroadcast(env, b.op("Where", cond, *picked), node.inputs[i])
+    return out
