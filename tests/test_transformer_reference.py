@@ -156,7 +156,7 @@ def test_gradient_mode_equals_module_autograd(arch, attn, float64_rms_norm):
 
 # ----------------------------------------------------------------------- each modification is its LRP rule
 
-ATTNLRP = tr._Ops(tr.MODES["attnlrp"])
+ATTNLRP = tr.RuleOps(tr.MODES["attnlrp"])
 
 
 def _relevance_through(op, inputs, relevance_out):
@@ -175,7 +175,7 @@ def test_identity_rule_passes_relevance_unchanged():
     x[0, 0] = 0.0
     r_out = rng.standard_normal((4, 7))
     for f, slope in ((torch.tanh, 1.0), (torch.nn.functional.gelu, 0.5), (torch.nn.functional.silu, 0.5),
-                     (tr._gelu_new, 0.5)):
+                     (tr.gelu_new, 0.5)):
         (r_x,), y = _relevance_through(lambda t: ATTNLRP.activation(f, slope, t), [x], r_out)
         np.testing.assert_array_equal(y, f(torch.as_tensor(x)).numpy())  # value untouched
         mask = x != 0
@@ -209,7 +209,7 @@ def test_softmax_rule_is_attnlrp_taylor_rule():
     x, r_out = 2 * rng.standard_normal((3, 6)), rng.standard_normal((3, 6))
     (r_x,), s = _relevance_through(ATTNLRP.softmax, [x], r_out)
     np.testing.assert_allclose(r_x, x * (r_out - s * r_out.sum(-1, keepdims=True)), rtol=1e-10, atol=1e-12)
-    held = tr._Ops(tr.MODES["cp-lrp"]).softmax(torch.as_tensor(x).requires_grad_(True))
+    held = tr.RuleOps(tr.MODES["cp-lrp"]).softmax(torch.as_tensor(x).requires_grad_(True))
     assert not held.requires_grad  # CP-LRP: nothing flows into the attention scores
 
 
@@ -283,7 +283,7 @@ def test_modes_differ_and_keep_the_forward_values(arch):
     attnlrp, cp_lrp = runs["attnlrp"][0], runs["cp-lrp"][0]
     assert np.isfinite(attnlrp).all() and np.abs(attnlrp).max() > 0
     x_times_grad = runs["gradient"][0] * (feed["pixel_values"] if "pixel_values" in feed else
-                                          tr._explained_value(model, arch, feed).numpy())
+                                          tr.explained_value(model, arch, feed).numpy())
     assert _rel_l2(cp_lrp, attnlrp) > 1e-3
     assert _rel_l2(x_times_grad, attnlrp) > 1e-3
     # planted bugs in AttnLRP: softmax held constant; Q·Kᵀ / A·V by plain gradient; σ differentiated
@@ -320,3 +320,10 @@ def test_inputs_and_build_are_deterministic():
     ids = tr.inputs("gpt2")["input_ids"]
     assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < tr.VOCAB
     assert tr.inputs("vit")["pixel_values"].dtype == np.float32
+
+
+def test_unknown_rule_names_are_refused():
+    with pytest.raises(ValueError, match="softmax"):
+        tr.Rules(softmax="detached")
+    with pytest.raises(ValueError, match="arch"):
+        tr.build("t5")

@@ -63,16 +63,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-import transformers
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, ViTConfig, ViTForImageClassification)
 
 __all__ = [
     "ARCHS",
     "MODES",
     "Rules",
+    "RuleOps",
     "build",
     "inputs",
     "forward",
     "relevance",
+    "explained_value",
+    "gelu_new",
 ]
 
 ARCHS = ("bert", "gpt2", "llama", "vit", "tv-vit")
@@ -99,10 +103,9 @@ def _randomize(model: torch.nn.Module, generator: torch.Generator) -> None:
     Default initialization zeroes biases and norm shifts and sets norm scales to one, which would hide a
     rule that mishandles any of them.
     """
-    norm_types = (torch.nn.LayerNorm,)
     with torch.no_grad():
         for module in model.modules():
-            is_norm = isinstance(module, norm_types) or type(module).__name__.endswith("RMSNorm")
+            is_norm = isinstance(module, torch.nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
             for name, param in module.named_parameters(recurse=False):
                 if is_norm and name == "weight":
                     param.copy_(1 + 0.3 * torch.randn(param.shape, generator=generator))
@@ -117,22 +120,29 @@ def build(arch: str, seed: int = 0, attn: str = "eager") -> torch.nn.Module:
 
     ``attn`` selects HuggingFace's attention implementation ("eager" or "sdpa"); torchvision's ViT has one.
     """
-    T = transformers
-    torch.manual_seed(seed)
+    # the global RNG is left as it was: the construction draws from a private copy of it
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = _construct(arch, attn)
+        _randomize(model, torch.Generator().manual_seed(seed + 1))
+    return model.float().eval()
+
+
+def _construct(arch: str, attn: str) -> torch.nn.Module:
     if arch == "bert":
-        model = T.BertForSequenceClassification(T.BertConfig(
+        model = BertForSequenceClassification(BertConfig(
             vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
             max_position_embeddings=16, num_labels=NUM_LABELS, **_config_kwargs(attn)))
     elif arch == "gpt2":
-        model = T.GPT2LMHeadModel(T.GPT2Config(
+        model = GPT2LMHeadModel(GPT2Config(
             vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=16, bos_token_id=0, eos_token_id=0,
             **_config_kwargs(attn)))
     elif arch == "llama":
-        model = T.LlamaForCausalLM(T.LlamaConfig(
+        model = LlamaForCausalLM(LlamaConfig(
             vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=16, **_config_kwargs(attn)))
     elif arch == "vit":
-        model = T.ViTForImageClassification(T.ViTConfig(
+        model = ViTForImageClassification(ViTConfig(
             image_size=IMAGE, patch_size=4, num_channels=3, hidden_size=HIDDEN, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=32, num_labels=NUM_LABELS, **_config_kwargs(attn)))
     elif arch == "tv-vit":
@@ -144,9 +154,7 @@ def build(arch: str, seed: int = 0, attn: str = "eager") -> torch.nn.Module:
             model.heads.head.weight.normal_(0.0, INIT_STD)
     else:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHS}")
-    generator = torch.Generator().manual_seed(seed + 1)
-    _randomize(model, generator)
-    return model.float().eval()
+    return model
 
 
 def inputs(arch: str, batch: int = 2, seq: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
@@ -191,6 +199,14 @@ class Rules:
     attention_matmul: str = "uniform"
     multiply_input: bool = True
 
+    def __post_init__(self):
+        allowed = {"norm": ("detach", "gradient"), "activation": ("identity", "gradient"),
+                   "product": ("uniform", "gradient"), "softmax": ("gradient", "detach"),
+                   "attention_matmul": ("uniform", "gradient")}
+        for field, choices in allowed.items():
+            if getattr(self, field) not in choices:
+                raise ValueError(f"Rules.{field} must be one of {choices}, got {getattr(self, field)!r}")
+
 
 MODES: dict[str, Rules] = {
     "attnlrp": Rules(),
@@ -205,7 +221,7 @@ def _replace_grad(value: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
     return value.detach() + (surrogate - surrogate.detach())
 
 
-class _Ops:
+class RuleOps:
     """The operations whose derivative a rule changes; everything else in the forwards is plain torch."""
 
     def __init__(self, rules: Rules):
@@ -249,7 +265,7 @@ class _Ops:
         return probs.detach() if self.rules.softmax == "detach" else probs
 
 
-def _gelu_new(x):
+def gelu_new(x):
     # transformers.activations.NewGELUActivation, GPT-2's "gelu_new"
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
@@ -334,7 +350,7 @@ def _gpt2(ops, P, cfg, x, attention_mask, position):
         q, k, v = (_heads(t, cfg.n_head) for t in _conv1d(a, P, p + "attn.c_attn").split(d, dim=2))
         h = _conv1d(_merge_heads(_attention(ops, q, k, v, mask)), P, p + "attn.c_proj") + h
         m = ops.layer_norm(h, P[p + "ln_2.weight"], P[p + "ln_2.bias"], eps)
-        m = ops.activation(_gelu_new, 0.5, _conv1d(m, P, p + "mlp.c_fc"))
+        m = ops.activation(gelu_new, 0.5, _conv1d(m, P, p + "mlp.c_fc"))
         h = h + _conv1d(m, P, p + "mlp.c_proj")
     h = ops.layer_norm(h, P["transformer.ln_f.weight"], P["transformer.ln_f.bias"], eps)
     head = P.get("lm_head.weight", P["transformer.wte.weight"])  # tied to the token embedding
@@ -428,7 +444,8 @@ def _tv_vit(ops, P, model, pixels):
 # ------------------------------------------------------------------------------------------ public API
 
 
-def _explained_value(model, arch, feed) -> torch.Tensor:
+def explained_value(model: torch.nn.Module, arch: str, feed: Mapping[str, np.ndarray]) -> torch.Tensor:
+    """The value the relevance is given at, float64: pixels, ``inputs_embeds``, or ``word_embeddings[input_ids]``."""
     if arch in ("vit", "tv-vit"):
         return torch.as_tensor(np.asarray(feed["pixel_values"]), dtype=torch.float64)
     if arch == "bert" and "inputs_embeds" in feed:
@@ -441,7 +458,7 @@ def _explained_value(model, arch, feed) -> torch.Tensor:
 
 def _forward_from(model, arch, x, feed, rules: Rules, position: int) -> torch.Tensor:
     P = {k: v.detach().to(torch.float64) for k, v in model.state_dict().items() if v.is_floating_point()}
-    ops = _Ops(rules)
+    ops = RuleOps(rules)
     mask = feed.get("attention_mask")
     if arch == "bert":
         return _bert(ops, P, model.config, x, mask)
@@ -458,7 +475,7 @@ def _forward_from(model, arch, x, feed, rules: Rules, position: int) -> torch.Te
 
 def forward(model: torch.nn.Module, arch: str, inputs: Mapping[str, np.ndarray], position: int = -1) -> np.ndarray:
     """The functional float64 forward pass: logits [N, C] (GPT-2 / Llama: at sequence ``position``, [N, V])."""
-    x = _explained_value(model, arch, inputs)
+    x = explained_value(model, arch, inputs)
     with torch.no_grad():
         return _forward_from(model, arch, x, inputs, MODES["gradient"], position).numpy()
 
@@ -472,7 +489,7 @@ def relevance(model: torch.nn.Module, arch: str, inputs: Mapping[str, np.ndarray
     for "gradient".  ``target`` is an int array [N].
     """
     rules = MODES[mode] if isinstance(mode, str) else mode
-    x = _explained_value(model, arch, inputs).requires_grad_(True)
+    x = explained_value(model, arch, inputs).requires_grad_(True)
     logits = _forward_from(model, arch, x, inputs, rules, position)
     target = torch.as_tensor(np.asarray(target), dtype=torch.int64).view(-1)
     if target.shape[0] != logits.shape[0]:
