@@ -395,8 +395,8 @@ def cmd_check(args):
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     t = explainer.targets(args.target, x.shape[0])
-    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {explainer.input_name: x,
-                                                                                  "target": t})))
+    feed = {explainer.input_name: x, "target": t, **explainer.side_inputs(None, x.shape[0])}
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
 
     def total(entry):
         if entry is None:

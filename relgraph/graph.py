@@ -184,12 +184,12 @@ class Builder:
         self._count = 0
         self._scalars: dict[tuple, ir.Value] = {}
         self.functions: set[str] = set()  # model-local functions the emitted nodes call
-        # where the batch axis is in the values the current rule reads (``relgraph.passes.layout``):
-        # None for [N, …]; ("major",) where the leading axis holds N·k rows in batch-major order (a Gemm
-        # on [N·S, D]); ("axis", k) for the batch at axis k (sequence-first attention); ("unknown", why)
+        # where the batch is in the values the current rule reads (``relgraph.passes.layout``): None for
+        # [N, …]; ("outer", k) for k elements before the batch in memory order ([S, N, E], a Gemm's [N·S, D]
+        # with k = 1); ("unknown", why)
         self.layout = None
         self.explained: ir.Value | None = None  # the explained value x, whose leading axis is the batch
-        self._rows: ir.Value | None = None
+        self._rows: dict[int, ir.Value] = {}
         self.opset = graph.opset_imports.get("", MIN_OPSET)
 
     def _name(self, hint: str) -> str:
@@ -243,20 +243,17 @@ class Builder:
             if rank_ == 1:
                 return v
             return self.op("ReduceSum", v, self.ints(list(range(1, rank_))), keepdims=0)
-        if self.layout[0] == "unknown":
-            raise RelgraphError(self.layout[1])
-        if self.layout[0] == "axis" and rank_ > 1:
-            k = self.layout[1]
-            v = self.op("Transpose", v, perm=[k] + [a for a in range(rank_) if a != k])
         return self.per_sample_rows(v)
 
     def per_sample_rows(self, v: ir.Value) -> ir.Value:
-        """Σ of the values of each sample when v holds them in batch-major order: [N·k, …] → [N]."""
+        """Σ of each sample's values in v, read as [outer, N, −1] in memory order (``layout``) → [N]."""
         if self.layout is not None and self.layout[0] == "unknown":
             raise RelgraphError(self.layout[1])
-        if self._rows is None:  # [N, −1], N read off the explained value
-            self._rows = self.op("Concat", self.op("Shape", self.explained, start=0, end=1), self.ints([-1]), axis=0)
-        return self.op("ReduceSum", self.op("Reshape", v, self._rows), self.ints([1]), keepdims=0)
+        outer = self.layout[1] if self.layout is not None else 1
+        if outer not in self._rows:  # [outer, N, −1], N read off the explained value
+            self._rows[outer] = self.op("Concat", self.ints([outer]), self.op("Shape", self.explained, start=0, end=1),
+                                        self.ints([-1]), axis=0)
+        return self.op("ReduceSum", self.op("Reshape", v, self._rows[outer]), self.ints([0, 2]), keepdims=0)
 
     def zeros_like(self, v: ir.Value) -> ir.Value:
         return self.op("ConstantOfShape", self.op("Shape", v), value=ir.tensor(np.zeros(1, np.float32)))

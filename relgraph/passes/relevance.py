@@ -27,7 +27,8 @@ from ..graph import FIXED, Builder, attr, const_array, dims, is_fixed
 from ..progress import Progress
 from ..rules import RULES, Env, kind_of, supported_ops
 from ..rules.registry import rule_function
-from .layout import batch_axes, layout_of
+from .layout import batch_layouts, layout_of
+from .shapes import EXPORT_BATCH
 from ..rules.composites import Composite
 from ..rules.registry import ACTIVATION, AFFINE, CHECKS, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, Share
 
@@ -349,7 +350,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
 
     contributions: dict[int, list] = {id(logits): [R_out]}
     biases: list = []
-    axes = batch_axes(nodes, x)
+    layouts = batch_layouts(nodes, x, graph.meta.get(EXPORT_BATCH))
     b.explained = x
     bar = Progress(len(nodes), "relevance graph", min_total=150)  # big models only: small ones take no time
     for node in reversed(nodes):
@@ -366,7 +367,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         choice = plan.choices[node.name]
         node_bias: list = []
         b.prefix = f"relevance/{node.name}"
-        b.layout = layout_of(node.outputs[0], axes, x)
+        b.layout = layout_of(node.outputs[0], layouts, x)
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
                   first_layer=node.name in plan.first_layers, formulation=composite.formulation,
                   baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
@@ -377,8 +378,6 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         for v, R in zip(node.inputs, result):
             if R is not None and v is not None and not is_fixed(v):
                 contributions.setdefault(id(v), []).append(R)
-        if b.layout is not None and node_bias:  # rules report per row of a batch-major layout: regroup
-            node_bias = [b.per_sample_rows(v) for v in node_bias]  # (a sum per sample already is one row each)
         b.layout = None
         bias = _sum(b, node_bias)
         if bias is not None:

@@ -93,7 +93,9 @@ class GemmMap(LinearMap):
         return self.b.op("MatMul", s, self.param(w))
 
     def bias_share(self, s, bias):
-        return self.b.op("MatMul", s, self.param(bias))
+        # one value per row: a sample's when the rows are samples, summed per sample when a Gemm runs on a
+        # flattened [N·S, D] (``Builder.layout``)
+        return self.b.sum_per_sample(self.b.op("MatMul", s, self.param(bias)), 1)
 
 
 class MatMulMap(LinearMap):
