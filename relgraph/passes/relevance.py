@@ -371,7 +371,8 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
                   first_layer=node.name in plan.first_layers, formulation=composite.formulation,
                   baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
-                  absorbs=lambda v: id(v) in sharing)
+                  absorbs=lambda v: id(v) in sharing,
+                  conserving=composite.output_init == "logit" and composite.formulation == "r")
         result = rule_function(node, choice.rule)(env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"

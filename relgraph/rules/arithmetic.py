@@ -157,6 +157,9 @@ def arithmetic_epsilon(env: Env):
         if signs[i] < 0:
             share = b.op("Neg", share)
         if is_fixed(v):  # a bias: report it, it flows nowhere
+            known = const_array(v)
+            if known is None or np.isinf(known).any():  # an attention mask of −∞ takes nothing where it masks
+                share = b.op("Where", b.op("IsInf", v), b.scalar(0.0), share)
             env.report_bias(b.sum_per_sample(share, rank(env.y)))
         else:
             out[i] = unbroadcast(env, share, v)

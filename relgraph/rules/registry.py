@@ -134,6 +134,7 @@ class Env:
     rectified: ir.Value | None = None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
     shared: bool = False  # R is the share q of z in a residual sum, R_z = z ⊙ q (see ``Share``)
     absorbs: Callable[[ir.Value], bool] = lambda v: False  # whether v's producer takes a ``Share`` of v
+    conserving: bool = False  # R starts at the target logit and is accounted: constants' shares are biases
 
     @property
     def epsilon(self) -> float:

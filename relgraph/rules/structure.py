@@ -29,7 +29,8 @@ def transpose_adjoint(env: Env):
 
 @defrule("Concat", STRUCTURAL, "gradient")
 def concat_adjoint(env: Env):
-    """Split R along the concatenation axis into the inputs' sizes."""
+    """Split R along the concatenation axis into the inputs' sizes. A constant part (a ViT's CLS token, a
+    register token) keeps its share: a bias."""
     node, b = env.node, env.b
     axis = attr(node, "axis") % rank(env.y)
     sizes = [dims(v)[axis] for v in node.inputs]
@@ -38,6 +39,9 @@ def concat_adjoint(env: Env):
                             f"({sizes}); fix the input's dynamic dimensions with --input-shape")
     parts = b.op("Split", env.R, b.ints(sizes), axis=axis, outputs=len(sizes))
     parts = parts if isinstance(parts, tuple) else (parts,)
+    for v, p in zip(node.inputs, parts):
+        if env.conserving and is_fixed(v):
+            env.report_bias(b.sum_per_sample(p, rank(env.y)))
     return [None if v is None or is_fixed(v) else p for v, p in zip(node.inputs, parts)]
 
 
@@ -168,11 +172,14 @@ def expand_adjoint(env: Env):
 def where_adjoint(env: Env):
     """y = where(c, a, b), c a mask the explained input does not reach (boolean values carry no relevance):
     R_a = R where c, R_b = R elsewhere. A constant branch (a −∞ fill of masked attention scores, the zero of
-    the NaN guard after a softmax) takes the relevance of the positions it fills."""
+    the NaN guard after a softmax) takes the relevance of the positions it fills: a bias."""
     b, node = env.b, env.node
     cond, zero = node.inputs[0], b.scalar(0.0)
     out = [None, None, None]
     for i, picked in ((1, (env.R, zero)), (2, (zero, env.R))):
+        share = b.op("Where", cond, *picked)
         if not is_fixed(node.inputs[i]):
-            out[i] = unbroadcast(env, b.op("Where", cond, *picked), node.inputs[i])
+            out[i] = unbroadcast(env, share, node.inputs[i])
+        elif env.conserving:
+            env.report_bias(b.sum_per_sample(share, rank(env.y)))
     return out
