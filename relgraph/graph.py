@@ -44,8 +44,8 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     except Exception as exc:
         raise RelgraphError(f"cannot read external data of {path}: {exc}") from None
     _check_tensors(proto, path)
-    try:
-        onnx.checker.check_model(proto)
+    try:  # from the file: the C++ checker reads it, instead of Python serializing the loaded model again
+        onnx.checker.check_model(str(path))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RelgraphError(f"invalid ONNX model {path}: {first}") from None
