@@ -205,3 +205,25 @@ def test_check_accounts_layer_by_layer(exported, tmp_path):
     leaks = [float(r[6]) for r in rows if len(r) == 7 and r[0] != "node"]
     start = float(run.stdout.split("R_out ")[1].split()[0])
     assert max(map(abs, leaks)) <= 1e-3 * abs(start)
+
+
+@pytest.mark.parametrize("arch,attn", [("bert", "eager"), ("llama", "sdpa")])
+def test_triton_target_runs_attention(exported, tmp_path, arch, attn):
+    """The triton lowering of an attention block: the linear layers and residual sums as kernels (in Triton's
+    interpreter here), the bilinear MatMuls, the softmax rule and the masks as listed torch ops; it reproduces
+    onnxruntime on the explainer it was lowered from."""
+    pytest.importorskip("triton")
+    from relgraph.lowering import compile_triton
+
+    _, feed, path = exported(arch, attn, "dynamo")
+    folder = tmp_path / "triton"
+    compile_triton(path, str(folder), rule="attnlrp")
+    first, *rest = feed
+    side = {k: feed[k] for k in rest}
+    expected = relgraph.Explainer(str(folder), backend="onnxruntime").explain(feed[first], inputs=side)
+    lowered = relgraph.Explainer(str(folder), kernels="triton")
+    assert lowered.plan.kernel_steps(), "no step runs as a kernel"
+    got = lowered.explain(feed[first], inputs=side)
+    for key in ("relevance", "bias_relevance", "logits"):
+        scale = np.abs(expected[key]).max()
+        assert np.abs(got[key] - expected[key]).max() <= 1e-4 * scale, key

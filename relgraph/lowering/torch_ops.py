@@ -94,6 +94,23 @@ def where(inputs, attrs):
     return torch.where(inputs[0], inputs[1], inputs[2])
 
 
+@op("IsInf")
+def is_inf(inputs, attrs):
+    x = inputs[0]
+    positive, negative = attrs.get("detect_positive", 1), attrs.get("detect_negative", 1)
+    return (torch.isposinf(x) & bool(positive)) | (torch.isneginf(x) & bool(negative))
+
+
+@op("IsNaN")
+def is_nan(inputs, attrs):
+    return torch.isnan(inputs[0])
+
+
+@op("Gelu")
+def gelu(inputs, attrs):
+    return F.gelu(inputs[0], approximate=attrs.get("approximate", "none"))
+
+
 @op("Identity")
 def identity(inputs, attrs):
     return inputs[0]
@@ -298,6 +315,20 @@ def gather(inputs, attrs):
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = x.index_select(axis, idx.reshape(-1))
     return out.reshape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+
+
+@op("GatherND")
+def gather_nd(inputs, attrs):
+    """out[b…, i…] = x[b…, idx[b…, i…, :]] with b the first ``batch_dims`` axes (ONNX GatherND)."""
+    x, idx = inputs[0], inputs[1].long()
+    b = attrs.get("batch_dims", 0)
+    batch, k = x.shape[:b], idx.shape[-1]
+    idx = torch.where(idx < 0, idx + torch.tensor(x.shape[b:b + k], device=idx.device), idx)
+    flat_x = x.reshape(-1, *x.shape[b:])                                    # [B, d…]
+    flat_idx = idx.reshape(flat_x.shape[0], -1, k)                           # [B, M, k]
+    rows = torch.arange(flat_x.shape[0], device=x.device)[:, None].expand(flat_idx.shape[:2])
+    picked = flat_x[(rows, *flat_idx.unbind(-1))]                            # [B, M, d_rest…]
+    return picked.reshape(*batch, *idx.shape[b:-1], *x.shape[b + k:])
 
 
 @op("GatherElements")
