@@ -227,3 +227,23 @@ def test_triton_target_runs_attention(exported, tmp_path, arch, attn):
     for key in ("relevance", "bias_relevance", "logits"):
         scale = np.abs(expected[key]).max()
         assert np.abs(got[key] - expected[key]).max() <= 1e-4 * scale, key
+
+
+def test_vit_gamma_rule_map(exported, tmp_path):
+    """γ on a ViT's layers with weights by op type (AttnLRP's advice against gradient shattering): the MatMuls
+    with weights take γ, Q·Kᵀ and A·V (bilinear) keep the uniform rule, and the input + biases + absorbed still
+    add up to the logit."""
+    _, feed, path = exported("vit", "eager", "dynamo")
+    rule_map = tmp_path / "vit-gamma.toml"
+    rule_map.write_text('base = "attnlrp"\n[op_types]\nConv = { rule = "gamma", gamma = 0.25 }\n'
+                        'MatMul = { rule = "gamma", gamma = 0.05 }\nGemm = { rule = "gamma", gamma = 0.05 }\n')
+    result = relgraph.compile(path, rule_map=str(rule_map), output=str(tmp_path / "vit.gamma.onnx"))
+    from relgraph.rules import kind_of
+
+    matmuls = [(kind_of(n), result.plan.choices[n.name].rule) for n in result.plan.nodes if n.op_type == "MatMul"]
+    assert {rule for kind, rule in matmuls if kind == "bilinear"} == {"uniform"}
+    assert {rule for kind, rule in matmuls if kind == "affine"} == {"gamma"}
+    out = relgraph.Explainer(result.path).explain(feed["pixel_values"], np.array([0, 1]))
+    logits = out["logits"][np.arange(2), [0, 1]]
+    np.testing.assert_allclose(out["relevance"].reshape(2, -1).sum(1) + out["bias_relevance"], logits, rtol=1e-3,
+                               atol=1e-5)

@@ -25,6 +25,7 @@ A TOML rule map (``--rule-map FILE``) builds a composite from a named base:
     [op_types]
     Conv = {rule = "gamma", gamma = 0.5}
     Add = "epsilon"                      # the user's ε on residual sums too (default: norm)
+    MatMul = "gamma"                     # MatMuls with weights; Q·Kᵀ and A·V (bilinear) keep their default
     [names]
     "/features/2*" = "alpha-beta"
 """
@@ -37,8 +38,8 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import RelgraphError
-from .registry import (ACTIVATION, AFFINE, BILINEAR, KIND_RULES, LINEAR, MAX, PRODUCT, SCALE, SOFTMAX, STRUCTURAL,
-                       RuleParams)
+from .registry import (ACTIVATION, AFFINE, BILINEAR, KIND_RULES, LINEAR, MAX, PRODUCT, RULES, SCALE, SOFTMAX,
+                       STRUCTURAL, RuleParams)
 
 # attention takes AttnLRP's rules in every LRP composite: the softmax's Taylor rule, the uniform ε rule on
 # bilinear MatMuls (relgraph.rules.attention)
@@ -77,6 +78,9 @@ class Composite:
             picked, source = self.first, "first layer"
         if picked is None and node.op_type in self.op_types:
             picked, source = self.op_types[node.op_type], f"op type {node.op_type}"
+            rule = picked if isinstance(picked, str) else picked.rule
+            if rule not in KIND_RULES[kind] and rule in RULES.get(node.op_type, {}):
+                picked = None  # a rule for this op's other kind (γ for MatMuls with weights, not Q·Kᵀ)
         if picked is None:
             picked, source = self.kinds[kind], f"the default of composite '{self.name}'"
         choice = picked if isinstance(picked, Choice) else Choice(picked, self.params)
@@ -237,7 +241,6 @@ def load_rule_map(path, params: RuleParams) -> Composite:
     for table in ("op_types", "names"):
         if not isinstance(data.get(table, {}), dict):
             raise RelgraphError(f"{where}: [{table}] must be a table")
-    from .registry import RULES
 
     for op, value in data.get("op_types", {}).items():
         if op not in RULES:
