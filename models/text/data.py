@@ -70,6 +70,7 @@ def tokenizer():
 
     vocab = {word: i for i, word in enumerate(VOCABULARY)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.add_special_tokens(list(SPECIAL))  # already in the vocabulary: their ids stay; decoding can skip them
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A", special_tokens=[("[CLS]", vocab["[CLS]"])])
     tok.enable_padding(pad_id=vocab["[PAD]"], pad_token="[PAD]", length=SEQUENCE)
