@@ -263,8 +263,9 @@ def ablation_model(model_path: str):
 
     keep = 1 is the model itself; keep = 0 sets that token's embedding to zero, exactly the ablation of the
     AttnLRP protocol, at the value a token explainer explains (the word embedding, before position and
-    token-type embeddings are added, which stay). Replacing the id by the pad id would instead substitute the pad
-    token's embedding, which is not zero.
+    token-type embeddings are added, which stay). Replacing the id by the pad id instead substitutes the pad
+    token's embedding, which is zero only where the model was trained with a padding index (Hugging Face's
+    BERT), not in general (GPT-2, Llama).
     """
     model = load_model(model_path)
     x, _ = explained_values(model)

@@ -108,10 +108,15 @@ def test_shortcut_token_is_most_relevant(test_set, attnlrp):
 
 def zero_row_model(tmp_path) -> tuple[str, int]:
     """The text model with a row of zeros appended to its word-embedding table, and that row's id: feeding it
-    sets a token's word embedding to zero, independently of relgraph's ablation graph."""
+    sets a token's word embedding to zero, independently of relgraph's ablation graph.
+
+    The [PAD] row, zero in the trained model (Hugging Face's padding index), is made non-zero: padding is masked, so
+    the model's outputs stay, but ablating by feeding the pad id would no longer zero an embedding."""
     proto = onnx.load(str(TEXT_MODEL))
     table = next(t for t in proto.graph.initializer if "word_embeddings" in t.name)
-    weights = numpy_helper.to_array(table)
+    weights = numpy_helper.to_array(table).copy()
+    assert not weights[0].any()
+    weights[0] = np.random.default_rng(0).normal(size=weights.shape[1])
     table.CopyFrom(numpy_helper.from_array(np.concatenate([weights, np.zeros((1, weights.shape[1]), weights.dtype)]),
                                            table.name))
     path = tmp_path / "zero_row.onnx"
@@ -139,12 +144,14 @@ def test_token_ablation_matches_direct_recomputation(test_set, attnlrp, tmp_path
     n = 48
     ids, mask, y = (test_set[k][:n] for k in ("input_ids", "attention_mask", "y"))
     relevance = attnlrp.explain(ids, y, inputs={"attention_mask": mask})["relevance"]
-    scorer = ev.TokenScorer(str(TEXT_MODEL))
+    path, zero_id = zero_row_model(tmp_path)
+    np.testing.assert_allclose(logits(path, {"input_ids": ids, "attention_mask": mask}),
+                               logits(TEXT_MODEL, {"input_ids": ids, "attention_mask": mask}), rtol=1e-5, atol=1e-6)
+    scorer = ev.TokenScorer(path)
     result = ev.evaluate_tokens(scorer, ids, mask, y, {"attnlrp": relevance}, random_orders_count=2)
     auc = result.auc["attnlrp"]
     assert auc["morf"] + 0.2 < auc["lerf"], auc  # measured on these 48: 0.36 and 0.87
     assert auc["morf"] < result.auc["random"]["morf"] < auc["lerf"]
-    path, zero_id = zero_row_model(tmp_path)
     for i in (0, 7):  # two sentences of different lengths
         for order, morf in (("morf", True), ("lerf", False)):
             p, area = direct_curve(path, zero_id, ids[i], mask[i], relevance[i], y[i], morf)
