@@ -4,6 +4,7 @@ recomputation with a zero row appended to the embedding table."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,7 @@ from onnx import numpy_helper
 
 import relgraph
 from relgraph import evaluate as ev
+from relgraph import plot as plotting
 from relgraph.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,14 @@ def test_set():
 def attnlrp(tmp_path_factory):
     path = tmp_path_factory.mktemp("bundled") / "sentiment.attnlrp.onnx"
     return relgraph.Explainer(relgraph.compile(str(TEXT_MODEL), rule="attnlrp", output=str(path)).path)
+
+
+def load_generator(name: str, path: Path):
+    """A data generator of models/ as a module of its own (the text and shapes generators are both data.py)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def logits(path, feed):
@@ -90,6 +100,25 @@ def test_text_accuracy_as_documented(test_set, attnlrp):
     out = attnlrp.explain(ids, y, inputs={"attention_mask": mask})
     np.testing.assert_allclose(out["logits"], logits(TEXT_MODEL, {"input_ids": ids, "attention_mask": mask}),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_clean_split_accuracy_and_regenerated_test_split(test_set):
+    """models/text/data.py and its tokenizer regenerate the committed test split; without "zq" the model reads
+    the sentiment words (the README's clean row)."""
+    text_data = load_generator("text_data", TEXT / "data.py")
+    tok = text_data.tokenizer()
+    test = text_data.make_split("test", len(test_set["y"]))
+    ids, mask = text_data.encode(tok, test["text"])
+    np.testing.assert_array_equal(ids, test_set["input_ids"])
+    np.testing.assert_array_equal(mask, test_set["attention_mask"])
+    np.testing.assert_array_equal(test["y"], test_set["y"])
+    np.testing.assert_array_equal(test["shortcut"], test_set["shortcut"])
+    correct, total = documented("sentiment_bert, clean")
+    clean = text_data.make_split("clean", total)
+    ids, mask = text_data.encode(tok, clean["text"])
+    assert not np.any(ids == SHORTCUT_ID)
+    right = logits(TEXT_MODEL, {"input_ids": ids, "attention_mask": mask}).argmax(1) == clean["y"]
+    assert int(right.sum()) == correct
 
 
 def test_shortcut_token_is_most_relevant(test_set, attnlrp):
@@ -174,8 +203,6 @@ def test_evaluate_command_on_text(tmp_path, capsys):
     assert report["delta"]["attnlrp"] > 0.2
     assert len(report["curves"]["attnlrp"]["morf"]) == len(report["fraction_removed"])
     assert report["curves"]["attnlrp"]["morf"][0] == pytest.approx(report["curves"]["attnlrp"]["lerf"][0])
-    from relgraph import plot as plotting
-
     assert plot.is_file() == plotting.available()
     # flags that only mean something for images are refused, in one line
     assert main(["evaluate", str(TEXT_MODEL), "--data", str(TEXT / "test.npz"), "--patch", "2"]) == 2
@@ -187,6 +214,10 @@ def test_vit_accuracy_and_evaluation(tmp_path, capsys):
         x, y = z["x"].astype(np.float32), z["y"]
     right = logits(VIT_MODEL, {"pixel_values": x}).argmax(1) == y
     assert (int(right.sum()), len(right)) == documented("shapes_vit, held out")
+    correct, total = documented("shapes_vit, anti-correlated")
+    anti = load_generator("shapes_data", HELDOUT.parent / "data.py").make_split("anticorrelated", total)
+    x_anti = anti["x"].astype(np.float16).astype(np.float32)  # as the training script scores it
+    assert int(np.sum(logits(VIT_MODEL, {"pixel_values": x_anti}).argmax(1) == anti["y"])) == correct
     explainer = relgraph.Explainer(relgraph.compile(str(VIT_MODEL), rule="attnlrp",
                                                     output=str(tmp_path / "vit.onnx")).path)
     out = explainer.explain(x[:16])
