@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from .errors import RelgraphError
@@ -292,7 +293,10 @@ class TokenScorer(Scorer):
     """p(x)[t] of a token classifier with some token embeddings set to zero (:func:`ablation_model`)."""
 
     def __init__(self, model_path: str):
-        super().__init__(ablation_model(model_path))
+        proto = ablation_model(model_path)
+        super().__init__(proto)
+        keep = next(v for v in proto.graph.input if v.name == KEEP)
+        self.keep_dtype = onnx.helper.tensor_dtype_to_np_dtype(keep.type.tensor_type.elem_type)  # the embedding's
         names = [i.name for i in self.session.get_inputs()]
         other = [n for n in names if n not in (self.input_name, KEEP, "attention_mask", "token_type_ids")]
         if other:
@@ -307,7 +311,7 @@ class TokenScorer(Scorer):
 
     def ablated(self, ids: np.ndarray, mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
         """Class probabilities [N, K] with token embeddings scaled by ``keep`` [N, S] (0: removed)."""
-        feed = {self.input_name: ids, KEEP: keep.astype(np.float32)}
+        feed = {self.input_name: ids, KEEP: keep.astype(self.keep_dtype)}
         if "attention_mask" in self.names:
             feed["attention_mask"] = mask
         if "token_type_ids" in self.names:  # one segment, as Hugging Face's default
@@ -562,7 +566,6 @@ def _is_explainer(path: str) -> bool:
 
 def forward_of(explainer_path: str):
     """The classifier inside an explainer: the subgraph from its input to its logits."""
-    import onnx
     from onnx.utils import Extractor
 
     proto = onnx.load(explainer_path)
@@ -663,7 +666,10 @@ def relevance_of(explainer_path: str, x: np.ndarray, targets: np.ndarray, batch:
 def add_command(sub) -> None:
     e = sub.add_parser("evaluate", help="faithfulness of heatmaps: image degradation (AOPC) and mask share",
                        description="Remove the most relevant patches first and watch the target's probability "
-                                   "fall (Samek et al. 2017); AOPC per method against a random order.")
+                                   "fall (Samek et al. 2017); AOPC per method against a random order. On token "
+                                   "data (a .npz with input_ids), set token embeddings to zero most and least "
+                                   "relevant first and report both areas and their difference (AttnLRP's "
+                                   "protocol).")
     e.add_argument("models", nargs="*", metavar="EXPLAINER_OR_MODEL",
                    help="a model (one explainer is compiled per --methods) and/or compiled explainers "
                         "(default: the bundled digits model)")
@@ -674,13 +680,14 @@ def add_command(sub) -> None:
     e.add_argument("--target", choices=("label", "predicted"),
                    help="the class whose probability is tracked (default: the label where labels are given)")
     e.add_argument("--masks", help=".npy masks [N, H, W] of the relevant region (default: from --data)")
-    e.add_argument("--methods", help=f"comma-separated rules (default: {','.join(DEFAULT_METHODS)}); "
-                                     f"'{RANDOM}' is always the baseline")
+    e.add_argument("--methods", help=f"comma-separated rules (default: {','.join(DEFAULT_METHODS)}; token data: "
+                                     f"{','.join(TOKEN_METHODS)}); '{RANDOM}' is always the baseline")
     e.add_argument("--train", help="training data to fit patterns on (default: train_x.npy or train.npz "
                                    "beside the model)")
     e.add_argument("--patch", type=int, help="patch side in pixels (default: 9 px per 224 px of image side, "
                                              "at least 1)")
-    e.add_argument("--steps", type=int, default=100, help="patches removed, at most (default 100)")
+    e.add_argument("--steps", type=int, default=100, help="patches removed, at most (default 100); token data: "
+                                                          "every token is removed")
     e.add_argument("--samples", type=int, help="use the first N samples (default: all)")
     e.add_argument("--random-orders", type=int, default=5, help="random orders averaged for the baseline")
     e.add_argument("--seed", type=int, default=0, help="seed of the random orders")
@@ -702,8 +709,6 @@ def cmd_evaluate(args) -> None:
     x = data.x if args.samples is None else data.x[:args.samples]
     fill = data.x.mean(axis=(0, 2, 3))  # the mean of all the data, not only of the samples evaluated
     notes = []
-
-    import onnx
 
     scorer = Scorer(onnx.load(model) if model else forward_of(explainers[0]))
     scorer.check(x)
