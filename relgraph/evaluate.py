@@ -17,6 +17,10 @@ The baseline is a random order of the patches (the mean of ``random_orders`` see
 Where the data come with ground-truth masks of the relevant object, the share of positive relevance
 that falls inside the mask, Σ R⁺·m / Σ R⁺ per sample, says how much of the explanation is on the object
 and how much on the background; a uniform heatmap would score the mask's area.
+
+Token models (int64 ``input_ids``, explained per token) are evaluated by token ablation instead, the protocol of
+the AttnLRP paper's Table 1 (Achtibat et al., ICML 2024): set token embeddings to zero most relevant first (MoRF)
+and least relevant first (LeRF), and compare the areas under the two curves (:func:`evaluate_tokens`).
 """
 
 from __future__ import annotations
@@ -29,9 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 
 from .errors import RelgraphError
 from .files import check_output, replacing
+from .graph import Builder, load_model, to_proto
+from .passes.relevance import explained_values, token_ids
 from .progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +47,9 @@ DEFAULT_MODEL = ROOT / "models" / "digits" / "digits_cnn.onnx"
 DEFAULT_DATA = ROOT / "models" / "digits" / "test_x.npy"
 DEFAULT_LABELS = ROOT / "models" / "digits" / "test_y.npy"
 DEFAULT_METHODS = ("gradient", "input-x-gradient", "epsilon", "epsilon-plus-flat", "patternattribution")
+TOKEN_METHODS = ("attnlrp", "cp-lrp", "input-x-gradient")  # the default methods on a token model
+KEEP = "relgraph.keep"                                      # the token ablation model's per-token scale
+TOKEN_GRID = 21                                             # fractions removed at which mean curves are drawn
 RANDOM = "random"
 PATTERN_METHODS = ("patternnet", "patternattribution")
 BOX_METHODS = ("zbox", "epsilon-gamma-box")   # need input bounds: the data's range
@@ -161,7 +172,11 @@ class Scorer:
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities [N, K] (float64)."""
-        out = np.asarray(self.session.run([self.output], {self.input_name: x})[0], np.float64)
+        return self.normalized(self.session.run([self.output], {self.input_name: x})[0])
+
+    def normalized(self, out: np.ndarray) -> np.ndarray:
+        """The model's output as class probabilities [N, K] (float64), whatever :attr:`kind` it is."""
+        out = np.asarray(out, np.float64)
         if self.kind == "probabilities":
             return out
         if self.kind == "logits":
@@ -238,6 +253,180 @@ def evaluate(scorer: Scorer, x: np.ndarray, targets: np.ndarray, relevances: dic
             result.mask_share[label] = float(np.nanmean(share)) if np.any(np.isfinite(share)) else float("nan")
         result.mask_area = float(np.broadcast_to(masks, x.shape).mean())
     return result
+
+
+# ------------------------------------------------------------------------------------------------ token ablation
+
+
+def ablation_model(model_path: str):
+    """The token classifier with one more input, ``relgraph.keep`` [N, S] (float): the embedding lookup's output
+    e = E[ids] becomes e ⊙ keep[…, None] before anything reads it.
+
+    keep = 1 is the model itself; keep = 0 sets that token's embedding to zero, exactly the ablation of the
+    AttnLRP protocol, at the value a token explainer explains (the word embedding, before position and
+    token-type embeddings are added, which stay). Replacing the id by the pad id instead substitutes the pad
+    token's embedding, which is zero only where the model was trained with a padding index (Hugging Face's
+    BERT), not in general (GPT-2, Llama).
+    """
+    model = load_model(model_path)
+    x, _ = explained_values(model)
+    ids = token_ids(x)
+    if ids is None:
+        raise RelgraphError(f"{model_path} is not fed token ids: token ablation needs a model with int64 "
+                            f"input_ids read by an embedding lookup")
+    out = model.graph.outputs[0]
+    if out.shape is None or len(out.shape) != 2:
+        raise RelgraphError(f"token ablation scores classifiers with logits [N, classes]; '{out.name}' has shape "
+                            f"{None if out.shape is None else list(out.shape)}")
+    uses = list(x.uses())
+    keep = ir.Value(name=KEEP, shape=ir.Shape(ids.shape), type=ir.TensorType(x.dtype))
+    model.graph.inputs.append(keep)
+    b = Builder(model.graph, prefix="ablation")
+    scaled = b.op("Mul", x, b.op("Unsqueeze", keep, b.ints([-1])))
+    for node, index in uses:
+        node.replace_input_with(index, scaled)
+    model.graph.sort()
+    return to_proto(model)
+
+
+class TokenScorer(Scorer):
+    """p(x)[t] of a token classifier with some token embeddings set to zero (:func:`ablation_model`)."""
+
+    def __init__(self, model_path: str):
+        proto = ablation_model(model_path)
+        super().__init__(proto)
+        keep = next(v for v in proto.graph.input if v.name == KEEP)
+        self.keep_dtype = onnx.helper.tensor_dtype_to_np_dtype(keep.type.tensor_type.elem_type)  # the embedding's
+        names = [i.name for i in self.session.get_inputs()]
+        other = [n for n in names if n not in (self.input_name, KEEP, "attention_mask", "token_type_ids")]
+        if other:
+            raise RelgraphError(f"token ablation feeds input_ids, attention_mask and token_type_ids; the model "
+                                f"also needs {', '.join(other)}")
+        self.names = names
+
+    def check(self, ids: np.ndarray) -> None:
+        if ids.ndim != 2 or (self.sample_shape[0] is not None and ids.shape[1] != self.sample_shape[0]):
+            raise RelgraphError(f"the token ids have shape {list(ids.shape)}, the model expects "
+                                f"[N, {self.sample_shape[0] or '?'}]")
+
+    def ablated(self, ids: np.ndarray, mask: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """Class probabilities [N, K] with token embeddings scaled by ``keep`` [N, S] (0: removed)."""
+        feed = {self.input_name: ids, KEEP: keep.astype(self.keep_dtype)}
+        if "attention_mask" in self.names:
+            feed["attention_mask"] = mask
+        if "token_type_ids" in self.names:  # one segment, as Hugging Face's default
+            feed["token_type_ids"] = np.zeros_like(ids)
+        return self.normalized(self.session.run([self.output], feed)[0])
+
+
+def token_ranks(relevance: np.ndarray, mask: np.ndarray, morf: bool = True) -> np.ndarray:
+    """Each token's place in the removal order, [N, S]: decreasing relevance (MoRF) or increasing (LeRF), ties
+    in sequence order; padding (mask 0) gets S: it is never removed."""
+    n, s = relevance.shape
+    key = np.where(mask > 0, -relevance if morf else relevance, np.inf)
+    order = np.argsort(key, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    ranks[np.arange(n)[:, None], order] = np.arange(s)[None, :]
+    return np.where(mask > 0, ranks, s)
+
+
+def random_token_ranks(mask: np.ndarray, orders: int, seed: int) -> np.ndarray:
+    """``orders`` seeded random removal orders of each sample's tokens, [orders, N, S] (padding: S)."""
+    rng = np.random.default_rng(seed)
+    return np.stack([token_ranks(rng.random(mask.shape), mask) for _ in range(orders)])
+
+
+def token_curves(scorer: TokenScorer, ids: np.ndarray, mask: np.ndarray, targets: np.ndarray, ranks: np.ndarray,
+                 progress=None) -> np.ndarray:
+    """p_k = p(x⁽ᵏ⁾)[target] for k = 0 … S, x⁽ᵏ⁾ the sample with the embeddings of its k first tokens in the
+    order set to zero: [N, S+1] (past a sample's length L every token is removed and p_k = p_L)."""
+    n, s = ids.shape
+    steps = np.arange(s + 1)
+    batch = max(1, IMAGES_PER_RUN // (s + 1))
+    curves = np.empty((n, s + 1))
+    for start in range(0, n, batch):
+        sl = slice(start, start + batch)
+        keep = (ranks[sl, None, :] >= steps[None, :, None]).reshape(-1, s)          # [B·(S+1), S]
+        p = scorer.ablated(np.repeat(ids[sl], s + 1, axis=0), np.repeat(mask[sl], s + 1, axis=0), keep)
+        curves[sl] = p[np.arange(len(keep)), np.repeat(targets[sl], s + 1)].reshape(-1, s + 1)
+        if progress is not None:
+            progress.update(len(keep))
+    return curves
+
+
+def token_auc(curves: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Per sample the area under p over the fraction of tokens removed, t_k = k/L ∈ [0, 1] (trapezoids):
+    A = Σ_{k=0..L−1} (p_k + p_{k+1}) / (2L), L the sample's token count; samples of any length compare."""
+    n, width = curves.shape
+    k = np.arange(width)[None, :]
+    length = np.asarray(lengths)[:, None]
+    weights = np.where(k < length, 1.0, 0.0) + np.where((k > 0) & (k <= length), 1.0, 0.0)
+    return (weights * curves).sum(axis=1) / (2.0 * lengths)
+
+
+def curves_on_grid(curves: np.ndarray, lengths: np.ndarray, points: int = TOKEN_GRID) -> np.ndarray:
+    """The mean curve over samples at ``points`` evenly spaced fractions removed (each sample's curve linearly
+    interpolated between its k/L)."""
+    grid = np.linspace(0.0, 1.0, points)
+    return np.mean([np.interp(grid, np.arange(L + 1) / L, c[:L + 1]) for c, L in zip(curves, lengths)], axis=0)
+
+
+@dataclass
+class TokenEvaluation:
+    """What :func:`evaluate_tokens` measured. ``auc[label]`` = {"morf", "lerf"} means over samples (the random
+    baseline: one order, under "morf" and "lerf" alike), ``delta`` = mean of A_LeRF − A_MoRF, ``stderr`` their
+    standard errors under the same keys; ``curves[label][order]``: the mean curve at ``grid``."""
+    auc: dict
+    delta: dict
+    stderr: dict
+    curves: dict
+    per_sample: dict
+    grid: list
+    lengths: np.ndarray
+
+
+def evaluate_tokens(scorer: TokenScorer, ids: np.ndarray, mask: np.ndarray, targets: np.ndarray, relevances: dict,
+                    *, random_orders_count: int = 5, seed: int = 0, progress: bool = False) -> TokenEvaluation:
+    """Token ablation (the AttnLRP paper's Table 1 protocol) of token ids [N, S] by each token relevance in
+    ``relevances`` (label → [N, S]), plus a random order.
+
+    Each sample's L tokens (mask 1, [CLS] included) are removed one at a time, their embeddings set to zero
+    (:func:`ablation_model`), most relevant first (MoRF) and least relevant first (LeRF); the softmax probability
+    of the target is read after each step (:func:`token_curves`). A_MoRF and A_LeRF are the areas under the two
+    curves over the fraction removed (:func:`token_auc`), and ΔA = A_LeRF − A_MoRF: a faithful explanation drops
+    the probability fast when its relevant tokens go first (small A_MoRF) and slowly when they go last (large
+    A_LeRF), so the larger ΔA, the better.
+    """
+    mask = np.asarray(mask)
+    lengths = (mask > 0).sum(axis=1)
+    if np.any(lengths == 0):
+        raise RelgraphError(f"sample {int(np.argmin(lengths))} has no token (its attention mask is all zero)")
+    n, s = ids.shape
+    total = (2 * len(relevances) + random_orders_count) * n * (s + 1)
+    per_sample, curves = {}, {}
+    with Progress(total, "ablating", min_total=20000) as bar:
+        bar.enabled = bar.enabled and progress
+        for label, relevance in relevances.items():
+            for order, morf in (("morf", True), ("lerf", False)):
+                run = token_curves(scorer, ids, mask, targets, token_ranks(relevance, mask, morf), bar)
+                per_sample.setdefault(label, {})[order] = token_auc(run, lengths)
+                curves.setdefault(label, {})[order] = curves_on_grid(run, lengths)
+        if random_orders_count:
+            runs = [token_curves(scorer, ids, mask, targets, r, bar)
+                    for r in random_token_ranks(mask, random_orders_count, seed)]
+            area = np.mean([token_auc(run, lengths) for run in runs], axis=0)
+            mean_curve = np.mean([curves_on_grid(run, lengths) for run in runs], axis=0)
+            per_sample[RANDOM] = {"morf": area, "lerf": area}
+            curves[RANDOM] = {"morf": mean_curve, "lerf": mean_curve}
+    auc, delta, stderr = {}, {}, {}
+    for label, areas in per_sample.items():
+        stats = {order: mean_and_stderr(a) for order, a in areas.items()}
+        stats["delta"] = mean_and_stderr(areas["lerf"] - areas["morf"])
+        auc[label] = {order: stats[order][0] for order in ("morf", "lerf")}
+        delta[label] = stats["delta"][0]
+        stderr[label] = {order: v[1] for order, v in stats.items()}
+    return TokenEvaluation(auc=auc, delta=delta, stderr=stderr, curves=curves, per_sample=per_sample,
+                           grid=[float(t) for t in np.linspace(0.0, 1.0, TOKEN_GRID)], lengths=lengths)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -322,6 +511,50 @@ def _checked(arrays: dict, source: str) -> Dataset:
     return Dataset(x, y, m, source)
 
 
+@dataclass
+class TokenData:
+    ids: np.ndarray
+    mask: np.ndarray
+    labels: np.ndarray | None
+    source: str
+
+
+def is_token_data(path) -> bool:
+    """Whether ``path`` is a .npz of token ids (it holds ``input_ids``)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "input_ids" in z.files
+    except Exception:
+        return False
+
+
+def load_token_data(path, labels=None) -> TokenData:
+    """Token ids from a .npz: ``input_ids`` int [N, S], optionally ``attention_mask`` [N, S] (default all ones)
+    and ``y`` int [N]; ``labels`` (a .npy) overrides ``y``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("input_ids", "attention_mask", "y") if k in z.files}
+    except Exception as exc:
+        raise RelgraphError(f"cannot read {path} as a .npz archive: {exc}") from None
+    ids = arrays["input_ids"]
+    if ids.dtype.kind not in "iu" or ids.ndim != 2:
+        raise RelgraphError(f"input_ids in {path} must be integers [N, S], got {ids.dtype} {list(ids.shape)}")
+    mask = arrays.get("attention_mask", np.ones_like(ids))
+    if mask.shape != ids.shape or mask.dtype.kind not in "iub":
+        raise RelgraphError(f"attention_mask in {path} must be integers of the ids' shape {list(ids.shape)}, got "
+                            f"{mask.dtype} {list(mask.shape)}")
+    y = _read_npy(Path(labels), "labels") if labels is not None else arrays.get("y")
+    if y is not None:
+        if y.dtype.kind not in "iu" or y.shape != (len(ids),):
+            raise RelgraphError(f"labels must be integers of shape [{len(ids)}] (one per sequence), got "
+                                f"{y.dtype} {list(y.shape)}")
+        y = y.astype(np.int64)
+    return TokenData(ids.astype(np.int64), mask.astype(np.int64), y, str(path))
+
+
 # ------------------------------------------------------------------------------------------------ models, methods
 
 
@@ -333,7 +566,6 @@ def _is_explainer(path: str) -> bool:
 
 def forward_of(explainer_path: str):
     """The classifier inside an explainer: the subgraph from its input to its logits."""
-    import onnx
     from onnx.utils import Extractor
 
     proto = onnx.load(explainer_path)
@@ -406,6 +638,17 @@ def _fit_patterns(model_path: str, train: str, notes: list) -> dict:
     return patterns
 
 
+def token_relevance_of(explainer_path: str, ids: np.ndarray, mask: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """A token explainer's relevance per token, [N, S]."""
+    from .explainer import Explainer
+
+    explainer = Explainer(explainer_path, spinning=False)
+    if not explainer.tokens:
+        raise RelgraphError(f"{explainer_path} does not explain token ids; the data are token ids")
+    inputs = {"attention_mask": mask} if "attention_mask" in explainer.inputs else None
+    return explainer.explain(ids, targets, inputs=inputs)["relevance"]
+
+
 def relevance_of(explainer_path: str, x: np.ndarray, targets: np.ndarray, batch: int = 256) -> np.ndarray:
     from .explainer import Explainer
 
@@ -423,23 +666,28 @@ def relevance_of(explainer_path: str, x: np.ndarray, targets: np.ndarray, batch:
 def add_command(sub) -> None:
     e = sub.add_parser("evaluate", help="faithfulness of heatmaps: image degradation (AOPC) and mask share",
                        description="Remove the most relevant patches first and watch the target's probability "
-                                   "fall (Samek et al. 2017); AOPC per method against a random order.")
+                                   "fall (Samek et al. 2017); AOPC per method against a random order. On token "
+                                   "data (a .npz with input_ids), set token embeddings to zero most and least "
+                                   "relevant first and report both areas and their difference (AttnLRP's "
+                                   "protocol).")
     e.add_argument("models", nargs="*", metavar="EXPLAINER_OR_MODEL",
                    help="a model (one explainer is compiled per --methods) and/or compiled explainers "
                         "(default: the bundled digits model)")
     e.add_argument("--data", help=".npy images [N, C, H, W], .npz (x, y, masks) or a folder (x.npy, y.npy, "
-                                  "masks.npy); default: the bundled digits test split")
+                                  "masks.npy); default: the bundled digits test split. A .npz of token ids "
+                                  "(input_ids, attention_mask, y) is evaluated by token ablation (MoRF and LeRF)")
     e.add_argument("--labels", help=".npy int labels [N]: the target class (default: the predicted class)")
     e.add_argument("--target", choices=("label", "predicted"),
                    help="the class whose probability is tracked (default: the label where labels are given)")
     e.add_argument("--masks", help=".npy masks [N, H, W] of the relevant region (default: from --data)")
-    e.add_argument("--methods", help=f"comma-separated rules (default: {','.join(DEFAULT_METHODS)}); "
-                                     f"'{RANDOM}' is always the baseline")
+    e.add_argument("--methods", help=f"comma-separated rules (default: {','.join(DEFAULT_METHODS)}; token data: "
+                                     f"{','.join(TOKEN_METHODS)}); '{RANDOM}' is always the baseline")
     e.add_argument("--train", help="training data to fit patterns on (default: train_x.npy or train.npz "
                                    "beside the model)")
     e.add_argument("--patch", type=int, help="patch side in pixels (default: 9 px per 224 px of image side, "
                                              "at least 1)")
-    e.add_argument("--steps", type=int, default=100, help="patches removed, at most (default 100)")
+    e.add_argument("--steps", type=int, default=100, help="patches removed, at most (default 100); token data: "
+                                                          "every token is removed")
     e.add_argument("--samples", type=int, help="use the first N samples (default: all)")
     e.add_argument("--random-orders", type=int, default=5, help="random orders averaged for the baseline")
     e.add_argument("--seed", type=int, default=0, help="seed of the random orders")
@@ -454,31 +702,20 @@ def cmd_evaluate(args) -> None:
     outputs = [p for p in (args.json, args.plot, args.heatmaps) if p]
     _check_options(args, outputs)
     model, explainers = _split_models(args.models)
+    if args.data and is_token_data(args.data):
+        return _evaluate_tokens_command(args, model, explainers)
     data = _dataset(args, model, explainers)
-    methods = args.methods.split(",") if args.methods else None
-    if methods:
-        methods = [m.strip() for m in methods if m.strip()]
-        check_methods(methods)
-    if methods and model is None:
-        raise RelgraphError("--methods needs a plain model to compile; explainers are evaluated as they are")
+    methods = _methods(args, model)
     x = data.x if args.samples is None else data.x[:args.samples]
     fill = data.x.mean(axis=(0, 2, 3))  # the mean of all the data, not only of the samples evaluated
     notes = []
-
-    import onnx
 
     scorer = Scorer(onnx.load(model) if model else forward_of(explainers[0]))
     scorer.check(x)
     probabilities = np.concatenate([scorer.probabilities(x[i:i + 512]) for i in range(0, len(x), 512)])
     predicted = probabilities.argmax(1)
     labels = None if data.labels is None else data.labels[:len(x)]
-    if labels is not None and (labels.min() < 0 or labels.max() >= probabilities.shape[1]):
-        bad = labels[(labels < 0) | (labels >= probabilities.shape[1])][0]
-        raise RelgraphError(f"label {bad} is out of range for a model with {probabilities.shape[1]} classes")
-    if args.target == "label" and labels is None:
-        raise RelgraphError("--target label needs labels: pass --labels Y.npy (or y in the data)")
-    by_label = labels is not None and args.target != "predicted"
-    targets = labels if by_label else predicted
+    targets, by_label = _choose_targets(args, probabilities, labels)
     masks = None if data.masks is None else data.masks[:len(x)]
 
     with tempfile.TemporaryDirectory(prefix="relgraph-evaluate-") as folder:
@@ -516,6 +753,91 @@ def cmd_evaluate(args) -> None:
             with replacing(args.heatmaps) as temporary:
                 plot.heatmap_grid(temporary, x, relevances, targets, predicted, masks, result.mask_share)
             print(f"wrote {args.heatmaps}")
+
+
+def _evaluate_tokens_command(args, model, explainers) -> None:
+    """``relgraph evaluate`` on token data: :func:`evaluate_tokens` for each method, a table, JSON and a plot."""
+    for flag, value in (("--patch", args.patch), ("--masks", args.masks), ("--train", args.train),
+                        ("--heatmaps", args.heatmaps)):
+        if value is not None:
+            raise RelgraphError(f"{flag} is for images; token data are ablated token by token")
+    if model is None:
+        raise RelgraphError("token ablation scores the plain model: give the model as well as the explainers")
+    methods = _methods(args, model)
+    data = load_token_data(args.data, args.labels)
+    n = len(data.ids) if args.samples is None else min(args.samples, len(data.ids))
+    ids, mask = data.ids[:n], data.mask[:n]
+    scorer = TokenScorer(model)
+    scorer.check(ids)
+    probabilities = np.concatenate([scorer.ablated(ids[i:i + 512], mask[i:i + 512], np.ones(ids[i:i + 512].shape))
+                                    for i in range(0, n, 512)])
+    labels = None if data.labels is None else data.labels[:n]
+    targets, by_label = _choose_targets(args, probabilities, labels)
+    notes = []
+    with tempfile.TemporaryDirectory(prefix="relgraph-evaluate-") as folder:
+        paths = {}
+        if methods or not explainers:
+            paths = compile_methods(model, methods or list(TOKEN_METHODS), folder, bounds=None, train=None,
+                                    explicit=True, notes=notes)
+        compiled = set(paths)
+        paths.update(_labelled(explainers, paths))
+        relevances = {label: token_relevance_of(p, ids, mask, targets) for label, p in paths.items()}
+    result = evaluate_tokens(scorer, ids, mask, targets, relevances, random_orders_count=args.random_orders,
+                             seed=args.seed, progress=True)
+    accuracy = None if labels is None else float(np.mean(probabilities.argmax(1) == labels))
+    target = "the label" if by_label else "the predicted class"
+    print(f"{Path(model).name} on {n} sequences of {data.source}: token embeddings set to zero one token at a "
+          f"time ({result.lengths.min()}–{result.lengths.max()} tokens per sequence), most relevant first (MoRF) "
+          f"and least relevant first (LeRF); p = softmax probability of {target}; AUC over the fraction removed")
+    if accuracy is not None:
+        print(f"accuracy on these samples: {accuracy:.4f}")
+    print(f"{'method':28} {'AUC MoRF':>9} {'± s.e.':>7} {'AUC LeRF':>9} {'± s.e.':>7} {'ΔA LeRF−MoRF':>13} {'± s.e.':>7}")
+    for label, auc in result.auc.items():
+        e = result.stderr[label]
+        print(f"{label:28} {auc['morf']:9.4f} {e['morf']:7.4f} {auc['lerf']:9.4f} {e['lerf']:7.4f} "
+              f"{result.delta[label]:13.4f} {e['delta']:7.4f}")
+    for note in notes:
+        print(f"note: {note}")
+    sources = {k: "compiled" if k in compiled else os.path.abspath(v) for k, v in paths.items()}
+    if args.json:
+        _write_json(args.json, {
+            "auc": result.auc, "delta": result.delta, "stderr": result.stderr,
+            "curves": {k: {o: [float(p) for p in c] for o, c in v.items()} for k, v in result.curves.items()},
+            "fraction_removed": result.grid, "model": str(model), "data": data.source, "samples": n,
+            "target": "label" if by_label else "predicted", "accuracy": accuracy,
+            "ablation": "token embedding set to zero", "random_orders": args.random_orders, "seed": args.seed,
+            "methods": sources})
+    if args.plot:
+        from . import plot
+
+        if not plot.available():
+            print(f"note: plots need matplotlib: pip install 'relgraph[eval]' (skipped {args.plot})")
+            return
+        with replacing(args.plot) as temporary:
+            plot.token_ablation_curves(temporary, result, title=f"{Path(model).name} on {Path(data.source).name}")
+        print(f"wrote {args.plot}")
+
+
+def _methods(args, model) -> list[str] | None:
+    """--methods as a list (None when not given), checked."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    if methods:
+        check_methods(methods)
+    if methods and model is None:
+        raise RelgraphError("--methods needs a plain model to compile; explainers are evaluated as they are")
+    return methods
+
+
+def _choose_targets(args, probabilities: np.ndarray, labels) -> tuple[np.ndarray, bool]:
+    """The tracked class of each sample (the label where there are labels, unless --target predicted) and
+    whether it is the label."""
+    if labels is not None and (labels.min() < 0 or labels.max() >= probabilities.shape[1]):
+        bad = labels[(labels < 0) | (labels >= probabilities.shape[1])][0]
+        raise RelgraphError(f"label {bad} is out of range for a model with {probabilities.shape[1]} classes")
+    if args.target == "label" and labels is None:
+        raise RelgraphError("--target label needs labels: pass --labels Y.npy (or y in the data)")
+    by_label = labels is not None and args.target != "predicted"
+    return (labels if by_label else probabilities.argmax(1)), by_label
 
 
 def _check_options(args, outputs) -> None:

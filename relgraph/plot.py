@@ -82,3 +82,31 @@ def heatmap_grid(path, x, relevances: dict, targets, predicted, masks=None, mask
 def _unit(image: np.ndarray) -> np.ndarray:
     lo, hi = float(image.min()), float(image.max())
     return (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
+
+
+def token_ablation_curves(path, result, title: str = "") -> None:
+    """Mean p of the target against the fraction of tokens ablated: MoRF solid, LeRF dashed, one colour per
+    method; the areas and ΔA in the legend."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    grid = np.asarray(result.grid)
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])
+    for label, curves in result.curves.items():
+        auc = result.auc[label]
+        if label == "random":
+            ax.plot(grid, curves["morf"], color="0.4", linestyle=":", linewidth=1.6,
+                    label=f"random  AUC {auc['morf']:.3f}")
+            continue
+        colour = next(colours)
+        ax.plot(grid, curves["morf"], color=colour, linewidth=1.6, label=f"{label} MoRF  AUC {auc['morf']:.3f}")
+        ax.plot(grid, curves["lerf"], color=colour, linewidth=1.6, linestyle="--",
+                label=f"{label} LeRF  AUC {auc['lerf']:.3f}  (ΔA {result.delta[label]:.3f})")
+    ax.set_xlabel("fraction of tokens whose embedding is set to zero")
+    ax.set_ylabel("softmax probability of the target")
+    ax.set_title(title or "token ablation")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
