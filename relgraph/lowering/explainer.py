@@ -8,7 +8,6 @@ interpreter (``TRITON_INTERPRET=1``).
 
 from __future__ import annotations
 
-import json
 
 from ..errors import TRITON_STACK, RelgraphError, require
 from ..explainer import Explainer
