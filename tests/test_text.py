@@ -62,6 +62,11 @@ def by_hand(texts) -> tuple[np.ndarray, np.ndarray, list[int]]:
     return ids, mask, lengths
 
 
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "relgraph.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """The BERT exported with a dynamic batch axis, its tokenizer, and its attnlrp explainer with the tokenizer."""
@@ -75,8 +80,10 @@ def files(tmp_path_factory):
                           str(folder / "bert.onnx"), input_names=names, output_names=["logits"], dynamo=False,
                           opset_version=18, dynamic_axes={k: {0: "N"} for k in [*names, "logits"]})
     (folder / "tokenizer.json").write_text(tokenizer_json(VOCAB))
-    explainer = relgraph.compile(str(folder / "bert.onnx"), rule="attnlrp", epsilon=LIMIT,
-                                 tokenizer=str(folder / "tokenizer.json"), output=str(folder / "bert.text.onnx")).path
+    explainer = str(folder / "bert.text.onnx")
+    run = run_cli("compile", folder / "bert.onnx", "--rule", "attnlrp", "--epsilon", LIMIT, "--tokenizer",
+                  folder / "tokenizer.json", "-o", explainer)
+    assert run.returncode == 0, run.stderr
     return {"model": model, "onnx": str(folder / "bert.onnx"), "tokenizer": str(folder / "tokenizer.json"),
             "explainer": explainer, "folder": folder}
 
@@ -134,11 +141,6 @@ def test_api_per_token_relevance(files):
     unmasked = direct(files["explainer"], ids, np.ones_like(mask), target)
     k = lengths[2]
     assert np.abs(unmasked["relevance"][2, :k] - items[2].relevance).max() > 1e-3 * np.abs(items[2].relevance).max()
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "relgraph.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
 
 
 TOKEN_LINE = re.compile(r"^\s+(\d+) (.+?)\s+([+-]\S+)$")
@@ -203,6 +205,10 @@ def test_cli_refusals(files, tmp_path):
             match="tokenizer not found")
     refused("compile", ROOT / "models" / "digits" / "digits_cnn.onnx", "--tokenizer", files["tokenizer"],
             "-o", tmp_path / "x.onnx", match="--tokenizer applies to models fed token ids")
+    with pytest.raises(RelgraphError, match="embedding table has 50 rows"):  # the same check through the API
+        relgraph.compile(files["onnx"], rule="attnlrp", tokenizer=str(big), write=False)
+    assert TOKENIZER_KEY not in {p.key for p in relgraph.compile(files["onnx"], rule="attnlrp", write=False)
+                                 .proto.metadata_props}
 
     # the token explainer's other outputs still work from ids
     ids, mask, _ = by_hand(TEXTS)
