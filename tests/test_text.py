@@ -24,6 +24,7 @@ tokenizers = pytest.importorskip("tokenizers")
 onnxruntime = pytest.importorskip("onnxruntime")
 
 import relgraph  # noqa: E402
+from relgraph.cli import main  # noqa: E402
 from relgraph.errors import RelgraphError  # noqa: E402
 from relgraph.explainer import Explainer  # noqa: E402
 from relgraph.heatmap import read_png  # noqa: E402
@@ -184,10 +185,12 @@ def test_cli_prints_tokens_and_writes_html_and_png(files, tmp_path):
     assert (pixels.reshape(-1, 3) == full).all(1).sum() > 100
 
 
-def test_cli_refusals(files, tmp_path):
-    def refused(*args, match):
-        run = run_cli(*args)
-        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1 and match in run.stderr, run.stderr
+def test_cli_refusals(files, tmp_path, capsys):
+    def refused(*args, match):  # in this process: the same main() the command runs, without its start-up time
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and match in err, err
 
     refused("explain", files["explainer"], "--text", "w5", "-o", tmp_path / "out.npy", match="use .html or .png")
     refused("explain", files["explainer"], tmp_path / "ids.npy", "--text", "w5", match="not both")
@@ -247,11 +250,25 @@ def test_serve_text(files):
                           ({"text": "w5", "target": 9}, 400), ({"text": "w5 " * 2000}, 413)):
             status, answer = post(bad)
             assert status == code and "error" in answer, (bad, status, answer)
+        # token ids as JSON stay integers (the mask then defaults to ones)
+        status, answer = post({"input": ids.tolist(), "target": 2})
+        assert status == 200, answer
+        np.testing.assert_allclose(answer["relevance"], direct(files["explainer"], ids, np.ones_like(mask), 2)
+                                   ["relevance"], rtol=1e-6, atol=1e-9)
         status, _, body = request(srv.url, "GET", "/metadata")
         meta = json.loads(body)
         assert meta["text"] is True and meta["tokens"] is True
         status, _, page = request(srv.url, "GET", "/")
         assert b'id="text"' in page
+    finally:
+        srv.close()
+
+    bare = relgraph.compile(files["onnx"], rule="attnlrp", output=str(files["folder"] / "no_tokenizer.onnx")).path
+    srv = ExplainServer(Explainer(bare), "127.0.0.1", 0).start()
+    try:
+        status, _, body = request(srv.url, "POST", "/explain", b'{"text": "w5"}', {"Content-Type": "application/json"})
+        assert status == 400 and "--tokenizer" in json.loads(body)["error"]
+        assert json.loads(request(srv.url, "GET", "/metadata")[2])["text"] is False
     finally:
         srv.close()
 

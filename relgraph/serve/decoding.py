@@ -204,6 +204,7 @@ def load_npy(body: bytes) -> np.ndarray:
 
 
 def read_json(body: bytes):
+    """The body parsed as JSON; 400 for invalid or too deeply nested JSON."""
     try:
         return json.loads(body)
     except RecursionError:
