@@ -111,6 +111,9 @@ def test_encoding_and_the_stored_tokenizer(files):
     assert encoded.tokens[0] == ["[CLS]", "w5", "w17", "<script>alert(1)</script>", "[SEP]"]
     assert encoded.tokens[1][-2:] == ["w14", "[SEP]"] and encoded.input_ids[1, -1] == VOCAB["[SEP]"]
 
+    # offsets count characters, not bytes: words after non-ASCII text are cut where they stand
+    assert TextEncoder.of(explainer).encode("🙂 héllo w5").tokens[0] == ["[CLS]", "🙂", "héllo", "w5", "[SEP]"]
+
     # the tokenizer's own pad id pads
     tk = tokenizers.Tokenizer.from_str(tokenizer_json(VOCAB))
     tk.enable_padding(pad_id=7, pad_token="w7")
