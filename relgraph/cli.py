@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="sequence logits [N, S, V] (a language model): the position explained (default: last)")
     c.add_argument("--embedding-relevance", action="store_true",
                    help="token models: also return relevance_embedding [N, S, D] next to one value per token")
+    c.add_argument("--tokenizer", metavar="FILE",
+                   help="token models: a Hugging Face tokenizer.json stored in the explainer, so that "
+                        "relgraph explain --text and relgraph serve take text")
     c.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     c.add_argument("--target", default="onnx", metavar="{onnx,triton}",
                    help="onnx: one explainer .onnx (default); triton: a folder with the explainer and its "
@@ -99,9 +102,13 @@ def _parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("explain", help="run an explainer on an input (.npy or image)")
     e.add_argument("explainer")
-    e.add_argument("input", help=".npy array [N, ...] or one sample, or an image (PNG, JPEG, WebP)")
+    e.add_argument("input", nargs="?", help=".npy array [N, ...] or one sample, or an image (PNG, JPEG, WebP)")
+    e.add_argument("--text", action="append", metavar="TEXT",
+                   help="instead of INPUT: a text for an explainer compiled with --tokenizer (repeat for several); "
+                        "prints each token's relevance")
     e.add_argument("--target", type=int, default=None, help="class to explain (default: the predicted one)")
-    e.add_argument("-o", "--output", required=True, help=".png heatmap, .npy relevance or .npz (all outputs)")
+    e.add_argument("-o", "--output", help=".png heatmap, .npy relevance or .npz (all outputs); with --text: "
+                                          ".html or .png, the tokens shaded by relevance (optional)")
     e.add_argument("--scale", type=float, default=1 / 255, help="image pixels are multiplied by this (images only)")
     e.add_argument("--force", action="store_true", help="overwrite the output if it exists")
     e.add_argument("--batch-size", type=int, default=64,
@@ -157,6 +164,8 @@ def cmd_compile(args):
     from .compiler import compile
 
     if args.target != "onnx":
+        if args.tokenizer is not None:
+            raise RelgraphError("--tokenizer applies to --target onnx; store the tokenizer in an ONNX explainer")
         from .lowering.commands import cmd_compile_triton
 
         return cmd_compile_triton(args)
@@ -168,7 +177,7 @@ def cmd_compile(args):
                      bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
                      formulation=args.formulation, baseline=args.baseline, patterns=args.patterns,
                      keep_functions=args.keep_functions, input_shapes=args.input_shapes, position=args.position,
-                     embedding_relevance=args.embedding_relevance)
+                     embedding_relevance=args.embedding_relevance, tokenizer=args.tokenizer)
     rules = {}
     for rule in result.plan.rules().values():
         rules[rule] = rules.get(rule, 0) + 1
@@ -277,6 +286,14 @@ def cmd_explain(args):
     from .explainer import Explainer
     from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow
 
+    if args.text is not None:
+        if args.input is not None:
+            raise RelgraphError("give INPUT or --text, not both")
+        return _explain_text(args)
+    if args.input is None:
+        raise RelgraphError("give an INPUT to explain (.npy or an image), or --text for an explainer with a tokenizer")
+    if args.output is None:
+        raise RelgraphError("-o/--output is required: a .png heatmap, .npy relevance or .npz")
     check_output(args.output, [args.input, args.explainer], overwrite=args.force)
     ext = os.path.splitext(args.output)[1].lower()
     if ext not in EXPLAIN_OUTPUTS:
@@ -328,6 +345,40 @@ def _print_samples(start: int, out: dict, n: int) -> None:
         print(f"sample {start + i}: predicted {int(out['logits'][i].argmax())}, explained {c} "
               f"(logit {out['logits'][i, c]:.4g}), Σ relevance {out['relevance'][i].sum():.4g}, "
               f"bias {out['bias_relevance'][i]:.4g}")
+
+
+def _explain_text(args):
+    """--text: each text's tokens and their relevance on stdout; -o writes them shaded (.html or .png)."""
+    from .explainer import Explainer
+    from .heatmap import encode_png
+    from .preprocess import model_classes
+    from .text import TEXT_OUTPUTS, TextEncoder, caption, explain_text, render_html, render_png
+
+    ext = os.path.splitext(args.output)[1].lower() if args.output else None
+    if args.output is not None:
+        if ext not in TEXT_OUTPUTS:
+            raise RelgraphError(f"unsupported output format for --text: {args.output} (use .html or .png)")
+        check_output(args.output, [args.explainer], overwrite=args.force)
+    if args.batch_size < 1:
+        raise RelgraphError(f"--batch-size must be at least 1, got {args.batch_size}")
+    explainer = Explainer(args.explainer, backend=args.backend, runtime=args.runtime)
+    encoder = TextEncoder.of(explainer)
+    items = explain_text(explainer, args.text, args.target, batch_size=args.batch_size, encoder=encoder)
+    classes = model_classes(explainer.metadata)
+    for n, item in enumerate(items):
+        print(f"text {n}: {caption(item, classes)}")
+        for i, (token, r) in enumerate(zip(item.tokens, item.relevance)):
+            print(f"  {i:4d} {token!r:24} {r:+.6g}")
+    if args.output is None:
+        return
+    with replacing(args.output) as temporary:
+        if ext == ".html":
+            with open(temporary, "w", encoding="utf-8") as f:
+                f.write(render_html(items, classes))
+        else:
+            with open(temporary, "wb") as f:
+                f.write(encode_png(render_png(items, classes)))
+    print(f"wrote {args.output}")
 
 
 def cmd_inspect(args):

@@ -24,6 +24,7 @@ from .graph import MIN_OPSET, load_model
 from .passes import build_relevance, canonicalize
 from .rules import RuleParams, load_rule_map, resolve, to_q_formulation
 from .rules.patterns import PATTERN_RULES
+from .text import TOKENIZER_KEY, check_vocabulary, read_tokenizer
 
 
 @dataclass
@@ -115,7 +116,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
             formulation: str = "r", baseline=None, patterns=None, write: bool = True,
             target: str = "onnx", keep_functions: bool = False, input_shapes=None, position="last",
-            embedding_relevance: bool = False) -> CompileResult:
+            embedding_relevance: bool = False, tokenizer=None) -> CompileResult:
     """Compile ``model_path`` into an explainer for ``rule`` (or a TOML ``rule_map``).
 
     ``target``: the graph is shaped for onnxruntime and other ONNX runtimes ("onnx") or for the triton
@@ -130,6 +131,9 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     ``position``: where the logits of a sequence model ([N, S, V], a language model's) are explained: "last"
     or a position K (negative counts from the end). ``embedding_relevance``: a token model's explainer also
     returns ``relevance_embedding`` [N, S, D] next to the per-token ``relevance`` [N, S].
+
+    ``tokenizer``: a Hugging Face ``tokenizers`` file (``tokenizer.json``) stored in a token model's explainer
+    (metadata ``relgraph.tokenizer``), so that it explains text (:mod:`relgraph.text`).
 
     ``patterns``: the fitted patterns the pattern rules read (``patternnet``, ``patternattribution``): a
     .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
@@ -168,6 +172,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         output = output or default_output(model_path, label)
         files = [f for f in (rule_map, baseline, patterns) if isinstance(f, (str, os.PathLike))]
         check_output(output, [model_path, *files], overwrite=overwrite)
+    tokenizer_text = read_tokenizer(tokenizer) if tokenizer is not None else None
     model, skipped = prepare(model_path, input_shapes)
     plan = build_relevance(model, composite, input_name=input_name,
                            per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx",
@@ -175,6 +180,12 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     if embedding_relevance and plan.tokens is None:
         raise RelgraphError(f"--embedding-relevance applies to models fed token ids; input '{plan.input.name}' "
                             "is the explained value itself")
+    vocabulary = plan.input.producer().inputs[0].shape[0] if plan.tokens is not None else None
+    if tokenizer_text is not None:
+        if plan.tokens is None:
+            raise RelgraphError(f"--tokenizer applies to models fed token ids; input '{plan.input.name}' is the "
+                                "explained value itself")
+        check_vocabulary(tokenizer_text, vocabulary, os.fspath(tokenizer))
     if patterns is not None and not any(c.rule in PATTERN_RULES for c in plan.choices.values()):
         raise RelgraphError(f"--patterns applies to the pattern rules (patternnet, patternattribution), "
                             f"not '{label}'")
@@ -184,7 +195,8 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         "relgraph.params": {k: v for k, v in vars(params).items() if k != "patterns"},
         "relgraph.input": plan.fed.name,
         "relgraph.tokens": plan.tokens is not None,
-        **({"relgraph.vocabulary": plan.input.producer().inputs[0].shape[0]} if plan.tokens is not None else {}),
+        **({"relgraph.vocabulary": vocabulary} if plan.tokens is not None else {}),
+        **({TOKENIZER_KEY: tokenizer_text} if tokenizer_text is not None else {}),
         "relgraph.logits": plan.logits_output,
         "relgraph.output_init": composite.output_init,
         "relgraph.rules": plan.rules(),

@@ -212,6 +212,11 @@ class Explainer:
 
     def run(self, feed: dict) -> dict:
         """Every output by name, as numpy arrays."""
+        fixed = self.inputs.get("target", [None])[0]  # a model exported for one batch size keeps it
+        if isinstance(fixed, int) and "target" in feed and len(feed["target"]) != fixed:
+            raise RelgraphError(f"this explainer takes batches of exactly {fixed} samples (its model was exported "
+                                f"with a fixed batch size), not {len(feed['target'])}: export the model with a "
+                                "dynamic batch axis")
         return self.session.run(feed)
 
 

@@ -181,6 +181,8 @@ def test_token_explainer_refuses_bad_input(exported, tmp_path):
         x, inputs = bad if isinstance(bad, tuple) else (bad, None)
         with pytest.raises(RelgraphError, match=message):
             explainer.explain(x, inputs=inputs)
+    with pytest.raises(RelgraphError, match="batches of exactly 2 samples"):  # exported for batch 2: one line
+        explainer.explain(ids[:1])
     with pytest.raises(RelgraphError, match="--position"):
         relgraph.compile(exported("gpt2", "eager", "dynamo")[2], rule="attnlrp", position=99, write=False)
     with pytest.raises(RelgraphError, match="--embedding-relevance"):

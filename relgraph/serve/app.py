@@ -91,7 +91,7 @@ def create_app(service) -> "Guard":
         query = parse_qs(request.scope["query_string"].decode("latin-1"))
         decode = partial(parse_explain, service, kind, params, data, query)
         req = decode() if len(data) <= INLINE_BYTES else await run_in_threadpool(decode)
-        out = await service.batcher.submit(req.x, req.target)
+        out = await service.batcher.submit(req.x, req.target, req.inputs)
         answer = preferred(request.headers.get("accept", ""))
         if answer == NPY:
             relevance = out["relevance"][0] if req.single else out["relevance"]
@@ -99,7 +99,7 @@ def create_app(service) -> "Guard":
                 "Cache-Control": "no-store", "X-Predicted": ",".join(map(str, out["logits"].argmax(1))),
                 "X-Target": ",".join(map(str, out["target"]))})
         if answer == PNG:
-            return Response(await run_in_threadpool(heatmap_png, req, out), media_type=PNG,
+            return Response(await run_in_threadpool(heatmap_png, req, out, service.classes), media_type=PNG,
                             headers={"Cache-Control": "no-store"})
         heatmap = query.get("heatmap", ["0"])[-1].lower() in ("1", "true", "yes")
         encode = partial(explain_json, service, req, out, heatmap)

@@ -27,10 +27,12 @@ OUTPUTS = ("logits", "relevance", "bias_relevance", "target")
 class Job:
     """One request's samples on their way through the batcher; ``finish(result, error)`` is called once."""
 
-    __slots__ = ("x", "target", "queued", "finish")
+    __slots__ = ("x", "target", "inputs", "queued", "finish")
 
-    def __init__(self, x: np.ndarray, target: np.ndarray, finish: Callable[[dict | None, Exception | None], None]):
+    def __init__(self, x: np.ndarray, target: np.ndarray, finish: Callable[[dict | None, Exception | None], None],
+                 inputs: dict | None = None):
         self.x, self.target, self.finish = x, target, finish
+        self.inputs = inputs or {}  # the model's other inputs (a text's attention mask), [N, ...] each
         self.queued = time.monotonic()
 
 
@@ -59,23 +61,25 @@ class Batcher:
             raise HTTPError(503, f"the server is busy: {self.queue.maxsize} requests are queued; "
                                  "retry later") from None
 
-    def explain(self, x: np.ndarray, target: np.ndarray) -> dict:
-        """Queue [N, ...] inputs and their targets; block the calling thread until the worker has answered."""
+    def explain(self, x: np.ndarray, target: np.ndarray, inputs: dict | None = None) -> dict:
+        """Queue [N, ...] inputs and their targets (and the model's other inputs by name); block the calling
+        thread until the worker has answered."""
         done, answer = threading.Event(), []
 
         def finish(result, error):
             answer.append((result, error))
             done.set()
 
-        self._put(Job(x, target, finish))
+        self._put(Job(x, target, finish, inputs))
         done.wait()
         result, error = answer[0]
         if error is not None:
             raise error
         return result
 
-    def submit(self, x: np.ndarray, target: np.ndarray) -> asyncio.Future:
-        """Queue [N, ...] inputs and their targets from the event loop; the future holds the answer."""
+    def submit(self, x: np.ndarray, target: np.ndarray, inputs: dict | None = None) -> asyncio.Future:
+        """Queue [N, ...] inputs and their targets (and the model's other inputs by name) from the event loop;
+        the future holds the answer."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
@@ -93,7 +97,7 @@ class Batcher:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 pass
 
-        self._put(Job(x, target, finish))
+        self._put(Job(x, target, finish, inputs))
         return future
 
     def stop(self) -> None:
@@ -125,8 +129,9 @@ class Batcher:
                 return
 
     def _gather(self, first: Job) -> tuple[list[Job], object]:
-        """Jobs of one sample shape, in arrival order, up to ``max_batch`` samples, or until the first has
-        waited ``max_wait`` since it was queued (time spent behind the previous batch counts)."""
+        """Jobs of one sample shape and one set of other inputs, in arrival order, up to ``max_batch`` samples,
+        or until the first has waited ``max_wait`` since it was queued (time spent behind the previous batch
+        counts)."""
         batch, size = [first], len(first.x)
         deadline = first.queued + self.max_wait
         while size < self.max_batch:
@@ -135,7 +140,8 @@ class Batcher:
                 job = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
-            if job is _STOP or size + len(job.x) > self.max_batch or job.x.shape[1:] != first.x.shape[1:]:
+            if job is _STOP or size + len(job.x) > self.max_batch or job.x.shape[1:] != first.x.shape[1:] \
+                    or job.inputs.keys() != first.inputs.keys():
                 return batch, job
             batch.append(job)
             size += len(job.x)
@@ -143,7 +149,8 @@ class Batcher:
 
     def _answer(self, batch: list[Job]) -> None:
         try:
-            out = self._explain(np.concatenate([j.x for j in batch]), np.concatenate([j.target for j in batch]))
+            out = self._explain(np.concatenate([j.x for j in batch]), np.concatenate([j.target for j in batch]),
+                                {k: np.concatenate([j.inputs[k] for j in batch]) for k in batch[0].inputs})
         except Exception as exc:  # the session failed: every request in the batch hears why, the worker lives
             error = exc if isinstance(exc, HTTPError) else HTTPError(500, f"explaining failed: "
                                                                           f"{str(exc).splitlines()[0]}")
@@ -156,11 +163,13 @@ class Batcher:
             job.finish({k: v[rows] for k, v in out.items()}, None)
             start = rows.stop
 
-    def _explain(self, x: np.ndarray, target: np.ndarray) -> dict:
+    def _explain(self, x: np.ndarray, target: np.ndarray, inputs: dict) -> dict:
         """One session call per ``max_batch`` rows (only a request bigger than a batch needs several)."""
         parts = []
         for start in range(0, len(x), self.max_batch):
-            out = self.explainer.explain(x[start:start + self.max_batch], target[start:start + self.max_batch])
+            rows = slice(start, start + self.max_batch)
+            other = {"inputs": {k: v[rows] for k, v in inputs.items()}} if inputs else {}  # a text's mask
+            out = self.explainer.explain(x[rows], target[rows], **other)
             parts.append({k: out[k] for k in OUTPUTS})
             self.batches += 1
             self.samples += len(out["target"])

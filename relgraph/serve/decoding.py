@@ -20,6 +20,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from ..errors import RelgraphError
 from ..preprocess import PREPROCESS_KEY, UnsupportedImage, decode_image
+from ..text import side_inputs
 from .errors import HTTPError
 
 NPY, JSON, PNG = "application/x-npy", "application/json", "image/png"
@@ -124,10 +125,14 @@ def content_type(headers) -> tuple[str, dict[str, str]]:
 
 
 class Request:
-    """What a POST /explain asked for, checked: inputs [N, ...], targets [N], how to answer."""
+    """What a POST /explain asked for, checked: inputs [N, ...], targets [N], how to answer.
 
-    def __init__(self, x, target, single: bool, picture=None):
+    A text request also carries ``texts`` and their encoding (``encoded``: ids, attention mask, shown tokens),
+    and ``inputs``, the model's other inputs it feeds (the attention mask)."""
+
+    def __init__(self, x, target, single: bool, picture=None, texts=None, encoded=None, inputs=None):
         self.x, self.target, self.single, self.picture = x, target, single, picture
+        self.texts, self.encoded, self.inputs = texts, encoded, inputs or {}
 
 
 def parse_explain(service, kind: str, params: dict, body: bytes, query: dict) -> Request:
@@ -137,7 +142,10 @@ def parse_explain(service, kind: str, params: dict, body: bytes, query: dict) ->
     if kind == NPY:
         x = load_npy(body)
     elif kind == JSON:
-        x, target = load_json(body, target)
+        doc = read_json(body)
+        if isinstance(doc, dict) and "text" in doc:
+            return load_text(service, doc, target)
+        x, target = load_json(doc, target, service.explainer.tokens)
     elif kind == FORM:
         image, form_target = load_form(body, params.get("boundary"))
         target = form_target if form_target is not None else target
@@ -195,17 +203,55 @@ def load_npy(body: bytes) -> np.ndarray:
     return x.reshape(shape[::-1]).T if fortran else x.reshape(shape)
 
 
-def load_json(body: bytes, target):
-    """A nested list, or {"input": nested list, "target": K or [K, ...]}; JSON integers are numbers too."""
+def read_json(body: bytes):
+    """The body parsed as JSON; 400 for invalid or too deeply nested JSON."""
     try:
-        doc = json.loads(body)
+        return json.loads(body)
     except RecursionError:
         raise HTTPError(400, "the JSON body is nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise HTTPError(400, f"the body is not valid JSON: {exc}") from None
+
+
+def json_target(target):
+    """A JSON target (K or [K, ...]) as an integer array; 400 for anything else."""
+    try:
+        target = np.asarray(target)
+    except (ValueError, RecursionError):
+        target = np.asarray(None)
+    if target.dtype.kind not in "iu":  # bools and floats too: np.asarray(True) is not a class index
+        raise HTTPError(400, f"target must be an integer class index or a list of them, "
+                             f"got {json.dumps(target.tolist())[:80]}")
+    return target
+
+
+def load_text(service, doc: dict, target) -> Request:
+    """{"text": "…" or ["…", …], "target": K or [K, …]} for an explainer with a tokenizer: the texts encoded to
+    its ids and attention mask (:class:`relgraph.text.TextEncoder`)."""
+    if service.text is None:
+        raise HTTPError(400, service.text_refusal)
+    texts = doc["text"]
+    single = isinstance(texts, str)
+    if not single and not (isinstance(texts, list) and texts and all(isinstance(t, str) for t in texts)):
+        raise HTTPError(400, '"text" must be a string or a non-empty list of strings')
+    if "target" in doc:
+        target = json_target(doc["target"])
+    explainer = service.explainer
+    try:
+        encoded = service.text.encode(texts)
+        inputs = side_inputs(explainer, encoded)
+        return Request(explainer.prepare(encoded.input_ids), explainer.targets(target, len(encoded.input_ids)),
+                       single, texts=[texts] if single else texts, encoded=encoded, inputs=inputs)
+    except RelgraphError as exc:
+        raise HTTPError(400, str(exc)) from None
+
+
+def load_json(doc, target, tokens: bool = False):
+    """A nested list, or {"input": nested list, "target": K or [K, ...]}; JSON integers are numbers too, and
+    stay integers for a model fed token ids (``tokens``)."""
     if isinstance(doc, dict):
         if "input" not in doc:
-            raise HTTPError(400, 'a JSON object needs an "input" field (and optionally "target")')
+            raise HTTPError(400, 'a JSON object needs an "input" field, or "text" (and optionally "target")')
         target = doc.get("target", target)
         doc = doc["input"]
     try:
@@ -215,14 +261,8 @@ def load_json(body: bytes, target):
     if x.dtype.kind not in "iuf":
         raise HTTPError(400, "the input is not a rectangular array of numbers")
     if target is not None:
-        try:
-            target = np.asarray(target)
-        except (ValueError, RecursionError):
-            target = np.asarray(None)
-        if target.dtype.kind not in "iu":  # bools and floats too: np.asarray(True) is not a class index
-            raise HTTPError(400, f"target must be an integer class index or a list of them, "
-                                 f"got {json.dumps(target.tolist())[:80]}")
-    return x.astype(np.float32), target
+        target = json_target(target)
+    return x.astype(np.int64 if tokens and x.dtype.kind in "iu" else np.float32), target
 
 
 def load_form(body: bytes, boundary: str | None) -> tuple[bytes, int | None]:

@@ -8,25 +8,34 @@ import io
 import numpy as np
 
 from ..heatmap import encode_png, heatmap_image
+from ..text import render_png, token_relevance
 from .decoding import JSON, NPY, PNG, Request
 
 
 def explain_json(service, req: Request, out: dict, heatmap: bool) -> dict:
-    """The answer as JSON; a request without a batch axis gets answers without one."""
+    """The answer as JSON; a request without a batch axis gets answers without one. A text's answer has its
+    shown ``tokens`` and one ``relevance`` value per token (padding left out)."""
     predicted = out["logits"].argmax(1)
     doc = {"predicted": predicted, "target": out["target"], "logits": out["logits"],
            "relevance": out["relevance"], "bias_relevance": out["bias_relevance"]}
+    if req.encoded is not None:
+        items = token_relevance(req.texts, req.encoded, out)
+        doc["tokens"] = [item.tokens for item in items]
+        doc["relevance"] = [item.relevance.tolist() for item in items]
     if service.classes:
         doc["label"] = [service.class_name(c) for c in predicted]
     doc = {k: (v[0] if req.single else v) for k, v in doc.items()}
     doc = {k: (v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v) for k, v in doc.items()}
     if heatmap:
-        doc["heatmap"] = "data:image/png;base64," + base64.b64encode(heatmap_png(req, out)).decode()
+        doc["heatmap"] = "data:image/png;base64," + base64.b64encode(heatmap_png(req, out, service.classes)).decode()
     return doc
 
 
-def heatmap_png(req: Request, out: dict) -> bytes:
-    """Each sample's heatmap over its picture (or over the input), side by side."""
+def heatmap_png(req: Request, out: dict, classes=None) -> bytes:
+    """Each sample's heatmap over its picture (or over the input), side by side; texts: their tokens shaded
+    by relevance (:func:`relgraph.text.render_png`)."""
+    if req.encoded is not None:
+        return encode_png(render_png(token_relevance(req.texts, req.encoded, out), classes))
     tiles = [heatmap_image(out["relevance"][n], image=req.picture if req.picture is not None else req.x[n],
                            size=256) for n in range(len(req.x))]
     gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)

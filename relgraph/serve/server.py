@@ -15,7 +15,9 @@ import time
 import uvicorn
 
 from .. import __version__
+from ..errors import RelgraphError
 from ..preprocess import model_classes, model_preprocess
+from ..text import TextEncoder
 from .app import ROUTES, create_app
 from .batching import Batcher
 from .metrics import Metrics
@@ -94,6 +96,10 @@ class ExplainServer:
         self.body_timeout = body_timeout
         self.preprocess = model_preprocess(explainer.metadata)
         self.classes = model_classes(explainer.metadata)
+        try:  # a token explainer compiled with --tokenizer takes {"text": ...}; why another does not, for its 400
+            self.text, self.text_refusal = TextEncoder.of(explainer, "this explainer"), None
+        except RelgraphError as exc:
+            self.text, self.text_refusal = None, str(exc)
         self.log = log
         self.started = time.time()
         self.requests = 0
@@ -126,7 +132,8 @@ class ExplainServer:
     def metadata(self) -> dict:
         e = self.explainer
         return {"rule": e.rule, "input": {"name": e.input_name, "shape": e.input_shape},
-                "num_classes": e.num_classes, "classes": self.classes,
+                "num_classes": e.num_classes, "classes": self.classes, "tokens": e.tokens,
+                "text": self.text is not None,
                 "preprocess": self.preprocess.as_dict() if self.preprocess else None,
                 "max_batch": self.batcher.max_batch, "max_request_bytes": self.max_request_bytes,
                 "version": __version__}
