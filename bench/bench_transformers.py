@@ -2,13 +2,15 @@
 """The AttnLRP explainer ÷ the forward pass, on BERT-base and ViT-B/16 (random seeded weights), onnxruntime CPU.
 
 Each model is built from its Hugging Face config (BERT-base: 12 layers, hidden 768, 12 heads, 128 tokens, two
-classes; ViT-B/16: 224×224, patch 16, 12 layers, hidden 768, 1000 classes), exported once with
+classes; ViT-B/16: 224×224, patch 16, 12 layers, hidden 768, 1000 classes) or taken from torchvision (``tv-vit``:
+``vit_b_16``, sequence-first attention, the ViT lxt patches), exported once with
 ``torch.onnx.export(dynamo=True, opset 18)`` into bench/.cache with a dynamic batch axis, and compiled with
 ``--rule attnlrp`` (and ``cp-lrp``). For each batch size the forward model and the explainers run in one
 onnxruntime session each, same threads, medians of ``--repeats`` runs after a warm-up, one after the other in
 one process. The compile time is printed too.
 
-    python bench/bench_transformers.py                                   # both models, batch 1 and 8
+    python bench/bench_transformers.py                                   # BERT and HF ViT, batch 1 and 8
+    python bench/bench_transformers.py --models tv-vit                   # torchvision's ViT-B/16
     python bench/bench_transformers.py --models bert --batches 1 --threads 2 --repeats 5
 """
 
@@ -37,6 +39,10 @@ def build(model: str):
     torch.manual_seed(SEED)
     if model == "bert":
         return BertForSequenceClassification(BertConfig(num_labels=2, attn_implementation="sdpa")).eval()
+    if model == "tv-vit":  # torchvision's ViT-B/16, the ViT lxt patches (bench/lxt_timing.py)
+        import torchvision
+
+        return torchvision.models.vit_b_16().eval()
     return ViTForImageClassification(ViTConfig(num_labels=1000, attn_implementation="sdpa")).eval()
 
 
@@ -64,6 +70,8 @@ def export(model: str, cache: Path) -> Path:
             self.net = net
 
         def forward(self, *args):
+            if model == "tv-vit":
+                return self.net(*args)
             return self.net(**dict(zip(names, args))).logits
 
     batch = torch.export.Dim("batch", min=1, max=64)
