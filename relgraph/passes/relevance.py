@@ -2,8 +2,15 @@
 
 Contract. Input: a canonical model (shapes inferred, biases as explicit inputs) and a composite.
 Output: the same model with one more input, ``target`` (int64 [N], −1 = the predicted class), and
-more outputs: ``relevance`` (the explained input's shape), ``bias_relevance`` ([N]), optionally one
-``bias_relevance/<layer>`` per bias-carrying layer, and ``logits`` when the model's output is a softmax.
+more outputs: ``relevance`` (the explained input's shape; [N, S] for token ids, one value per token),
+``bias_relevance`` ([N]), optionally one ``bias_relevance/<layer>`` per bias-carrying layer and
+``relevance_embedding`` ([N, S, D], token models), and ``logits`` when the model's output is a softmax or a
+sequence ([N, S, V], explained at one position).
+
+The explained value x is the model's input, or a token model's embedding lookup output. Values on the path from
+x to the logits carry relevance; every other input of a node on it is a constant for the explanation (a model
+constant, or a *run-time constant* such as an attention mask: ``relgraph.graph.is_fixed``), and biases are the
+constants an activation is added to.
 
 The walk: nodes between the explained input and the logits, in reverse topological order. Each node's
 rule (chosen by the composite) receives the relevance summed over its outputs' consumers and returns
