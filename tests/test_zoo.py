@@ -186,14 +186,25 @@ class _Attention(nn.Module):
         return self.head(mixed.mean(0))
 
 
-def test_attention_is_refused_with_every_node(tmp_path):
-    """Attention (MatMul of two activations, a Softmax inside the graph): one error naming every unsupported
-    node, nothing written."""
+def test_sequence_first_attention(tmp_path):
+    """nn.MultiheadAttention (sequence first: the batch is axis 1 of [S, N, E], then merged into [S·N, E]) behind a
+    patch embedding: ``gradient`` equals torch autograd, and under ``attnlrp`` the input, the biases and what the
+    softmax absorbs add up to the logit in every sample (the bias sums follow the batch through the reshapes)."""
     torch.manual_seed(0)
-    path = tm.export(_Attention().eval(), torch.zeros(1, 3, 16, 16), tmp_path / "attention.onnx", False)
-    with pytest.raises(RelgraphError) as info:
-        relgraph.compile(path, rule="epsilon", output=str(tmp_path / "out.onnx"))
-    message = str(info.value)
-    softmaxes = sum(n.op_type == "Softmax" for n in onnx.load(str(path)).graph.node)
-    assert "MatMul '" in message and message.count("Softmax '") == softmaxes and "Supported ops" in message
-    assert not (tmp_path / "out.onnx").exists()
+    model = _Attention().eval()
+    for p in model.parameters():  # biases start at zero: give them values so that their shares are tested
+        if p.dim() == 1:
+            torch.nn.init.normal_(p, std=0.5)
+    path = tm.export(model, torch.zeros(1, 3, 16, 16), tmp_path / "attention.onnx", False)
+    x = torch.randn(3, 3, 16, 16)
+    target = np.array([0, 2, 4])
+    gradient = relgraph.compile(path, rule="gradient", output=str(tmp_path / "gradient.onnx"))
+    got = relgraph.Explainer(gradient.path).explain(x.numpy(), target)["relevance"]
+    xg = x.double().requires_grad_(True)
+    logits = copy.deepcopy(model).double()(xg)
+    expected, = torch.autograd.grad(logits[torch.arange(3), torch.from_numpy(target)].sum(), xg)
+    assert tm.relative_error(got, expected.numpy()).max() < 1e-4
+    lrp = relgraph.compile(path, rule="attnlrp", output=str(tmp_path / "attnlrp.onnx"))
+    out = relgraph.Explainer(lrp.path).explain(x.numpy(), target)
+    total = out["relevance"].reshape(3, -1).sum(1) + out["bias_relevance"]
+    np.testing.assert_allclose(total, out["logits"][np.arange(3), target], rtol=1e-4, atol=1e-5)

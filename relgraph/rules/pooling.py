@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import attr, const_array, rank, static_dims
+from ..graph import attr, const_array, dims, rank, static_dims
 from .linear import conv_pads, output_padding
 from .registry import LINEAR, MAX, Env, defrule
 
@@ -95,7 +95,7 @@ def mean_transpose(env: Env, g):
     """Aᵀ·g for a mean over ``axes``: spread g back over the reduced axes, divided by their size."""
     b = env.b
     axes = _reduce_axes(env)
-    in_dims = static_dims(env.x)
+    in_dims = dims(env.x)
     if env.node.op_type == "ReduceMean" and not attr(env.node, "keepdims", 1):
         g = b.op("Unsqueeze", g, b.ints(axes))
     count = int(np.prod([in_dims[a] for a in axes]))
@@ -109,8 +109,10 @@ def _check_mean(node) -> str | None:
     if node.op_type == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1] is not None \
             and const_array(node.inputs[1]) is None:
         return "axes are not constant"
-    if any(0 in (a,) for a in _axes_of(node)):
-        return "reduces over the batch axis"
+    x = node.inputs[0]
+    if x.shape is not None and any(not isinstance(x.shape[a], int) for a in _axes_of(node) if -len(x.shape) <= a
+                                   < len(x.shape)):
+        return "reduces over a dynamic axis (the batch?)"
     return None
 
 

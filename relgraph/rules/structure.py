@@ -137,7 +137,7 @@ def _check_gather(node) -> str | None:
     axis = attr(node, "axis", 0) % max(len(data), 1)
     if data[axis] is None:
         return "it gathers along a dynamic axis (the batch axis?)"
-    if None in data[axis + 1:]:
+    if np.ndim(const_array(node.inputs[1])) > 0 and None in data[axis + 1:]:
         return "the data has dynamic dimensions after the gathered axis"
     return None
 
@@ -150,7 +150,13 @@ def gather_adjoint(env: Env):
     b, node = env.b, env.node
     data = dims(env.x)
     axis = attr(node, "axis", 0) % len(data)
-    picked = const_array(node.inputs[1]).astype(np.int64).reshape(-1) % data[axis]
+    index = const_array(node.inputs[1])
+    if np.ndim(index) == 0:  # one row (a CLS token, q/k/v of a packed projection): pad R back around it
+        i = int(index) % data[axis]
+        pads = [0] * (2 * len(data))
+        pads[axis], pads[axis + len(data)] = i, data[axis] - i - 1
+        return env.to_first_input(b.op("Pad", b.op("Unsqueeze", env.R, b.ints([axis])), b.ints(pads)))
+    picked = index.astype(np.int64).reshape(-1) % data[axis]
     onehot = np.zeros((picked.size, data[axis]), np.float32)
     onehot[np.arange(picked.size), picked] = 1.0
     # R: data[:axis] + indices' shape + data[axis + 1:] → data[:axis] + [K] + data[axis + 1:], axis moved last
