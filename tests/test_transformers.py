@@ -249,3 +249,17 @@ def test_vit_gamma_rule_map(exported, tmp_path):
     logits = out["logits"][np.arange(2), [0, 1]]
     np.testing.assert_allclose(out["relevance"].reshape(2, -1).sum(1) + out["bias_relevance"], logits, rtol=1e-3,
                                atol=1e-5)
+
+
+def test_llama_exported_with_batch_one(tmp_path):
+    """A decoder exported for one sample (the dynamo export's static shapes): every size-1 axis could be the batch,
+    and the per-sample bias sums must still find it; input + biases + absorbed = the next-token logit."""
+    model = ref.build("llama", attn="sdpa")
+    feed = {"input_ids": ref.inputs("llama", batch=1)["input_ids"]}
+    path = export(model, "llama", feed, tmp_path / "llama1.onnx", "dynamo")
+    out, _ = explain(path, "attnlrp", feed, None, tmp_path)
+    logit = out["logits"][0, out["target"][0]]
+    np.testing.assert_allclose(out["relevance"].sum() + out["bias_relevance"][0], logit, rtol=1e-4, atol=1e-6)
+    want, _ = ref.relevance(model, "llama", feed, "attnlrp", out["target"])
+    rel, _ = per_sample(out["relevance"], want.sum(-1))
+    assert rel.max() <= 1e-3

@@ -113,9 +113,9 @@ def _located(out: ir.Value, outer: int, sizes: set):
         return UNKNOWN
     before = 1
     for j, d in enumerate(out.shape):
+        if d in sizes and outer == before:  # an axis of the batch's size right after ``outer`` elements
+            return Batch(j)
         if outer % before == 0 and (not isinstance(d, int) or outer // before < d):
-            if d in sizes and outer == before:
-                return Batch(j)
             return Batch(j, outer // before) if outer // before >= 1 else UNKNOWN
         if not isinstance(d, int):
             return UNKNOWN
