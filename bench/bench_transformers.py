@@ -92,13 +92,10 @@ def session(path, threads: int):
 
 
 def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """The median of ``repeats`` calls after a warm-up (relgraph.bench's timer)."""
+    from relgraph.bench import time_call
+
+    return statistics.median(time_call(fn, repeats, warmup=1))
 
 
 def main() -> None:
