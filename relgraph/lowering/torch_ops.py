@@ -106,11 +106,6 @@ def is_nan(inputs, attrs):
     return torch.isnan(inputs[0])
 
 
-@op("Gelu")
-def gelu(inputs, attrs):
-    return F.gelu(inputs[0], approximate=attrs.get("approximate", "none"))
-
-
 @op("Identity")
 def identity(inputs, attrs):
     return inputs[0]

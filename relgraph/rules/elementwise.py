@@ -1,6 +1,6 @@
 """Rules for elementwise nonlinearities y = f(x): rectifiers (Relu, LeakyRelu, PRelu with a constant slope per
 channel, Clip, Max/Min with a constant: per channel, a one-element one being a Clip by canonicalization, the
-activation first), smooth ones (Elu, Softplus, Sigmoid, Tanh, Erf, Gelu, Pow by a constant, and Sqrt and
+activation first), smooth ones (Elu, Softplus, Sigmoid, Tanh, Erf, Pow by a constant, and Sqrt and
 Reciprocal, the pieces of a normalizer written out), the hard ones (HardSigmoid, HardSwish), and Neg, y = −x (an activation here: ``pass`` gives it R_x = R, as the ε rule gives a scaling by a
 constant, (−x)·R ⊘ (−x)).
 
@@ -76,19 +76,6 @@ def derivative_mask(env: Env, R=None):
     if op == "Erf":  # erf′ = 2/√π · exp(−x²)
         bell = b.op("Exp", b.op("Neg", b.op("Mul", x, x)))
         return b.op("Mul", R, b.op("Mul", bell, b.scalar(2.0 / np.sqrt(np.pi))))
-    if op == "Gelu":  # x·Φ(x): Φ(x) + x·φ(x); the tanh form ½x(1 + tanh(u)), u = √(2/π)(x + 0.044715x³)
-        if attr(node, "approximate", "none") in ("tanh", b"tanh"):
-            c = np.sqrt(2.0 / np.pi)
-            u = b.op("Mul", b.op("Add", x, b.op("Mul", b.op("Mul", x, b.op("Mul", x, x)), b.scalar(0.044715))),
-                     b.scalar(c))
-            t = b.op("Tanh", u)
-            du = b.op("Mul", b.op("Add", one, b.op("Mul", b.op("Mul", x, x), b.scalar(3 * 0.044715))), b.scalar(c))
-            d = b.op("Add", b.op("Mul", b.op("Add", one, t), b.scalar(0.5)),
-                     b.op("Mul", b.op("Mul", b.op("Mul", x, b.scalar(0.5)), b.op("Sub", one, b.op("Mul", t, t))), du))
-            return b.op("Mul", R, d)
-        cdf = b.op("Mul", b.op("Add", one, b.op("Erf", b.op("Mul", x, b.scalar(1 / np.sqrt(2.0))))), b.scalar(0.5))
-        pdf = b.op("Mul", b.op("Exp", b.op("Mul", b.op("Mul", x, x), b.scalar(-0.5))), b.scalar(1 / np.sqrt(2 * np.pi)))
-        return b.op("Mul", R, b.op("Add", cdf, b.op("Mul", x, pdf)))
     if op == "Sqrt":  # ½/√x
         return b.op("Div", b.op("Mul", R, b.scalar(0.5)), y)
     if op == "Reciprocal":  # −1/x² = −y²
@@ -117,7 +104,7 @@ def _check_clip(node) -> str | None:
 
 
 ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Softplus", "Neg", "Clip", "Max", "Min", "Sigmoid", "Tanh",
-               "HardSigmoid", "HardSwish", "Erf", "Pow", "Gelu", "Sqrt", "Reciprocal")
+               "HardSigmoid", "HardSwish", "Erf", "Pow", "Sqrt", "Reciprocal")
 
 
 def _check_operands(node) -> str | None:

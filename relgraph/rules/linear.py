@@ -34,7 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import RelgraphError
-from ..graph import attr, const_array, rank, static_dims
+from ..graph import attr, const_array, static_dims
 from .registry import AFFINE, BILINEAR, Env, defrule
 
 # ------------------------------------------------------------------------------------------- linear maps
