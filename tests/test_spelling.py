@@ -114,6 +114,17 @@ BODIES = {
         # tf2onnx: (x · (1 + erf(x · 1/√2))) · ½
         "   d = Mul (h, rsqrt2)\n   e = Erf (d)\n   t = Add (one, e)\n   m = Mul (h, t)\n   a = Mul (m, half)",
     ]),
+    # an RMS normalization over the channels, x / √(mean(x²) + ε), written as a quotient (HF's Llama export after
+    # upcasting), a product with a Reciprocal (torch.rsqrt through the dynamo export) or with a power of −½: the
+    # normalizer is a gate under the LRP rules, and the gradient differentiates it in every form
+    "rms-norm": ("Div", [
+        "   nq = Mul (h, h)\n   nm = ReduceMean <axes = [1]> (nq)\n   eps = Constant <value = float {0.001}> ()"
+        "\n   ne = Add (nm, eps)\n   nr = Sqrt (ne)\n   a = Div (h, nr)",
+        "   nq = Mul (h, h)\n   nm = ReduceMean <axes = [1]> (nq)\n   eps = Constant <value = float {0.001}> ()"
+        "\n   ne = Add (nm, eps)\n   nr = Sqrt (ne)\n   ni = Reciprocal (nr)\n   a = Mul (h, ni)",
+        "   two = Constant <value = float {2.0}> ()\n   np2 = Pow (h, two)\n   nm = ReduceMean <axes = [1]> (np2)\n   eps = Constant <value = float {0.001}> ()"
+        "\n   ne = Add (eps, nm)\n   mh = Constant <value = float {-0.5}> ()\n   ni = Pow (ne, mh)\n   a = Mul (ni, h)",
+    ]),
     # x · clip(x + 1, 0, 3) is no named activation: only the gate recognition sees it, against the same
     # function through the HardSigmoid op, 3·x·hardsigmoid(x; 1/3, 1/3)
     "gate": ("Mul", [
