@@ -37,7 +37,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
-from .graph import Builder, attr, const_array, static_dims, to_proto
+from .graph import Builder, attr, const_array, dims, static_dims, to_proto
 from .progress import Progress
 
 FLOAT, DOUBLE = ir.DataType.FLOAT, ir.DataType.DOUBLE
@@ -128,7 +128,7 @@ class AffineLayer:
     node: ir.Node
     weight: np.ndarray            # Gemm [K, D]; Conv [K, C, k…]
     bias: np.ndarray              # [K] float64, zeros when the layer has none
-    geometry: dict = field(default_factory=dict)  # Conv: kernel, strides, dilations, pads, out_dims
+    geometry: dict = field(default_factory=dict)  # Conv: kernel, strides, dilations, pads, out_dims; Gemm: rows
 
     @property
     def name(self) -> str:
@@ -183,12 +183,22 @@ def affine_layers(model: ir.Model) -> tuple[ir.Value, list[AffineLayer], list[st
     return x, layers, skipped
 
 
+def _rows_per_input(x: ir.Value) -> int:
+    """The rows a Gemm sees per model input: 1, or S when it runs on the flattened [N·S, D] tokens of a
+    weight applied per token (canonicalization's Reshape from [N, S, D], or [S, N, D]: every static leading
+    dimension, the batch being the one dynamic)."""
+    source = x.producer()
+    if source is None or source.op_type != "Reshape" or source.inputs[0].shape is None:
+        return 1
+    return int(np.prod([d for d in dims(source.inputs[0])[:-1] if d is not None]))
+
+
 def _layer(node: ir.Node, conv_pads) -> AffineLayer:
     w = const_array(node.inputs[1]).astype(np.float32)
     b = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     bias = np.zeros(w.shape[0]) if b is None else b.astype(np.float64).reshape(-1)
     if node.op_type == "Gemm":
-        return AffineLayer(node, w, bias)
+        return AffineLayer(node, w, bias, dict(out_dims=[_rows_per_input(node.inputs[0])]))
     kernel, spatial = list(w.shape[2:]), w.ndim - 2
     strides = list(attr(node, "strides", [1] * spatial))
     dilations = list(attr(node, "dilations", [1] * spatial))

@@ -473,15 +473,21 @@ def test_grouped_conv_is_skipped_with_a_warning(tmp_path):
         relgraph.compile(path, rule="patternnet", patterns=pats, write=False)
 
 
-def test_matmul_layers_are_reported(tmp_path):
+def test_matmul_over_tokens_is_fitted_on_every_row(tmp_path):
+    """A weight applied to each of S tokens (MatMul on [N, S, D]) runs as a Gemm on the N·S rows, so its
+    pattern is estimated from every row: eq. 4 over the stacked tokens."""
     rng = np.random.default_rng(0)
+    M, V = rng.normal(size=(4, 5)), rng.normal(size=(2, 15))
     path = save_model(tmp_path / "mm.onnx", [
         helper.make_node("MatMul", ["x", "M"], ["t"], name="tokens"),
         helper.make_node("Flatten", ["t"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "V"], ["logits"], name="head", transB=1)],
-        {"M": rng.normal(size=(4, 5)), "V": rng.normal(size=(2, 15))}, (3, 4), 2)
-    with pytest.raises(RelgraphError, match="MatMul 'tokens'"):
-        fit_patterns(path, rng.normal(size=(10, 3, 4)).astype(np.float32), progress=False)
+        {"M": M, "V": V}, (3, 4), 2)
+    x = rng.normal(size=(200, 3, 4)).astype(np.float32)
+    got = fit_patterns(path, x, batch_size=64, progress=False)
+    rows = x.reshape(-1, 4).astype(np.float64)
+    flat = (x.astype(np.float64) @ M).reshape(len(x), -1)
+    assert_patterns_close(got, {"tokens": eq4(rows, rows @ M), "head": eq4(flat, flat @ V.T)})
 
 
 def test_data_errors(tmp_path):

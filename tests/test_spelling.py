@@ -155,6 +155,15 @@ BODIES = {
         "   ax = Constant <value = int64[2] {2, 3}> ()\n   s = ReduceSum <keepdims = 0> (h, ax)"
         "\n   a = Unsqueeze (s, ax)",
     ]),
+    # a weight applied along the last axis, with a bias: MatMul + Add (torch's nn.Linear on a [N, S, D] sequence,
+    # tf2onnx's Keras Dense on a rank-3/4 input), either operand order of the Add, against the rows as a Gemm
+    "dense-rows": ("Gemm", [
+        "   s1 = Constant <value = int64[2] {-1, 6}> ()\n   rows = Reshape (h, s1)"
+        "\n   g = Gemm <transB = 1> (rows, WMT, BM)\n   s2 = Constant <value = int64[4] {-1, 4, 6, 6}> ()"
+        "\n   a = Reshape (g, s2)",
+        "   m = MatMul (h, WM)\n   a = Add (m, BM)",
+        "   m = MatMul (h, WM)\n   a = Add (BM, m)",
+    ]),
     "passthrough": ("Relu", [
         "   a = Relu (h)",
         "   k = Cast <to = 1> (h)\n   i = Identity (k)\n   a = Relu (i)",
@@ -202,7 +211,12 @@ def weights(seed: int) -> dict:
     return {"W1": rng.normal(0, 0.5, (4, 3, 3, 3)), "B1": rng.normal(0, 0.1, 4),
             "W2": rng.normal(0, 0.5, (4, 4, 1, 1)), "B2": rng.normal(0, 0.1, 4),
             "WS": rng.normal(0, 0.5, (4, 4, 1, 1)), "BS": rng.normal(0, 0.1, 4),
-            "W3": rng.normal(0, 0.5, (5, 4)), "B3": rng.normal(0, 0.1, 5)}
+            "W3": rng.normal(0, 0.5, (5, 4)), "B3": rng.normal(0, 0.1, 5)} | _dense(rng)
+
+
+def _dense(rng) -> dict:
+    w = rng.normal(0, 0.5, (6, 6))
+    return {"WM": w, "WMT": w.T, "BM": rng.normal(0, 0.1, 6)}
 
 
 def write_model(path, body: str, seed: int, tail: str = LOGITS, opset: int = 17) -> str:

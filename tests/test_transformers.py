@@ -232,8 +232,8 @@ def test_triton_target_runs_attention(exported, tmp_path, arch, attn):
 
 
 def test_vit_gamma_rule_map(exported, tmp_path):
-    """γ on a ViT's layers with weights by op type (AttnLRP's advice against gradient shattering): the MatMuls
-    with weights take γ, Q·Kᵀ and A·V (bilinear) keep the uniform rule, and the input + biases + absorbed still
+    """γ on a ViT's layers with weights by op type (AttnLRP's advice against gradient shattering): the
+    projections (MatMuls with weights, run as Gemms on rows) take γ, Q·Kᵀ and A·V (bilinear) keep the uniform rule, and the input + biases + absorbed still
     add up to the logit."""
     _, feed, path = exported("vit", "eager", "dynamo")
     rule_map = tmp_path / "vit-gamma.toml"
@@ -242,9 +242,10 @@ def test_vit_gamma_rule_map(exported, tmp_path):
     result = relgraph.compile(path, rule_map=str(rule_map), output=str(tmp_path / "vit.gamma.onnx"))
     from relgraph.rules import kind_of
 
-    matmuls = [(kind_of(n), result.plan.choices[n.name].rule) for n in result.plan.nodes if n.op_type == "MatMul"]
-    assert {rule for kind, rule in matmuls if kind == "bilinear"} == {"uniform"}
-    assert {rule for kind, rule in matmuls if kind == "affine"} == {"gamma"}
+    layers = [(kind_of(n), result.plan.choices[n.name].rule) for n in result.plan.nodes
+              if n.op_type in ("MatMul", "Gemm")]
+    assert {rule for kind, rule in layers if kind == "bilinear"} == {"uniform"}
+    assert {rule for kind, rule in layers if kind == "affine"} == {"gamma"}
     out = relgraph.Explainer(result.path).explain(feed["pixel_values"], np.array([0, 1]))
     logits = out["logits"][np.arange(2), [0, 1]]
     np.testing.assert_allclose(out["relevance"].reshape(2, -1).sum(1) + out["bias_relevance"], logits, rtol=1e-3,

@@ -3,11 +3,19 @@ alpha = beta = 1, transA = 0.
 
     alpha·op(A)·op(B) + beta·C  →  A·(alpha·op(B))ᵀᵀ + beta·C
 
-Also fuses ``MatMul(x, W) [+ Add(b)]`` with a constant W and a 2-D x (torch's dynamo export of
-``nn.Linear``) into the same Gemm, so that the bias is one explicit input of the layer.
+Also fuses ``MatMul(x, W) [+ Add(b)]`` with a constant W (torch's export of ``nn.Linear``, tf2onnx's of
+Keras ``Dense``, every transformer's projections) into the same Gemm, so that the bias is one explicit input
+of the layer and the ε rule stabilizes z = x·Wᵀ + b once, the bias inside, as the textbook rule reads. An x
+of rank > 2 ([N, S, K], or [S, N, K] sequence-first) runs as rows:
+
+    Reshape(x, [−1, K]) → Gemm → Reshape(·, [N, S, M])
+
+with at most one dynamic leading dimension (it becomes the −1). The transposed pass of a Gemm reads W as it
+is, so the explainer holds no transposed copy of a projection's weights.
 
 Skipped: Gemm with a non-constant B or transA=1 (kept; reported by validation if on the relevance
-path), MatMul whose x is not 2-D (kept as MatMul; its own rule handles it).
+path), MatMul with its constant on the left or of rank > 2, or with two dynamic leading dimensions (kept as
+MatMul; its own rule handles it).
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import numpy as np
 import onnx_ir as ir
 
 from .base import ReportingPass
-from ..graph import add_initializer as _initializer, attr, const_array, rank, replace_value
+from .match import Emitter
+from ..graph import add_initializer as _initializer, attr, const_array, dims, rank, replace_value
 
 
 class NormalizeGemmPass(ReportingPass):
@@ -54,7 +63,11 @@ class NormalizeGemmPass(ReportingPass):
     def _fuse_matmul(self, graph, node) -> bool:
         x, w_val = node.inputs
         w = const_array(w_val)
-        if w is None or const_array(x) is not None or x.shape is None or rank(x) != 2 or w.ndim != 2:
+        if w is None or const_array(x) is not None or x.shape is None or rank(x) < 2 or w.ndim != 2:
+            return False
+        leading = dims(x)[:-1]
+        if rank(x) > 2 and (x.shape[-1] != w.shape[0] or sum(d is None for d in leading) > 1):
+            self.skipped.append(f"MatMul '{node.name}' kept: more than one dynamic leading dimension")
             return False
         inputs = [x, _initializer(graph, f"{node.name}/weight", np.ascontiguousarray(w.T))]
         out = node.outputs[0]
@@ -64,13 +77,22 @@ class NormalizeGemmPass(ReportingPass):
             add = consumers[0].node
             other = add.inputs[1 - consumers[0].idx] if add.op_type == "Add" else None
             b = const_array(other)
-            if b is not None and b.size == w.shape[1] and (add.outputs[0].shape is None or rank(add.outputs[0]) == 2):
+            if b is not None and b.size == w.shape[1] and b.shape[-1:] == (w.shape[1],) and (
+                    add.outputs[0].shape is None or rank(add.outputs[0]) == rank(x)):
                 inputs.append(_initializer(graph, f"{node.name}/bias", b.reshape(-1)))
                 last = add
-        gemm = ir.node("Gemm", inputs, attributes={"transB": 1}, name=node.name)
-        graph.insert_before(node, gemm)
-        gemm.outputs[0].shape, gemm.outputs[0].type = last.outputs[0].shape, last.outputs[0].type
-        replace_value(graph, last.outputs[0], gemm.outputs[0])
+        emit, flat = Emitter(graph, node), rank(x) > 2
+        if flat:  # the rows flattened, [..., K] → [rows, K], and the Gemm's [rows, M] back to [..., M]
+            rows = None if None in leading else int(np.prod(leading))
+            inputs[0] = emit("Reshape", x, emit.constant(np.array([-1, w.shape[0]], np.int64)))
+            inputs[0].shape = ir.Shape([rows, w.shape[0]])
+        z = emit("Gemm", *inputs, transB=1)
+        z.producer().name = node.name
+        if flat:
+            z.shape = ir.Shape([rows, w.shape[1]])
+            back = [-1 if d is None else d for d in leading] + [w.shape[1]]
+            z = emit("Reshape", z, emit.constant(np.array(back, np.int64)))
+        emit.replace(last.outputs[0], z)
         if last is not node:
             graph.remove(last, safe=True)
         graph.remove(node, safe=True)
