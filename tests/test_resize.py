@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 import relgraph
+from relgraph.compiler import prepare
 from relgraph.errors import RelgraphError
 
 try:
@@ -109,6 +110,29 @@ class Repeater(nn.Module):
         return self.fc(torch.flatten(self.conv2(x), 1))
 
 
+class Einsummer(nn.Module):
+    """conv → ReLU → (a reshape) → torch.einsum(equation, x, W) with a weight W → dense."""
+
+    input_shape = (3, 4, 6)
+
+    def __init__(self, equation: str, weight: tuple, reshape: tuple | None = None, bias: bool = True):
+        super().__init__()
+        self.equation, self.reshape = equation, reshape
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=bias)
+        self.weight = nn.Parameter(torch.randn(*weight) / 2)
+        with torch.no_grad():
+            size = self.mixed(torch.zeros(1, *self.input_shape)).numel()
+        self.fc = nn.Linear(size, CLASSES, bias=bias)
+
+    def mixed(self, x):
+        x = torch.relu(self.conv(x))
+        x = x.reshape(x.shape[0], *self.reshape) if self.reshape else x
+        return torch.einsum(self.equation, x, self.weight)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.mixed(x), 1))
+
+
 MODELS = {
     "nearest": lambda bias=True: Upsampler(bias=bias, scale_factor=2, mode="nearest"),
     "nearest-size": lambda bias=True: Upsampler(bias=bias, size=(7, 6), mode="nearest"),
@@ -121,9 +145,17 @@ MODELS = {
     "unet": lambda bias=True: TinyUNet(bias),
     "unet-nearest": lambda bias=True: TinyUNet(bias, mode="nearest"),
     "tile": lambda bias=True: Repeater(bias),
+    # a 1×1 conv; per-head weights (a label in x, W and the output); two labels contracted, the output reordered;
+    # labels of x summed away; an ellipsis; a label of W alone summed
+    "einsum-pointwise": lambda bias=True: Einsummer("nchw,oc->nohw", (5, 4), bias=bias),
+    "einsum-heads": lambda bias=True: Einsummer("bhdn,hde->bhne", (2, 2, 3), (2, 2, 24), bias=bias),
+    "einsum-contract-two": lambda bias=True: Einsummer("nchw,cwo->noh", (4, 6, 3), bias=bias),
+    "einsum-sum": lambda bias=True: Einsummer("nchw,co->no", (4, 7), bias=bias),
+    "einsum-ellipsis": lambda bias=True: Einsummer("...c,co->...o", (6, 3), bias=bias),
+    "einsum-weight-sum": lambda bias=True: Einsummer("nchw,wck->nh", (6, 4, 2), bias=bias),
 }
-DYNAMO = {"nearest", "bilinear-corners-size", "unet", "tile"}  # the dynamo export too (it is slower)
-EXPORTED_OP = {"tile": "Tile"}
+DYNAMO = {"nearest", "bilinear-corners-size", "unet", "tile", "einsum-heads"}  # the dynamo export too (slower)
+EXPORTED_OP = {"tile": "Tile", **{name: "Einsum" for name in MODELS if name.startswith("einsum")}}
 
 
 def build(name: str, bias: bool = True, seed: int = 3) -> nn.Module:
@@ -161,7 +193,7 @@ def test_gradient_equals_torch(exported, name, dynamo):
 
 
 @pytest.mark.parametrize("name", ["bilinear", "bicubic", "bilinear-corners-size", "trilinear", "unet",
-                                  "unet-nearest", "tile"])
+                                  "unet-nearest", "tile", "einsum-heads", "einsum-sum"])
 def test_epsilon_conserves(exported, name):
     """No biases anywhere: what reaches the input is the logit, up to what the 1e-6 stabilizers absorb (an input
     scaled up makes the logits, which scale with it in a bias-free ReLU net, large against that)."""
@@ -288,12 +320,39 @@ SPELLINGS = {
 }
 
 
+
+
+def constant(name: str, shape: tuple, seed: int) -> str:
+    values = np.random.default_rng(seed).normal(0, 0.5, shape).astype(np.float32)
+    return (f"   {name} = Constant <value = float[{', '.join(map(str, shape))}] "
+            f"{{{', '.join(repr(float(v)) for v in values.reshape(-1))}}}> ()\n")
+
+
+# an Einsum with a constant against the Transpose / MatMul it stands for (EinsumAsMatMulPass)
+SPELLINGS["einsum-pointwise"] = [
+    (17, constant("wc", (4, 4), 9) + '   a = Einsum <equation = "nchw,co->nohw"> (h, wc)'),
+    (17, constant("wc", (4, 4), 9) + '   t = Transpose <perm = [0, 2, 3, 1]> (h)\n   m = MatMul (t, wc)\n'
+                                     '   a = Transpose <perm = [0, 3, 1, 2]> (m)'),
+]
+SPELLINGS["einsum-heads"] = [
+    (17, constant("wk", (4, 6, 6), 8) + '   a = Einsum <equation = "nchw,cwo->ncho"> (h, wk)'),
+    (17, constant("wk", (4, 6, 6), 8) + '   a = MatMul (h, wk)'),
+]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("case", sorted(SPELLINGS))
 def test_spellings_give_equal_relevance(tmp_path, case, seed):
     paths = [write_model(tmp_path / f"{case}{i}.onnx", body, seed, opset=opset)
              for i, (opset, body) in enumerate(SPELLINGS[case])]
     assert_same_relevance(paths, seed)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n.startswith("einsum")])
+def test_einsum_with_a_weight_becomes_a_matmul(exported, name):
+    model, path = exported(name)
+    ops = [n.op_type for n in prepare(str(path))[0].graph]
+    assert "Einsum" not in ops and {"MatMul", "Gemm"} & set(ops), ops
 
 
 # ------------------------------------------------------------------------------------------- lowering
@@ -369,6 +428,7 @@ REFUSALS = {
             '   sz = Constant <value = int64[2] {8, 6}> ()\n'
             '   a = Resize <mode = "linear", coordinate_transformation_mode = "tf_crop_and_resize", '
             'extrapolation_value = 1.0, axes = [2, 3]> (h, roi, , sz)', "extrapolates"),
+    "einsum of two activations": ("", '   a = Einsum <equation = "nchw,nchw->nchw"> (h, h)', "Einsum"),
     "tile of the batch": (
         "", '   rp = Constant <value = int64[4] {2, 1, 1, 1}> ()\n   a = Tile (h, rp)', "batch"),
 }
