@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
+from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
 
 import relgraph
 from relgraph.compiler import prepare
@@ -36,10 +37,12 @@ try:
     import torch_models as tm
     from test_cli import assert_one_line_error, run
     from test_spelling import assert_same_relevance, write_model
+    from test_zennit import zennit_relevance
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import torch_models as tm
     from tests.test_cli import assert_one_line_error, run
     from tests.test_spelling import assert_same_relevance, write_model
+    from tests.test_zennit import zennit_relevance
 
 CLASSES = 5
 
@@ -204,6 +207,29 @@ def test_epsilon_conserves(exported, name):
     total = out["relevance"].reshape(len(x), -1).sum(1) + out["bias_relevance"]
     np.testing.assert_allclose(out["bias_relevance"], 0, atol=1e-6)
     np.testing.assert_allclose(total, logit, rtol=1e-3)
+
+
+LOW, HIGH = -2.5, 2.5
+
+
+@pytest.mark.parametrize("rule", ["epsilon-plus-flat", "epsilon-gamma-box"])
+def test_nearest_unet_equals_zennit(exported, rule):
+    """zennit passes the gradient through nn.Upsample (a module without a rule), which for nearest upsampling is
+    every rule's result (a structural copy); the conv after it reads a concatenation of ReLU outputs, one of
+    them upsampled, which relgraph proves ≥ 0 (z⁺ as one ε step with W⁺)."""
+    model, path = exported("unet-nearest")
+    shape = (4, *model.input_shape)
+    x = tm.random_input(shape, seed=8, low=LOW, high=HIGH)
+    target = np.array([4, 3, 2, 1])
+    box = dict(low=torch.full(shape, LOW, dtype=torch.float64), high=torch.full(shape, HIGH, dtype=torch.float64))
+    composite = EpsilonPlusFlat() if rule == "epsilon-plus-flat" else EpsilonGammaBox(**box)
+    out = explain(path, rule, x, target, bounds=(LOW, HIGH))
+    logit = out["logits"][np.arange(len(x)), target].reshape(-1, 1, 1, 1)
+    error = tm.relative_error(out["relevance"] / logit, zennit_relevance(model, composite, x, target))
+    assert np.all(error < 1e-4), error
+    if rule == "epsilon-plus-flat":  # no x⁻ = min(x, 0) term: the upsampled ReLU output is proven ≥ 0
+        proto = relgraph.compile(str(path), rule=rule, write=False).proto
+        assert "Min" not in {n.op_type for n in proto.graph.node}
 
 
 # ------------------------------------------------------------------------------------------- dense reference
