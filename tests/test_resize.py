@@ -384,7 +384,7 @@ def test_einsum_with_a_weight_becomes_a_matmul(exported, name):
 # ------------------------------------------------------------------------------------------- lowering
 
 
-@pytest.mark.parametrize("name", ["bilinear", "unet-nearest", "tile"])
+@pytest.mark.parametrize("name", ["bilinear", "unet-nearest", "tile", "trilinear", "einsum-heads"])
 def test_triton_lowering_matches_onnxruntime(exported, tmp_path, name):
     from relgraph.lowering import compile_triton
     from relgraph.lowering.explainer import TritonExplainer
