@@ -13,8 +13,8 @@ torch's export writes ``torch.einsum`` as Einsum (a per-head projection ``"bhnd,
 ``"nchw,oc->nohw"``); tf2onnx writes ``tf.einsum`` and Keras's ``EinsumDense`` so.
 
 Skipped: no operand or both constant, a label repeated within an operand (a diagonal) or in the output, an
-ellipsis that stands for different dimensions in the two operands, the batch axis contracted, summed or
-shared with W, sizes that are not static or do not match.
+ellipsis that stands for different dimensions in the two operands, a dynamic axis (the batch) contracted,
+summed or shared with W, sizes of a shared label that differ (an ellipsis broadcast included).
 """
 
 from __future__ import annotations
@@ -94,10 +94,8 @@ class EinsumAsMatMulPass(ReportingPass):
         summed_x = [c for c in a if c not in out and c not in b]
         N = [c for c in b if c in out and c not in a]
         summed_w = [c for c in b if c not in out and c not in a]
-        if a[0] not in M:
-            return "the batch axis is contracted, summed or shared with the constant"
-        if any(x_dims[c] is None for c in a[1:]):
-            return "dimensions of its activation are not static"
+        if any(x_dims[c] is None and c not in M for c in a):
+            return "a dynamic axis of its activation (the batch) is contracted, summed or shared with the constant"
         if any(x_dims[c] != w_dims[c] for c in B + K):
             return "the sizes of a shared label differ between the operands"
 
