@@ -357,6 +357,7 @@ def constant(name: str, shape: tuple, seed: int) -> str:
 # an Einsum with a constant against the Transpose / MatMul it stands for (EinsumAsMatMulPass)
 SPELLINGS["einsum-pointwise"] = [
     (17, constant("wc", (4, 4), 9) + '   a = Einsum <equation = "nchw,co->nohw"> (h, wc)'),
+    (17, constant("wc", (4, 4), 9) + '   a = Einsum <equation = "co , nchw -> nohw"> (wc, h)'),  # weight first
     (17, constant("wc", (4, 4), 9) + '   t = Transpose <perm = [0, 2, 3, 1]> (h)\n   m = MatMul (t, wc)\n'
                                      '   a = Transpose <perm = [0, 3, 1, 2]> (m)'),
 ]
