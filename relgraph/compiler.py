@@ -104,11 +104,45 @@ def fix_input_shapes(model: ir.Model, input_shapes) -> None:
 def _upgrade(model: ir.Model, opset: int) -> ir.Model:
     from onnx import version_converter
 
+    original = ir.serde.serialize_model(model)
+    legacy = _legacy_resizes(original)
     try:
-        proto = version_converter.convert_version(ir.serde.serialize_model(model), MIN_OPSET)
+        proto = version_converter.convert_version(original, MIN_OPSET)
     except Exception as exc:
         raise RelgraphError(f"cannot upgrade the model from opset {opset} to {MIN_OPSET}: {exc}") from None
+    # the converter renames values; it keeps the nodes' order, and every Resize it writes was a legacy one
+    for node, attributes in zip([n for n in proto.graph.node if n.op_type == "Resize"], legacy):
+        del node.attribute[:]
+        node.attribute.extend(onnx.helper.make_attribute(k, v) for k, v in attributes.items())
     return ir.from_proto(proto)
+
+
+def _legacy_resizes(proto: onnx.ModelProto) -> list[dict]:
+    """Per Upsample or Resize node, in order, the opset-11 attributes that keep what an Upsample (opsets 7–9) or
+    a Resize of opset 10 computes. onnx's version converter leaves Resize-11's defaults (half_pixel), which
+    moves every linear sample; these ops map coordinates as x = y / scale (asymmetric), and onnxruntime rounds
+    a nearest source down when upsampling, up when downsampling."""
+    if next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1) > 10:
+        return []
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+    out = []
+    for node in proto.graph.node:
+        if node.op_type not in ("Upsample", "Resize"):
+            continue
+        given = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        mode = given.get("mode", b"nearest")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        scales = given.get("scales", constants.get(node.input[1]) if len(node.input) > 1 else None)
+        changed = [float(s) for s in (scales if scales is not None else []) if float(s) != 1.0]
+        if mode == "nearest" and changed and min(changed) < 1 < max(changed):
+            raise RelgraphError(f"{node.op_type} '{node.name}' of opset ≤ 10 both enlarges and shrinks axes; "
+                                f"its nearest rounding is not defined for that")
+        out.append({"mode": mode, "coordinate_transformation_mode": "asymmetric",
+                    "nearest_mode": "ceil" if changed and max(changed) < 1 else "floor"})
+    return out
 
 
 def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..rules.resize import resize_matrices
+
 TORCH_OPS: dict = {}
 
 # attribute values the table does not implement: op type → attrs → the reason, or None
@@ -358,6 +360,18 @@ def expand(inputs, attrs):
 @op("Tile")
 def tile(inputs, attrs):
     return inputs[0].repeat(ints(inputs[1]))
+
+
+@op("Resize")
+def resize(inputs, attrs):
+    """Resize as the compiler reads it (:mod:`relgraph.rules.resize`): one constant matrix per resized axis,
+    built by onnx's reference evaluator on an identity basis, applied along that axis (exact for every mode)."""
+    x = inputs[0]
+    roi, scales, sizes = [None if v is None or v.numel() == 0 else v.cpu().numpy() for v in (inputs + [None] * 3)[1:4]]
+    for axis, A in resize_matrices(attrs, list(x.shape), roi, scales, sizes).items():
+        matrix = torch.from_numpy(A).to(x.dtype).to(x.device)
+        x = torch.movedim(torch.movedim(x, axis, -1) @ matrix.T, -1, axis)
+    return x
 
 
 @op("ConstantOfShape")

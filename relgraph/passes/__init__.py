@@ -9,6 +9,7 @@ from .bias_as_input import BiasAsInputPass
 from .cleanup import CleanupPass
 from .decompose_gates import DecomposeGatesPass
 from .drop_noop_reshapes import DropNoopReshapesPass
+from .einsum_as_matmul import EinsumAsMatMulPass
 from .fold_batchnorm import FoldBatchNormPass
 from .fold_constants import FoldConstantsPass
 from .fuse_clip import FuseClipPass
@@ -21,7 +22,7 @@ from .shapes import InferShapesPass
 
 __all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
            "DropNoopReshapesPass", "FoldBatchNormPass", "FoldConstantsPass", "FuseClipPass", "FuseHardSigmoidPass",
-           "FuseHardSwishPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
+           "FuseHardSwishPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass", "EinsumAsMatMulPass"]
 
 
 def canonicalize(model: ir.Model) -> list[str]:
@@ -29,12 +30,13 @@ def canonicalize(model: ir.Model) -> list[str]:
 
     Order matters: constants must be folded before shapes are final, BatchNorm folded before biases are
     made explicit inputs, and shapes inferred again after every pass that creates values. The spelling
-    passes (gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as means) read constants and shapes, so they run
-    after folding; clamps are folded first, as the hard sigmoid and hard swish read one Clip.
+    passes (einsums with a constant as MatMuls, gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as means) read
+    constants and shapes, so they run after folding; clamps are folded first, as the hard sigmoid and hard swish read one
+    Clip; einsums before the sums, as an einsum may sum an axis.
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
-    spellings = [DecomposeGatesPass(), FuseClipPass(), FuseHardSigmoidPass(), FuseHardSwishPass(),
-                 DropNoopReshapesPass(), ReduceSumAsMeanPass()]
+    spellings = [EinsumAsMatMulPass(), DecomposeGatesPass(), FuseClipPass(), FuseHardSigmoidPass(),
+                 FuseHardSwishPass(), DropNoopReshapesPass(), ReduceSumAsMeanPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
         common.InlinePass(),

@@ -44,7 +44,7 @@ OUTPUT_OPS = ("Softmax", "LogSoftmax")
 NONNEG_OPS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp"}
 NONNEG_PRESERVING = {"MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Reshape", "Flatten",
                      "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Pad", "Add", "Mul",
-                     "Identity", "Expand"}
+                     "Identity", "Expand", "Tile"}
 
 
 @dataclass
@@ -217,9 +217,11 @@ def nonnegative_values(graph: ir.Graph) -> set[int]:
             lo = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None \
                 else attr(node, "min", None)
             ok = lo is not None and float(np.asarray(lo)) >= 0
-        elif op in NONNEG_PRESERVING:
+        elif op in NONNEG_PRESERVING or (op == "Resize" and attr(node, "mode", "nearest") != "cubic"):
+            # (cubic interpolation weights have negative lobes; nearest and linear ones are ≥ 0)
             data = [v for v in node.inputs if v is not None and not (op in ("Reshape", "Pad", "Slice", "Expand",
-                                                                             "Squeeze", "Unsqueeze", "Split")
+                                                                             "Squeeze", "Unsqueeze", "Split", "Tile",
+                                                                             "Resize")
                                                                      and is_fixed(v))]
             ok = bool(data) and all(id(v) in proven for v in data)
         if ok:

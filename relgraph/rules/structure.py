@@ -189,3 +189,31 @@ def where_adjoint(env: Env):
         elif env.conserving:
             env.report_bias(b.sum_per_sample(share, rank(env.y)))
     return out
+
+
+def _check_tile(node) -> str | None:
+    repeats = const_array(node.inputs[1])
+    if repeats is None:
+        return "repeats are computed at run time"
+    x = node.inputs[0]
+    if x.shape is not None and len(x.shape) > 0 and not isinstance(x.shape[0], int) and int(repeats[0]) != 1:
+        return "it repeats the batch axis"
+    return None
+
+
+@defrule("Tile", STRUCTURAL, "gradient", check=_check_tile)
+def tile_adjoint(env: Env):
+    """y = tile(x, r): y[i₁, i₂, …] = x[i₁ mod d₁, i₂ mod d₂, …], r_k copies along each axis k. R_x sums the copies:
+    R reshaped to [r₁, d₁, r₂, d₂, …] (an axis k with r_k = 1 stays d_k), then summed over the r axes."""
+    b = env.b
+    in_dims = static_dims(env.x, "Tile input")
+    repeats = [int(r) for r in const_array(env.node.inputs[1])]
+    split, copies = [], []
+    for d, r in zip(in_dims, repeats):
+        if r != 1:
+            copies.append(len(split))
+            split.append(r)
+        split.append(d)
+    if not copies:
+        return env.to_first_input(env.R)
+    return env.to_first_input(b.op("ReduceSum", b.op("Reshape", env.R, b.ints(split)), b.ints(copies), keepdims=0))
