@@ -11,6 +11,7 @@ from .decompose_gates import DecomposeGatesPass
 from .drop_noop_reshapes import DropNoopReshapesPass
 from .fold_batchnorm import FoldBatchNormPass
 from .fold_constants import FoldConstantsPass
+from .fold_group_norm import FoldGroupNormPass
 from .fuse_clip import FuseClipPass
 from .fuse_hard_sigmoid import FuseHardSigmoidPass
 from .fuse_hardswish import FuseHardSwishPass
@@ -20,7 +21,8 @@ from .relevance import build_relevance
 from .shapes import InferShapesPass
 
 __all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
-           "DropNoopReshapesPass", "FoldBatchNormPass", "FoldConstantsPass", "FuseClipPass", "FuseHardSigmoidPass",
+           "DropNoopReshapesPass", "FoldBatchNormPass", "FoldConstantsPass", "FoldGroupNormPass", "FuseClipPass",
+           "FuseHardSigmoidPass",
            "FuseHardSwishPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
 
 
@@ -34,7 +36,7 @@ def canonicalize(model: ir.Model) -> list[str]:
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
     spellings = [DecomposeGatesPass(), FuseClipPass(), FuseHardSigmoidPass(), FuseHardSwishPass(),
-                 DropNoopReshapesPass(), ReduceSumAsMeanPass()]
+                 DropNoopReshapesPass(), ReduceSumAsMeanPass(), FoldGroupNormPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
         common.InlinePass(),
