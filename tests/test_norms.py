@@ -6,10 +6,15 @@
 - the LN rule (σ held fixed) at ε = 0.25 equals a float64 numpy re-implementation in dense matrix form:
   y = A h + β with A = diag(γ/σ)(I − M), M the mean over each group, R_h = h ⊙ Aᵀ (R ⊘ stab(y));
 - ``epsilon`` conserves: Σ R_input + Σ R_bias = f_c(x);
-- the triton target (Triton's interpreter without a GPU) gives onnxruntime's outputs on the GroupNorm CNN.
+- the triton target (Triton's interpreter without a GPU) gives onnxruntime's outputs on the GroupNorm CNN;
+- torch's export of LayerNorm below opset 17, written out op by op, folds to the op: the gradient equals
+  autograd and every rule gives the relevance of the opset-17 export, which writes the op.
 """
 
+import warnings
+
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -197,3 +202,39 @@ def test_triton_lowering_matches_onnxruntime(tmp_path, rule):
         scale = max(np.abs(value).max(), 1e-30)
         np.testing.assert_allclose(got["outputs"][name] / scale, value / scale, atol=1e-5, err_msg=name)
     assert tm.relative_error(got["relevance"], want["relevance"]).max() < 1e-4
+
+
+class LayerNormNet(nn.Module):
+    """Linear → LayerNorm (γ, β) → ReLU → LayerNorm without γ and β → Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.norm1, self.norm2 = nn.Linear(6, 8), nn.LayerNorm(8), nn.LayerNorm(8, elementwise_affine=False)
+        self.fc2 = nn.Linear(8, 4)
+        _randomize([self.norm1], 4)
+
+    def forward(self, x):
+        return self.fc2(self.norm2(torch.relu(self.norm1(self.fc1(x)))))
+
+
+@pytest.mark.parametrize("opset", [11, 14])
+def test_layer_norm_written_out_below_opset_17(tmp_path, opset):
+    torch.manual_seed(0)
+    model = LayerNormNet().eval()
+    old = tmp_path / "old.onnx"
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(2, 6),), str(old), dynamo=False, opset_version=opset,
+                          input_names=[tm.INPUT], output_names=[tm.OUTPUT],
+                          dynamic_axes={tm.INPUT: {0: "batch"}, tm.OUTPUT: {0: "batch"}})
+    assert "LayerNormalization" not in {n.op_type for n in onnx.load(str(old)).graph.node}
+    ops = [n.op_type for n in prepare(old)[0].graph]
+    assert ops.count("LayerNormalization") == 2 and not {"Sqrt", "Pow", "Div", "ReduceMean"} & set(ops)
+    current = tm.export(model, torch.zeros(1, 6), tmp_path / "current.onnx", dynamo=False)
+    x = tm.random_input((4, 6), 9)
+    target = tm.reference_logits(model, x).argmax(1)
+    out = _explain(old, tmp_path, x, target, rule="gradient")
+    assert np.all(tm.relative_error(out["relevance"], tm.reference_gradient(model, x, target)) < 1e-4)
+    for rule in ("epsilon", "epsilon-plus-flat"):
+        want = _explain(current, tmp_path, x, target, rule=rule)["relevance"]
+        assert np.all(tm.relative_error(_explain(old, tmp_path, x, target, rule=rule)["relevance"], want) <= 1e-6)

@@ -15,6 +15,7 @@ from .fold_group_norm import FoldGroupNormPass
 from .fuse_clip import FuseClipPass
 from .fuse_hard_sigmoid import FuseHardSigmoidPass
 from .fuse_hardswish import FuseHardSwishPass
+from .fuse_layer_norm import FuseLayerNormPass
 from .normalize_gemm import NormalizeGemmPass
 from .reduce_sum_as_mean import ReduceSumAsMeanPass
 from .relevance import build_relevance
@@ -22,8 +23,8 @@ from .shapes import InferShapesPass
 
 __all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
            "DropNoopReshapesPass", "FoldBatchNormPass", "FoldConstantsPass", "FoldGroupNormPass", "FuseClipPass",
-           "FuseHardSigmoidPass",
-           "FuseHardSwishPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
+           "FuseHardSigmoidPass", "FuseHardSwishPass", "FuseLayerNormPass", "NormalizeGemmPass", "InferShapesPass",
+           "ReduceSumAsMeanPass"]
 
 
 def canonicalize(model: ir.Model) -> list[str]:
@@ -31,12 +32,14 @@ def canonicalize(model: ir.Model) -> list[str]:
 
     Order matters: constants must be folded before shapes are final, BatchNorm folded before biases are
     made explicit inputs, and shapes inferred again after every pass that creates values. The spelling
-    passes (gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as means) read constants and shapes, so they run
+    passes (gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as means, group norms, written-out
+    LayerNorms) read constants and shapes, so they run
     after folding; clamps are folded first, as the hard sigmoid and hard swish read one Clip.
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
     spellings = [DecomposeGatesPass(), FuseClipPass(), FuseHardSigmoidPass(), FuseHardSwishPass(),
-                 DropNoopReshapesPass(), ReduceSumAsMeanPass(), FoldGroupNormPass()]
+                 DropNoopReshapesPass(), ReduceSumAsMeanPass(), FoldGroupNormPass(),
+                 FuseLayerNormPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
         common.InlinePass(),
