@@ -7,6 +7,8 @@
   y = A h + β with A = diag(γ/σ)(I − M), M the mean over each group, R_h = h ⊙ Aᵀ (R ⊘ stab(y));
 - ``epsilon`` conserves: Σ R_input + Σ R_bias = f_c(x);
 - the triton target (Triton's interpreter without a GPU) gives onnxruntime's outputs on the GroupNorm CNN;
+- FoldGroupNormPass keeps the function of every form it folds (onnxruntime before and after), GroupNormalization
+  of opset 18 (γ per group; onnx's checker refuses it, onnxruntime runs it) and 21 included;
 - torch's export of LayerNorm below opset 17, written out op by op, folds to the op: the gradient equals
   autograd and every rule gives the relevance of the opset-17 export, which writes the op.
 """
@@ -15,12 +17,16 @@ import warnings
 
 import numpy as np
 import onnx
+import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 
 import relgraph
 from relgraph.compiler import prepare
+from relgraph.passes import FoldGroupNormPass, InferShapesPass
 from relgraph.lowering import compile_triton
 from relgraph.lowering.explainer import TritonExplainer
 
@@ -238,3 +244,47 @@ def test_layer_norm_written_out_below_opset_17(tmp_path, opset):
     for rule in ("epsilon", "epsilon-plus-flat"):
         want = _explain(current, tmp_path, x, target, rule=rule)["relevance"]
         assert np.all(tm.relative_error(_explain(old, tmp_path, x, target, rule=rule)["relevance"], want) <= 1e-6)
+
+
+RNG = np.random.default_rng(0)
+FOLDS = {  # name → (opset, input shape, nodes, initializers)
+    "group-norm-21": (21, [2, 6, 4, 3], [helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=3,
+                                                           epsilon=0.01)],
+                      {"s": RNG.uniform(0.5, 1.5, 6), "b": RNG.normal(0, 0.3, 6)}),
+    "group-norm-18": (18, [2, 6, 4, 3], [helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], num_groups=3,
+                                                           epsilon=0.01)],
+                      {"s": RNG.uniform(0.5, 1.5, 3), "b": RNG.normal(0, 0.3, 3)}),
+    "instance-norm-3d": (17, [2, 3, 2, 3, 4], [helper.make_node("InstanceNormalization", ["x", "s", "b"], ["y"])],
+                         {"s": RNG.uniform(0.5, 1.5, 3), "b": RNG.normal(0, 0.3, 3)}),
+    # torch's chain with γ per group in the instance norm, then a division and a subtraction by constants
+    "torch-chain": (17, [2, 6, 5], [
+        helper.make_node("Reshape", ["x", "to"], ["g"]),
+        helper.make_node("InstanceNormalization", ["g", "s", "b"], ["n"], epsilon=0.01),
+        helper.make_node("Reshape", ["n", "back"], ["r"]),
+        helper.make_node("Div", ["r", "k"], ["d"]), helper.make_node("Sub", ["d", "c"], ["y"])],
+        {"to": np.array([0, 2, -1]), "back": np.array([-1, 6, 5]), "s": RNG.uniform(0.5, 1.5, 2),
+         "b": RNG.normal(0, 0.3, 2), "k": RNG.uniform(0.5, 2, (6, 1)), "c": RNG.normal(0, 0.3, (1, 6, 1))}),
+}
+
+
+@pytest.mark.parametrize("case", FOLDS)
+def test_fold_group_norm_keeps_the_function(case):
+    opset, shape, nodes, inits = FOLDS[case]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N"] + shape[1:])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.float32 if v.dtype.kind == "f" else np.int64), k)
+         for k, v in inits.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    model = ir.from_proto(proto)
+    InferShapesPass()(model)
+    fold = FoldGroupNormPass()
+    assert fold(model).modified and not fold.skipped
+    ops = [n.op_type for n in model.graph]
+    assert "LayerNormalization" in ops and not {"InstanceNormalization", "GroupNormalization", "Div", "Sub"} & set(ops)
+    x = RNG.normal(0, 2, shape).astype(np.float32)
+
+    def run(p):
+        return ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    np.testing.assert_allclose(run(ir.serde.serialize_model(model)), run(proto), rtol=1e-5, atol=1e-5)
