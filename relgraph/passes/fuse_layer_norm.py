@@ -201,7 +201,10 @@ def _is_layer_norm(rep: dict) -> bool:
     """rep = γ·x·r − γ·μ·r (+ β)."""
     if XR not in rep or MUR not in rep or set(rep) - {XR, MUR, ONE}:
         return False
-    gamma, minus = np.broadcast_arrays(rep[XR], -rep[MUR])
+    try:
+        gamma, minus = np.broadcast_arrays(rep[XR], -rep[MUR])
+    except ValueError:  # coefficients of shapes that do not broadcast: not one γ
+        return False
     return np.allclose(gamma, minus, rtol=1e-6, atol=0)
 
 
@@ -312,7 +315,7 @@ def _emit(graph: ir.Graph, y: ir.Value, x: ir.Value, k: int, rep: dict, epsilon:
     gamma = _parameter(rep[XR], shape, k, dtype)
     beta = _parameter(rep[ONE], shape, k, dtype) if ONE in rep else None
     if gamma is None or (ONE in rep and beta is None):
-        return "γ or β varies along the batch axis"
+        return "γ or β does not broadcast to x without growing it or varying along the batch"
     emit = Emitter(graph, y.producer())
     inputs = [x, emit.constant(gamma)] + ([emit.constant(beta)] if beta is not None else [])
     emit.replace(y, emit("LayerNormalization", *inputs, axis=k, epsilon=epsilon))
