@@ -316,6 +316,9 @@ OP_CASES = {
         "ScatterElements", {"x": X.reshape(-1)[:10].copy(), "i": np.array([1, 1, -2, 3], np.int64),
                             "u": X.reshape(-1)[10:14].copy()}, 1, dict(axis=0, reduction="add")),
     "reshape with 0 and -1": ("Reshape", {"x": X, "s": np.array([0, -1, 6], np.int64)}, 1, {}),
+    "layernorm with a group norm's scale and bias": (
+        "LayerNormalization", {"x": X, "s": RNG.standard_normal((3, 7, 1)).astype(np.float32),
+                               "b": RNG.standard_normal((3, 1, 1)).astype(np.float32)}, 1, dict(axis=2)),
     "split in num_outputs": ("Split", {"x": X}, 3, dict(axis=2, num_outputs=3)),
     "pad on two axes": ("Pad", {"x": X, "p": np.array([1, 0, 2, 3], np.int64), "v": np.array(0.5, np.float32),
                                 "a": np.array([1, 3], np.int64)}, 1, dict(mode="constant")),

@@ -51,6 +51,16 @@ block (float[N, 3, 6, 6] x) => (float[N, 5] {output}) {{
 """
 LOGITS = "   logits = Gemm <transB = 1> (f, W3, B3)"
 
+# the parameters of the normalizations: γ and β over the width (6), per channel (4, as [4, 1, 1])
+LN_PARAMS = ("   lg = Constant <value = float[6] {0.8, 1.2, 0.5, 1.5, 1.0, 0.7}> ()"
+             "\n   lb = Constant <value = float[6] {0.1, -0.2, 0.3, 0.0, -0.1, 0.2}> ()"
+             "\n   eps = Constant <value = float {0.001}> ()")
+CHANNEL_PARAMS = ("   cg = Constant <value = float[4, 1, 1] {0.8, 1.3, 0.6, 1.1}> ()"
+                  "\n   cb = Constant <value = float[4, 1, 1] {0.2, -0.1, 0.0, 0.3}> ()")
+GROUPED = ("\n   gs = Constant <value = int64[3] {0, 2, -1}> ()\n   gr = Reshape (h, gs)"
+           "\n   g1 = Constant <value = float[2] {1.0, 1.0}> ()\n   g0 = Constant <value = float[2] {0.0, 0.0}> ()"
+           "\n   n = InstanceNormalization <epsilon = 0.001> (gr, g1, g0)")
+
 # the function from h to a, in each spelling; the first of each case is the canonical form
 BODIES = {
     "hardswish": ("HardSwish", [
@@ -125,6 +135,50 @@ BODIES = {
         "   two = Constant <value = float {2.0}> ()\n   np2 = Pow (h, two)\n   nm = ReduceMean <axes = [1]> (np2)\n   eps = Constant <value = float {0.001}> ()"
         "\n   ne = Add (eps, nm)\n   mh = Constant <value = float {-0.5}> ()\n   ni = Pow (ne, mh)\n   a = Mul (ni, h)",
     ]),
+    # a LayerNorm over the width (γ, β per column): the op, torch's legacy export below opset 17, tf2onnx's Keras 2
+    # (x·inv + (β − μ·inv), inv = γ/√(var + ε) through Reciprocal), Keras 3 (the variance as mean(x²) − μ², −μ·inv
+    # + β through Neg), and γ first with a power of −½ and ε added on the left
+    "layer-norm": ("LayerNormalization", [
+        LN_PARAMS + "\n   a = LayerNormalization <axis = -1, epsilon = 0.001> (h, lg, lb)",
+        LN_PARAMS + "\n   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   two = Constant <value = float {2.0}> ()"
+        "\n   q = Pow (d, two)\n   v = ReduceMean <axes = [-1]> (q)\n   e = Add (v, eps)\n   s = Sqrt (e)"
+        "\n   n = Div (d, s)\n   g = Mul (n, lg)\n   a = Add (g, lb)",
+        LN_PARAMS + "\n   m = ReduceMean <axes = [3]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)"
+        "\n   v = ReduceMean <axes = [3]> (q)\n   e = Add (v, eps)\n   s = Sqrt (e)\n   ri = Reciprocal (s)"
+        "\n   i = Mul (ri, lg)\n   xi = Mul (h, i)\n   mi = Mul (m, i)\n   ci = Sub (lb, mi)\n   a = Add (xi, ci)",
+        LN_PARAMS + "\n   m = ReduceMean <axes = [-1]> (h)\n   hh = Mul (h, h)\n   m2 = ReduceMean <axes = [-1]> (hh)"
+        "\n   mm = Mul (m, m)\n   v = Sub (m2, mm)\n   e = Add (v, eps)\n   s = Sqrt (e)\n   ri = Reciprocal (s)"
+        "\n   i = Mul (ri, lg)\n   nm = Neg (m)\n   t = Mul (nm, i)\n   ci = Add (t, lb)\n   xi = Mul (h, i)"
+        "\n   a = Add (xi, ci)",
+        LN_PARAMS + "\n   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (m, h)\n   q = Mul (d, d)"
+        "\n   v = ReduceMean <axes = [-1]> (q)\n   e = Add (eps, v)\n   mh = Constant <value = float {-0.5}> ()"
+        "\n   ri = Pow (e, mh)\n   gd = Mul (lg, d)\n   nd = Neg (gd)\n   n = Mul (nd, ri)\n   a = Add (lb, n)",
+    ]),
+    # a LayerNorm over C, H, W without γ and β (torch's elementwise_affine=False below opset 17)
+    "layer-norm-chw": ("LayerNormalization", [
+        "   ones = Constant <value = float[4, 6, 6] {" + ", ".join(["1.0"] * 144) + "}> ()"
+        "\n   a = LayerNormalization <axis = 1> (h, ones)",
+        "   m = ReduceMean <axes = [1, 2, 3]> (h)\n   d = Sub (h, m)\n   two = Constant <value = float {2.0}> ()"
+        "\n   q = Pow (d, two)\n   v = ReduceMean <axes = [-3, -2, -1]> (q)\n   eps = Constant <value = float {1e-5}> ()"
+        "\n   e = Add (v, eps)\n   s = Sqrt (e)\n   a = Div (d, s)",
+    ]),
+    # normalized per sample and channel over H, W: the op, a LayerNorm from axis 2 with γ, β per channel, and the
+    # same written out (the statistics over the trailing axes 2, 3)
+    "instance-norm": ("LayerNormalization", [
+        "   ig = Constant <value = float[4] {0.8, 1.3, 0.6, 1.1}> ()\n   ib = Constant <value = float[4] {0.2, -0.1, 0.0, 0.3}> ()"
+        "\n   a = InstanceNormalization <epsilon = 0.001> (h, ig, ib)",
+        CHANNEL_PARAMS + "\n   a = LayerNormalization <axis = 2, epsilon = 0.001> (h, cg, cb)",
+        CHANNEL_PARAMS + "\n   m = ReduceMean <axes = [2, 3]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)"
+        "\n   v = ReduceMean <axes = [2, 3]> (q)\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)"
+        "\n   s = Sqrt (e)\n   n = Div (d, s)\n   g = Mul (n, cg)\n   a = Add (g, cb)",
+    ]),
+    # GroupNorm of 2 groups: torch's legacy export (Reshape → InstanceNormalization → Reshape(Shape(x)) → Mul →
+    # Add), its dynamo export (a static shape back), and the GroupNormalization op of opset 21 (OPSET_BODIES)
+    "group-norm": ("LayerNormalization", [
+        CHANNEL_PARAMS + GROUPED + "\n   sh = Shape (h)\n   ri = Reshape (n, sh)\n   g = Mul (ri, cg)\n   a = Add (g, cb)",
+        CHANNEL_PARAMS + GROUPED + "\n   sh = Constant <value = int64[4] {-1, 4, 6, 6}> ()\n   ri = Reshape (n, sh)"
+        "\n   g = Mul (cg, ri)\n   a = Add (g, cb)",
+    ]),
     # x · clip(x + 1, 0, 3) is no named activation: only the gate recognition sees it, against the same
     # function through the HardSigmoid op, 3·x·hardsigmoid(x; 1/3, 1/3)
     "gate": ("Mul", [
@@ -176,6 +230,9 @@ OPSET_BODIES = {
     "gelu": [(20, "   a = Gelu (h)")],
     "gelu-tanh": [(20, "   a = Gelu <approximate = \"tanh\"> (h)")],
     "silu": [(24, "   a = Swish (h)")],
+    "group-norm": [(21, "   gg = Constant <value = float[4] {0.8, 1.3, 0.6, 1.1}> ()"
+                        "\n   gb = Constant <value = float[4] {0.2, -0.1, 0.0, 0.3}> ()"
+                        "\n   a = GroupNormalization <num_groups = 2, epsilon = 0.001> (h, gg, gb)")],
 }
 BODIES["gelu-tanh"] = ("Tanh", [
     "   k = Constant <value = float {0.044715}> ()\n   sq = Constant <value = float {0.7978846}> ()"
@@ -280,7 +337,8 @@ def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
 
 # the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
 # gate) stay products, recognised as gates by the relevance pass
-FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough"}
+FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
+          "layer-norm-chw", "instance-norm", "group-norm"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))
@@ -356,3 +414,41 @@ def test_hard_swish_network_delivers_the_logit_to_the_input(tmp_path, seed):
     share = out["relevance"].reshape(len(x), -1).sum(1) / logit
     np.testing.assert_allclose(out["bias_relevance"], 0, atol=1e-6)
     np.testing.assert_allclose(share, 1, rtol=1e-3)
+
+
+# near misses of a LayerNorm: each computes something else, and must stay as written, with the reason in
+# ``skipped`` where a variance of x was found (not for mean(x²) alone: an RMS normalizer, no variance)
+NOT_LAYER_NORMS = {
+    "the mean not subtracted": (
+        "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [-1]> (q)"
+        "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   a = Div (h, s)",
+        "no value computes"),
+    "the variance not centered": (
+        "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (h, h)\n   v = ReduceMean <axes = [-1]> (q)"
+        "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   a = Div (d, s)",
+        None),
+    "the centered value used again": (
+        "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [-1]> (q)"
+        "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   n = Div (d, s)"
+        "\n   a = Add (n, d)",
+        "is also used outside the normalization"),
+    "over the channels, not the trailing axes": (
+        "   m = ReduceMean <axes = [1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [1]> (q)"
+        "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   a = Div (d, s)",
+        "not the trailing axes"),
+    "ε added to σ": (
+        "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [-1]> (q)"
+        "\n   eps = Constant <value = float {0.001}> ()\n   s = Sqrt (v)\n   e = Add (s, eps)\n   a = Div (d, e)",
+        "no value computes"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NOT_LAYER_NORMS))
+def test_near_layer_norms_are_left_alone(tmp_path, case):
+    body, reason = NOT_LAYER_NORMS[case]
+    path = write_model(tmp_path / "near.onnx", body, 0)
+    model, skipped = prepare(path)
+    ops = [n.op_type for n in model.graph]
+    assert "LayerNormalization" not in ops and ops.count("ReduceMean") >= 2
+    reported = [line for line in skipped if "LayerNorm written out" in line]
+    assert any(reason in line for line in reported) if reason else not reported, skipped

@@ -154,12 +154,16 @@ def batch_norm(inputs, attrs):
 
 @op("LayerNormalization")
 def layer_norm(inputs, attrs):
-    """y = (x − μ) / √(σ² + ε) · Scale + B over the axes from ``axis`` (default −1) to the last."""
+    """y = (x − μ) / √(σ² + ε) · Scale + B over the axes from ``axis`` (default −1) to the last; Scale and B
+    broadcast to x, so they may vary along the leading axes too (a group norm's γ per channel)."""
     x, scale = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     axis = _axis(attrs.get("axis", -1), x.dim())
-    return F.layer_norm(x, x.shape[axis:], scale.expand(x.shape[axis:]),
-                        None if bias is None else bias.expand(x.shape[axis:]), attrs.get("epsilon", 1e-5))
+    shape, epsilon = x.shape[axis:], attrs.get("epsilon", 1e-5)
+    if all(p is None or p.dim() <= len(shape) for p in (scale, bias)):
+        return F.layer_norm(x, shape, scale.expand(shape), None if bias is None else bias.expand(shape), epsilon)
+    y = F.layer_norm(x, shape, eps=epsilon) * scale
+    return y if bias is None else y + bias
 
 
 # ------------------------------------------------------------------------------------------- reductions

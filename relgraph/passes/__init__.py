@@ -12,17 +12,20 @@ from .drop_noop_reshapes import DropNoopReshapesPass
 from .einsum_as_matmul import EinsumAsMatMulPass
 from .fold_batchnorm import FoldBatchNormPass
 from .fold_constants import FoldConstantsPass
+from .fold_group_norm import FoldGroupNormPass
 from .fuse_clip import FuseClipPass
 from .fuse_hard_sigmoid import FuseHardSigmoidPass
 from .fuse_hardswish import FuseHardSwishPass
+from .fuse_layer_norm import FuseLayerNormPass
 from .normalize_gemm import NormalizeGemmPass
 from .reduce_sum_as_mean import ReduceSumAsMeanPass
 from .relevance import build_relevance
 from .shapes import InferShapesPass
 
 __all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
-           "DropNoopReshapesPass", "FoldBatchNormPass", "FoldConstantsPass", "FuseClipPass", "FuseHardSigmoidPass",
-           "FuseHardSwishPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass", "EinsumAsMatMulPass"]
+           "DropNoopReshapesPass", "EinsumAsMatMulPass", "FoldBatchNormPass", "FoldConstantsPass", "FoldGroupNormPass",
+           "FuseClipPass", "FuseHardSigmoidPass", "FuseHardSwishPass", "FuseLayerNormPass", "NormalizeGemmPass",
+           "InferShapesPass", "ReduceSumAsMeanPass"]
 
 
 def canonicalize(model: ir.Model) -> list[str]:
@@ -30,13 +33,15 @@ def canonicalize(model: ir.Model) -> list[str]:
 
     Order matters: constants must be folded before shapes are final, BatchNorm folded before biases are
     made explicit inputs, and shapes inferred again after every pass that creates values. The spelling
-    passes (einsums with a constant as MatMuls, gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as means) read
-    constants and shapes, so they run after folding; clamps are folded first, as the hard sigmoid and hard swish read one
-    Clip; einsums before the sums, as an einsum may sum an axis.
+    passes (einsums with a constant as MatMuls, gates, clamps, hard sigmoid, hard swish, no-op reshapes, sums as
+    means, group norms, written-out LayerNorms) read constants and shapes, so they run after folding; clamps are
+    folded first, as the hard sigmoid and hard swish read one Clip; einsums before the sums, as an einsum may sum
+    an axis.
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
     spellings = [EinsumAsMatMulPass(), DecomposeGatesPass(), FuseClipPass(), FuseHardSigmoidPass(),
-                 FuseHardSwishPass(), DropNoopReshapesPass(), ReduceSumAsMeanPass()]
+                 FuseHardSwishPass(), DropNoopReshapesPass(), ReduceSumAsMeanPass(), FoldGroupNormPass(),
+                 FuseLayerNormPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
         common.InlinePass(),

@@ -1,12 +1,21 @@
-"""LayerNormalization: y = γ ⊙ (x − μ) / σ + β over the trailing axes (from ``axis``), with μ the mean and
-σ = √(var + ε_LN) per position of the leading axes (n values each).
+"""Normalization layers: y = γ ⊙ (x − μ) / σ + β, with μ the mean and σ = √(var + ε_N) of one group of
+elements (n of them), then an affine map. All of them arrive here as LayerNormalization: the group is the
+trailing axes from ``axis``, one per position of the leading axes, and γ, β broadcast to x (ONNX allows
+any unidirectional broadcast), so that the affine map may vary along the leading axes too.
+
+Canonicalization brings the other normalizations to this op (:mod:`relgraph.passes.fold_group_norm`):
+InstanceNormalization is LayerNormalization from axis 2 with γ, β of shape [C, 1, …]; GroupNormalization
+(and torch's Reshape → InstanceNormalization → Reshape → Mul γ → Add β) a LayerNormalization from axis 2 of
+x viewed as [N, G, C/G, S] with γ, β of shape [G, C/G, 1]; a LayerNorm written out op by op is folded by
+:mod:`relgraph.passes.fuse_layer_norm`. So one statistics helper and one rule per family serve all of them.
 
 - ``gradient``: R_x = (g − mean(g) − x̂ ⊙ mean(g ⊙ x̂)) / σ with g = γ ⊙ R and x̂ = (x − μ)/σ (the means over
-  the normalized axes): the exact Jacobian, μ and σ included.
-- ``epsilon`` / ``normalized`` / ``zero``: the LN rule of Ali et al. (2022, "XAI for Transformers"), σ held
-  fixed. y = A x + β is then an affine map, A = diag(γ/σ)(I − 𝟙𝟙ᵀ/n), and the ε rule applies as to any
-  other: s = R ⊘ stab(y), R_x = x ⊙ Aᵀ s = x ⊙ (u − mean(u)) with u = γ ⊙ s / σ, and β, a bias, gets
-  β ⊙ s. Σ R_x = Σ (y − β) ⊙ s: the rule conserves like ε on a linear layer.
+  the group): the exact Jacobian, μ and σ included.
+- ``epsilon`` / ``normalized`` / ``zero`` / ``norm``: the LN rule of Ali et al. (2022, "XAI for
+  Transformers"), σ held fixed. y = A x + β is then an affine map, A = diag(γ/σ)(I − 𝟙𝟙ᵀ/n) on each group,
+  and the ε rule applies as to any other: s = R ⊘ stab(y), R_x = x ⊙ Aᵀ s = x ⊙ (u − mean(u)) with
+  u = γ ⊙ s / σ, and β, a bias, gets β ⊙ s. Σ R_x = Σ (y − β) ⊙ s: the rule conserves like ε on a linear
+  layer.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ def _normalized_dims(node) -> list:
 
 
 def _statistics(env: Env):
-    """(the mean over the normalized axes as a function, x − μ, σ), as graph values."""
+    """(the mean over the group as a function, x − μ, σ), as graph values: the group is the trailing axes
+    from ``axis``, n = the number of elements in it, σ = √(mean((x − μ)²) + ε_N)."""
     b, x = env.b, env.x
     r = rank(x)
     axes = b.ints(list(range(attr(env.node, "axis", -1) % r, r)))
