@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import onnx_ir as ir
 from . import __version__
 from .errors import RelgraphError
 from .explainer import EXPLAINER_KEY
-from .export import explainer_proto, save
+from .export import explainer_proto, full_proto, save
 from .files import check_output
 from .graph import MIN_OPSET, load_model
 from .passes import build_relevance, canonicalize
@@ -30,10 +31,16 @@ from .text import TOKENIZER_KEY, check_vocabulary, read_tokenizer
 @dataclass
 class CompileResult:
     path: str | None
-    proto: onnx.ModelProto
+    skeleton: onnx.ModelProto  # the explainer with its weights set aside (``weights.py``)
+    weights: dict
     plan: object
     skipped: list
     seconds: float
+
+    @functools.cached_property
+    def proto(self) -> onnx.ModelProto:
+        """The explainer as one proto, weights inline (built on first use)."""
+        return full_proto(self.skeleton, self.weights)
 
 
 def default_output(model_path, rule: str) -> str:
@@ -236,10 +243,10 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         "relgraph.rules": plan.rules(),
     }
     form = "functions" if keep_functions or target == "triton" else "portable"
-    proto = explainer_proto(model, plan, metadata, form=form)
+    proto, aside = explainer_proto(model, plan, metadata, form=form)
     if write:
-        save(proto, output, overwrite=overwrite)
-    return CompileResult(output if write else None, proto, plan, skipped, time.perf_counter() - start)
+        save(proto, output, overwrite=overwrite, aside=aside)
+    return CompileResult(output if write else None, proto, aside, plan, skipped, time.perf_counter() - start)
 
 
 def _load_patterns(patterns) -> dict:

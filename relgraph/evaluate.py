@@ -622,7 +622,7 @@ def compile_methods(model_path: str, methods: list[str], folder: str, *, bounds,
             kwargs["patterns"] = patterns
         result = compile(model_path, rule=method, write=False, **kwargs)
         paths[method] = os.path.join(folder, f"{method}.onnx")
-        save(result.proto, paths[method], overwrite=True)
+        save(result.skeleton, paths[method], overwrite=True, aside=result.weights)
     return paths
 
 

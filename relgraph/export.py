@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 
 import onnx
 import onnx.inliner
@@ -26,28 +25,31 @@ import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
 from .files import make_folder, replacing
-from .graph import EXPORT_IR_VERSION, to_proto
+from .graph import EXPORT_IR_VERSION
 from .rules.functions import DOMAIN, DOMAIN_VERSION, function_proto
+from .weights import (INLINE_LIMIT, check_skeleton, restore_weights, skeleton_proto, total_bytes, write_external,
+                      write_inline)
 
 
 FORMS = ("portable", "functions")
 
 
-def explainer_proto(model, plan, metadata: dict, *, form: str = "portable") -> onnx.ModelProto:
-    """The explainer of ``model`` (forward + relevance IR) in ``form`` (see the module docstring)."""
+def explainer_proto(model, plan, metadata: dict, *, form: str = "portable") -> tuple[onnx.ModelProto, dict]:
+    """The explainer of ``model`` (forward + relevance IR) in ``form`` (see the module docstring), as a skeleton
+    and its weights set aside (``weights.py``): :func:`save` writes them, :func:`full_proto` joins them."""
     if form not in FORMS:
         raise RelgraphError(f"explainer form must be one of {', '.join(FORMS)}, got '{form}'")
     common.RemoveUnusedNodesPass()(model)  # rules may leave a shared scalar unused
-    proto = to_proto(model)
+    # inlining, shape inference and the checker re-serialize the whole model several times: they run on its
+    # skeleton (a 440 MB BERT-base compiles in seconds instead of a minute, and a model past protobuf's
+    # 2 GiB limit can be typed at all)
+    proto, aside = skeleton_proto(model)
+    proto.ir_version = EXPORT_IR_VERSION
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     if plan.functions:
         if not any(o.domain == DOMAIN for o in proto.opset_import):
             proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
         proto.functions.extend(function_proto(name, opset) for name in plan.functions)
-    # inlining, shape inference and the checker re-serialize the whole model several times: they run on the
-    # graph with its weights set aside (a 440 MB BERT-base compiles in seconds instead of a minute, and a model
-    # past protobuf's 2 GiB limit can be typed at all)
-    aside = set_weights_aside(proto)
     if form == "portable":
         proto = portable(proto)
     metadata = {**metadata, "relgraph.form": form}
@@ -60,45 +62,7 @@ def explainer_proto(model, plan, metadata: dict, *, form: str = "portable") -> o
         check_skeleton(proto)
     except Exception as exc:  # a compiler bug, not a user error: keep the reason visible
         raise RuntimeError(f"relgraph produced an invalid explainer: {exc}") from exc
-    restore_weights(proto, aside)
-    return proto
-
-
-def check_skeleton(proto: onnx.ModelProto) -> None:
-    """``onnx.checker.check_model(full_check=True)`` of a model whose weights are set aside: the checker insists
-    on a regular file at each external location, so it reads the model from a folder with an empty one."""
-    with tempfile.TemporaryDirectory(prefix="relgraph-check-") as folder:
-        open(os.path.join(folder, _ASIDE), "wb").close()
-        path = os.path.join(folder, "explainer.onnx")
-        onnx.save_model(proto, path)
-        onnx.checker.check_model(path, full_check=True)
-
-
-_ASIDE = "relgraph-weights-aside"  # the external-data location of a weight while it is set aside
-
-
-def set_weights_aside(proto: onnx.ModelProto, threshold: int = 4096) -> dict[str, bytes]:
-    """Take the raw bytes of every initializer above ``threshold`` bytes out of ``proto`` (marked as external
-    data, which no ONNX tool reads without a folder to read it from); :func:`restore_weights` puts them back.
-    Small tensors stay: shape inference reads the constants that compute shapes."""
-    aside = {}
-    for tensor in proto.graph.initializer:
-        if tensor.HasField("raw_data") and len(tensor.raw_data) > threshold:
-            aside[tensor.name] = tensor.raw_data
-            tensor.ClearField("raw_data")
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
-            entry = tensor.external_data.add()
-            entry.key, entry.value = "location", _ASIDE
-    return aside
-
-
-def restore_weights(proto: onnx.ModelProto, aside: dict[str, bytes]) -> None:
-    for tensor in proto.graph.initializer:
-        if tensor.name in aside:
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = aside[tensor.name]
+    return proto, aside
 
 
 def portable(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -136,24 +100,31 @@ def untyped_values(proto: onnx.ModelProto) -> list[str]:
     return [o for node in graph.node for o in node.output if o and not known(o)]
 
 
-def save(proto: onnx.ModelProto, path: str, *, overwrite: bool = False) -> None:
-    """Write ``proto`` at ``path`` atomically (see :func:`relgraph.files.replacing`).
+def full_proto(skeleton: onnx.ModelProto, aside: dict) -> onnx.ModelProto:
+    """A copy of ``skeleton`` with its weights inline: one proto, for a runtime fed from memory."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(skeleton)
+    restore_weights(proto, aside)
+    return proto
 
-    Past protobuf's 2 GiB limit the weights go to ``PATH.data`` beside it: written by onnx into a staging
-    folder, then moved into place before the model that points at them.
+
+def save(proto: onnx.ModelProto, path: str, *, overwrite: bool = False, aside: dict | None = None) -> None:
+    """Write ``proto`` (a skeleton when weights are ``aside``) at ``path`` atomically (see
+    :func:`relgraph.files.replacing`).
+
+    The weights are written inline, straight from their arrays; past protobuf's 2 GiB limit they go to
+    ``PATH.data`` beside it instead: staged, then moved into place before the model that points at them.
     """
     if os.path.lexists(path) and not overwrite:
         raise RelgraphError(f"output exists: {path} (pass --force to overwrite)")
-    weights = sum(len(t.raw_data) for t in proto.graph.initializer)  # ByteSize() serializes the whole model
-    if weights > 1_800_000_000:
+    aside = aside or {}
+    if total_bytes(aside) > INLINE_LIMIT:
         folder, location = os.path.dirname(os.path.abspath(path)), os.path.basename(path) + ".data"
         make_folder(folder)
-        onnx.external_data_helper.convert_model_to_external_data(proto, location=location)
         try:
-            with tempfile.TemporaryDirectory(dir=folder, prefix=f".{location}.") as staging:
-                onnx.external_data_helper.write_external_data_tensors(proto, staging)
-                os.replace(os.path.join(staging, location), os.path.join(folder, location))
+            write_external(proto, aside, folder, location)
         except OSError as exc:
             raise RelgraphError(f"cannot write {os.path.join(folder, location)}: {exc.strerror}") from None
-    with replacing(path) as temporary:
-        onnx.save_model(proto, temporary)
+        aside = {}
+    with replacing(path) as temporary, open(temporary, "wb") as file:
+        write_inline(proto, aside, file)

@@ -15,13 +15,14 @@ import onnx
 import onnx_ir as ir
 
 from .errors import RelgraphError
+from .weights import check_skeleton, expected_bytes, put_weights, take_weights
 
 EXPORT_IR_VERSION = 10  # onnxruntime 1.31 refuses IR 11+, onnx 1.23 stamps 14 by default
 MIN_OPSET = 17
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Read an ONNX file (external data included) into onnx_ir.
+    """Read an ONNX file (external data included) into onnx_ir, each weight decoded once (``weights.py``).
 
     External-data locations must stay inside the model's folder: a model file must not make the compiler
     read arbitrary files from the machine.
@@ -40,16 +41,18 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     _check_external_data(proto, path.parent)
     _check_opset(proto, path)
     try:
-        onnx.load_external_data_for_model(proto, str(path.parent))
-    except Exception as exc:
-        raise RelgraphError(f"cannot read external data of {path}: {exc}") from None
+        weights = take_weights(proto, path.parent)
+    except (ValueError, OSError) as exc:
+        raise RelgraphError(f"invalid ONNX model {path}: {exc}") from None
     _check_tensors(proto, path)
-    try:  # from the file: the C++ checker reads it, instead of Python serializing the loaded model again
-        onnx.checker.check_model(str(path))
+    try:  # the skeleton: the checker would otherwise serialize every weight again
+        check_skeleton(proto, full_check=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RelgraphError(f"invalid ONNX model {path}: {first}") from None
-    return ir.from_proto(proto)
+    model = ir.from_proto(proto)
+    put_weights(model, weights)
+    return model
 
 
 def _check_external_data(proto: onnx.ModelProto, base: Path) -> None:
@@ -63,7 +66,7 @@ def _check_external_data(proto: onnx.ModelProto, base: Path) -> None:
             raise RelgraphError(
                 f"external data of tensor '{tensor.name}' points outside the model's folder: {location}"
             )
-        if not target.exists():
+        if not target.is_file():
             raise RelgraphError(f"external data file missing for tensor '{tensor.name}': {location}")
 
 
@@ -75,26 +78,24 @@ def _check_opset(proto: onnx.ModelProto, path: Path) -> None:
                                 f"up to {known}")
 
 
-# 4-bit element types pack two values a byte; inputs relgraph cannot explain (no gradient, no relevance).
-_PACKED_4BIT = {getattr(onnx.TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1") if hasattr(onnx.TensorProto, n)}
 _NON_NUMERIC_INPUTS = {onnx.TensorProto.STRING, onnx.TensorProto.BOOL, onnx.TensorProto.COMPLEX64,
                        onnx.TensorProto.COMPLEX128, onnx.TensorProto.UNDEFINED}
 
 
 def _check_tensors(proto: onnx.ModelProto, path: Path) -> None:
-    """Raw data must hold exactly what shape and type declare; graph inputs must be numeric tensors."""
+    """Raw data left in the proto (constants of nodes and subgraphs; the weights were checked as they were
+    taken) must hold exactly what shape and type declare; graph inputs must be numeric tensors."""
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if not tensor.HasField("raw_data") or tensor.data_type in (onnx.TensorProto.STRING,
                                                                    onnx.TensorProto.UNDEFINED):
             continue
-        count = int(np.prod(tensor.dims, dtype=np.int64))
-        if tensor.data_type in _PACKED_4BIT:
-            expected = (count + 1) // 2
-        else:
-            expected = count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        if len(tensor.raw_data) != expected:
-            raise RelgraphError(f"invalid ONNX model {path}: tensor '{tensor.name}' holds {len(tensor.raw_data)} "
-                                f"bytes, its shape {list(tensor.dims)} and type declare {expected}")
+        try:
+            raw, expected = len(tensor.raw_data), expected_bytes(tensor)
+        except ValueError as exc:
+            raise RelgraphError(f"invalid ONNX model {path}: {exc}") from None
+        if raw != expected:
+            raise RelgraphError(f"invalid ONNX model {path}: tensor '{tensor.name}' holds {raw} bytes, its shape "
+                                f"{list(tensor.dims)} and type declare {expected}")
     for value in proto.graph.input:
         kind = value.type.WhichOneof("value")
         elem = value.type.tensor_type.elem_type if kind == "tensor_type" else None
