@@ -69,7 +69,9 @@ class NormalizeGemmPass(ReportingPass):
         if rank(x) > 2 and (x.shape[-1] != w.shape[0] or sum(d is None for d in leading) > 1):
             self.skipped.append(f"MatMul '{node.name}' kept: more than one dynamic leading dimension")
             return False
-        inputs = [x, _initializer(graph, f"{node.name}/weight", np.ascontiguousarray(w.T))]
+        # Wᵀ as a view: no copy of the weights while compiling (a memory-mapped weight stays mapped); its bytes
+        # are laid out when the explainer is written
+        inputs = [x, _initializer(graph, f"{node.name}/weight", w.T)]
         out = node.outputs[0]
         consumers = out.uses()
         last = node
