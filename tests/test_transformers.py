@@ -264,3 +264,25 @@ def test_llama_exported_with_batch_one(tmp_path):
     want, _ = ref.relevance(model, "llama", feed, "attnlrp", out["target"])
     rel, _ = per_sample(out["relevance"], want.sum(-1))
     assert rel.max() <= 1e-3
+
+
+def test_torchvision_vit_legacy_export_with_a_dynamic_batch(exported, tmp_path):
+    """torchvision's ``class_token.expand(n, -1, -1)`` in the legacy export with a dynamic batch computes the
+    Expand's shape at run time (a Where over Equal(shape, −1)); it is folded to Shape(x)[0:1] and constants, so
+    the explainer keeps a dynamic batch and equals the static export's, and any batch size runs."""
+    model, feed, static = exported("tv-vit", "eager", "legacy")
+    names = list(feed)
+    dynamic = str(tmp_path / "tv_vit_dynamic.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Wrapped(model, "tv-vit", names).eval(), tuple(torch.from_numpy(feed[k]) for k in names),
+                          dynamic, input_names=names, output_names=["logits"], dynamo=False, opset_version=18,
+                          dynamic_axes={n: {0: "N"} for n in names + ["logits"]})
+    x = feed[names[0]]
+    for rule in ("gradient", "attnlrp"):
+        want, _ = explain(static, rule, feed, 0, tmp_path)
+        got, explainer = explain(dynamic, rule, feed, 0, tmp_path)
+        rel, _ = per_sample(got["relevance"], want["relevance"])
+        assert np.all(rel < 1e-5), (rule, rel)
+        three = explainer.explain(np.concatenate([x, x[:1]]), 0)
+        np.testing.assert_allclose(three["relevance"][:2], got["relevance"], rtol=1e-5, atol=1e-7)

@@ -30,6 +30,7 @@ import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
 from .base import ReportingPass
+from .match import Emitter
 from ..graph import add_initializer, attr, const_array, is_const, replace_value
 from .shapes import EXPORT_BATCH, InferShapesPass
 
@@ -57,6 +58,8 @@ class FoldConstantsPass(ReportingPass):
                 continue
             if node.op_type == "Reshape":
                 modified |= self._fold_reshape_target(graph, node, model.opset_imports.get("", 17))
+            elif node.op_type in ("Expand", "ConstantOfShape") and node.inputs[-1] is not None:
+                modified |= self._fold_shape_operand(graph, node, model.opset_imports.get("", 17))
             if node.op_type in ("Shape", "Gather") and self._fold_static_dims(graph, node):
                 modified = True
                 continue
@@ -158,55 +161,15 @@ class FoldConstantsPass(ReportingPass):
 
     def _target_per_batch(self, graph, node, opset) -> np.ndarray | None:
         """The target shape of a Reshape computed from ``Shape`` of values static beyond the batch axis (the
-        legacy export's ``x.view(x.size(0), -1)``: Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])).
-
-        The subgraph is evaluated twice, every Shape replaced by its dimensions with the batch set to 2 and
-        then 3: an entry that stays is a constant, one that follows the batch becomes −1, and a −1 of the
-        target is resolved from the input's per-sample size (one −1 at most may remain).
+        legacy export's ``x.view(x.size(0), -1)``: Concat(Unsqueeze(Gather(Shape(x), 0)), [-1])), from
+        :func:`_per_batch`: an entry that stays is a constant, the one that follows the batch becomes −1, and a
+        −1 of the target is resolved from the input's per-sample size (one −1 at most may remain).
         """
-        shapes, inside, stack = [], set(), [node.inputs[1]]
-        while stack:
-            v = stack.pop()
-            if v is None or is_const(v) or id(v) in inside:
-                continue
-            producer = v.producer()
-            if producer is None or producer.op_type in _NEVER_FOLD or producer.domain not in ("", "ai.onnx"):
-                return None
-            inside.add(id(v))
-            if producer.op_type == "Shape":
-                dims = list(producer.inputs[0].shape or [None])
-                if any(not isinstance(d, int) for d in dims[1:]):
-                    return None
-                shapes.append(producer)
-            else:
-                stack.extend(producer.inputs)
-        sub = [n for n in graph if any(id(o) in inside for o in n.outputs)]
         x = node.inputs[0]
-        if x.shape is None or any(not isinstance(d, int) for d in list(x.shape)[1:]):
+        runs = _per_batch(graph, node.inputs[1], opset)
+        if runs is None or x.shape is None or any(not isinstance(d, int) for d in list(x.shape)[1:]):
             return None
-        runs = []
-        for batch in (2, 3):
-            protos = []
-            for n in sub:
-                if n.op_type == "Shape":
-                    dims = [batch] + list(n.inputs[0].shape)[1:]
-                    dims = dims[attr(n, "start", 0):attr(n, "end", len(dims))]
-                    protos.append(onnx.helper.make_node("Constant", [], [n.outputs[0].name],
-                                                        value=onnx.numpy_helper.from_array(np.array(dims, np.int64))))
-                else:
-                    protos.append(ir.serde.serialize_node(n))
-            consts = {v.name: const_array(v) for n in sub for v in n.inputs if v is not None and is_const(v)}
-            try:
-                fn_graph = onnx.helper.make_graph(
-                    protos, "target",
-                    [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-                     for k, a in consts.items()],
-                    [onnx.helper.make_tensor_value_info(node.inputs[1].name, onnx.TensorProto.INT64, None)])
-                m = onnx.helper.make_model(fn_graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-                runs.append(np.asarray(ReferenceEvaluator(m).run(None, consts)[0]).reshape(-1))
-            except Exception:  # an op the reference evaluator lacks
-                return None
-        two, three = runs
+        (two, three), _ = runs
         if len(two) != len(three):
             return None
         follows = (two == 2) & (three == 3)
@@ -221,3 +184,95 @@ class FoldConstantsPass(ReportingPass):
                 return None
             target[1:][target[1:] == -1] = per_sample // known
         return target
+
+    def _fold_shape_operand(self, graph, node, opset) -> bool:
+        """The shape an Expand or ConstantOfShape reads, computed at run time from ``Shape`` of values static
+        beyond the batch axis (the legacy export's ``cls_token.expand(n, -1, -1)``: a Where over
+        Equal(shape, −1)), rewritten as Concat(Shape(x)[0:1], constants): the entries that follow the batch
+        read it, the rest are constants, and ONNX's shape inference then proves every other dimension."""
+        shape = node.inputs[1] if node.op_type == "Expand" else node.inputs[0]
+        if shape is None or is_const(shape) or _batch_and_constants(shape):
+            return False
+        runs = _per_batch(graph, shape, opset)
+        if runs is None:
+            return False
+        (two, three), sources = runs
+        follows = (two == 2) & (three == 3)
+        if two.shape != three.shape or not np.all((two == three) | follows):
+            return False
+        batched = next((v for v in sources if v.shape is not None and len(v.shape) and
+                        not isinstance(v.shape[0], int)), None)
+        if follows.any() and batched is None:
+            return False
+        emit = Emitter(graph, node)
+        pieces = []
+        for entry, batch in zip(two.tolist(), follows.tolist()):
+            if batch:
+                piece = emit("Shape", batched, start=0, end=1)
+            else:
+                piece = emit.constant(np.array([entry], np.int64))
+            piece.shape, piece.type = ir.Shape([1]), ir.TensorType(ir.DataType.INT64)
+            pieces.append(piece)
+        operand = emit("Concat", *pieces, axis=0) if len(pieces) > 1 else pieces[0]
+        operand.shape, operand.type = ir.Shape([len(pieces)]), ir.TensorType(ir.DataType.INT64)
+        node.replace_input_with(1 if node.op_type == "Expand" else 0, operand)
+        return True
+
+
+def _batch_and_constants(value) -> bool:
+    """Whether ``value`` already is the form :meth:`_fold_shape_operand` writes: Shape(x)[0:1], or a Concat of
+    it and constants."""
+    producer = value.producer()
+    pieces = producer.inputs if producer is not None and producer.op_type == "Concat" else [value]
+    for piece in pieces:
+        source = piece.producer() if piece is not None else None
+        if not (is_const(piece) or source is not None and source.op_type == "Shape"
+                and attr(source, "start", 0) == 0 and attr(source, "end", None) == 1):
+            return False
+    return True
+
+
+def _per_batch(graph, value, opset):
+    """An int tensor computed from ``Shape`` of values static beyond the batch axis, evaluated twice with every
+    Shape replaced by its dimensions, the batch set to 2 and then 3: ((at 2, at 3), the values whose Shape it
+    reads), or None when it reads anything else or an op the reference evaluator lacks."""
+    shapes, inside, stack = [], set(), [value]
+    while stack:
+        v = stack.pop()
+        if v is None or is_const(v) or id(v) in inside:
+            continue
+        producer = v.producer()
+        if producer is None or producer.op_type in _NEVER_FOLD or producer.domain not in ("", "ai.onnx"):
+            return None
+        inside.add(id(v))
+        if producer.op_type == "Shape":
+            dims = list(producer.inputs[0].shape or [None])
+            if any(not isinstance(d, int) for d in dims[1:]):
+                return None
+            shapes.append(producer)
+        else:
+            stack.extend(producer.inputs)
+    sub = [n for n in graph if any(id(o) in inside for o in n.outputs)]
+    runs = []
+    for batch in (2, 3):
+        protos = []
+        for n in sub:
+            if n.op_type == "Shape":
+                dims = [batch] + list(n.inputs[0].shape)[1:]
+                dims = dims[attr(n, "start", 0):attr(n, "end", len(dims))]
+                protos.append(onnx.helper.make_node("Constant", [], [n.outputs[0].name],
+                                                    value=onnx.numpy_helper.from_array(np.array(dims, np.int64))))
+            else:
+                protos.append(ir.serde.serialize_node(n))
+        consts = {v.name: const_array(v) for n in sub for v in n.inputs if v is not None and is_const(v)}
+        try:
+            fn_graph = onnx.helper.make_graph(
+                protos, "per_batch",
+                [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                 for k, a in consts.items()],
+                [onnx.helper.make_tensor_value_info(value.name, onnx.TensorProto.INT64, None)])
+            m = onnx.helper.make_model(fn_graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+            runs.append(np.asarray(ReferenceEvaluator(m).run(None, consts)[0]).reshape(-1))
+        except Exception:  # an op the reference evaluator lacks
+            return None
+    return tuple(runs), [n.inputs[0] for n in shapes]
