@@ -56,6 +56,7 @@ def prepare(model_path, input_shapes=None) -> tuple[ir.Model, list[str]]:
                             "run this one with relgraph explain")
     if input_shapes:
         fix_input_shapes(model, input_shapes)
+    check_sample_sizes(model)
     opset = model.opset_imports.get("", 1)
     if opset < MIN_OPSET:
         model = _upgrade(model, opset)
@@ -106,6 +107,23 @@ def fix_input_shapes(model: ir.Model, input_shapes) -> None:
                 if axis > 0 and isinstance(d, int) and isinstance(g, int) and d != g:
                     raise RelgraphError(f"--input-shape: input '{name}' has {d} at axis {axis}, not {g}")
         value.shape = ir.Shape(given)
+
+
+MAX_SAMPLE_BYTES = 1 << 32  # 4 GiB: one sample of an input past this is a mistake, not an image or a sequence
+
+
+def check_sample_sizes(model: ir.Model) -> None:
+    """Refuse inputs whose one sample (the static dimensions beyond the batch) would not fit in memory: the
+    compiler builds input-shaped constants (z^B's bounds, baselines), and the explainer's relevance has the
+    input's shape. Sizes are Python integers, which do not overflow."""
+    for value in model.graph.inputs:
+        if value.is_initializer() or value.shape is None or value.type is None:
+            continue
+        dims = [d for d in list(value.shape)[1:] if isinstance(d, int)]
+        size = math.prod(dims) * max(1, value.type.dtype.itemsize)
+        if size > MAX_SAMPLE_BYTES:
+            raise RelgraphError(f"input '{value.name}': one sample of shape {'x'.join(map(str, dims))} takes "
+                                f"{size / 2**30:.3g} GiB, past the {MAX_SAMPLE_BYTES >> 30} GiB relgraph compiles for")
 
 
 def _upgrade(model: ir.Model, opset: int) -> ir.Model:

@@ -128,6 +128,7 @@ def test_dynamic_dimensions_refused_naming_the_flag(exports, form, tmp_path):
     ("pixels=Nx3x8x8", "no input 'pixels'"),
     ("input=Nx3x8x8.5", "NAME=DIMS"),
     ("Nx3x8x8", "NAME=DIMS"),
+    ("input=Nx3x99999999999x99999999999", "past the 4 GiB"),  # a sample that cannot fit in memory
 ])
 def test_bad_input_shape(exports, flag, needle):
     _, dynamic, _ = exports["flatten"]
