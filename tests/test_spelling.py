@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 import relgraph
 from relgraph.compiler import prepare
+from relgraph.graph import to_proto
 
 RULES = {"gradient": {}, "epsilon": {}, "epsilon-plus-flat": {}, "epsilon-gamma-box": {"bounds": (-1.0, 1.0)}}
 SEEDS = (0, 1, 2)
@@ -225,7 +226,7 @@ BODIES = {
     ]),
 }
 
-# ops of opset 20 and 24: the gated activations with an op of their own
+# ops of opset 18, 20 and 24: the gated activations with an op of their own
 OPSET_BODIES = {
     "gelu": [(20, "   a = Gelu (h)")],
     "gelu-tanh": [(20, "   a = Gelu <approximate = \"tanh\"> (h)")],
@@ -233,14 +234,25 @@ OPSET_BODIES = {
     "group-norm": [(21, "   gg = Constant <value = float[4] {0.8, 1.3, 0.6, 1.1}> ()"
                         "\n   gb = Constant <value = float[4] {0.2, -0.1, 0.0, 0.3}> ()"
                         "\n   a = GroupNormalization <num_groups = 2, epsilon = 0.001> (h, gg, gb)")],
+    "mish": [(18, "   a = Mish (h)")],
 }
+# Mish, x · tanh(softplus(x)): the legacy torch export and tf2onnx (Keras's mish) write the product
+BODIES["mish"] = ("Tanh", [
+    "   sp = Softplus (h)\n   g = Tanh (sp)\n   a = Mul (h, g)",
+    "   sp = Softplus (h)\n   g = Tanh (sp)\n   a = Mul (g, h)",
+])
 BODIES["gelu-tanh"] = ("Tanh", [
     "   k = Constant <value = float {0.044715}> ()\n   sq = Constant <value = float {0.7978846}> ()"
     "\n   q = Mul (h, h)\n   cube = Mul (q, h)\n   w = Mul (cube, k)\n   v = Add (h, w)\n   y = Mul (v, sq)"
     "\n   e = Tanh (y)\n   t = Add (e, one)\n   g = Mul (t, half)\n   a = Mul (h, g)",
 ])
 
-# the end of the network, to the output
+# the logits and the class axis, for the softmaxes written out; the max over it as opset 17 and 18 write it
+LOGIT = "   l = Gemm <transB = 1> (f, W3, B3)\n   ax = Constant <value = int64[1] {-1}> ()"
+MAX_ATTRIBUTE = "\n   m = ReduceMax <axes = [1]> (l)"
+MAX_INPUT = "\n   m = ReduceMax <keepdims = 1> (l, ax)"
+
+# the end of the network, to the output; an (opset, tail) pair needs that opset
 TAILS = {
     "identity": (None, [
         LOGITS,
@@ -254,11 +266,23 @@ TAILS = {
         "   l = Gemm <transB = 1> (f, W3, B3)\n   s = Shape (l)\n   fl = Flatten <axis = 1> (l)"
         "\n   sm = Softmax <axis = -1> (fl)\n   prob = Reshape (sm, s)",
         "   l = Gemm <transB = 1> (f, W3, B3)\n   sm = Softmax <axis = 1> (l)\n   prob = Identity (sm)",
+        # written out: exp(x) / Σ exp(x) (hand-written heads), and with the max subtracted first (jax2onnx,
+        # tf2onnx), the max's axes an attribute (opset < 18) or an input
+        LOGIT + "\n   e = Exp (l)\n   s = ReduceSum (e, ax)\n   prob = Div (e, s)",
+        LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum <keepdims = 1> (e, ax)"
+        "\n   prob = Div (e, s)",
+        (18, LOGIT + MAX_INPUT + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   prob = Div (e, s)"),
     ]),
     "log-softmax": ("LogSoftmax", [
         "   l = Gemm <transB = 1> (f, W3, B3)\n   prob = LogSoftmax (l)",
         "   l = Gemm <transB = 1> (f, W3, B3)\n   s = Shape (l)\n   fl = Flatten <axis = 1> (l)"
         "\n   sm = LogSoftmax <axis = -1> (fl)\n   prob = Reshape (sm, s)",
+        # jax2onnx: (x − max) − log Σ exp(x − max)
+        LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   g = Log (s)"
+        "\n   prob = Sub (d, g)",
+        (18, LOGIT + MAX_INPUT + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   g = Log (s)"
+             "\n   prob = Sub (d, g)"),
+        LOGIT + "\n   e = Exp (l)\n   s = ReduceSum (e, ax)\n   g = Log (s)\n   prob = Sub (l, g)",
     ]),
 }
 
@@ -288,6 +312,12 @@ def write_model(path, body: str, seed: int, tail: str = LOGITS, opset: int = 17)
     return str(path)
 
 
+def write_tail(path, tail, seed: int) -> str:
+    """The model ending in ``tail`` (text, or an (opset, text) pair), a ReLU as its activation."""
+    opset, text = tail if isinstance(tail, tuple) else (17, tail)
+    return write_model(path, "   a = Relu (h)", seed, tail=text, opset=opset)
+
+
 def explain(path: str, rule: str, x: np.ndarray) -> dict:
     result = relgraph.compile(path, rule=rule, write=False, **RULES[rule])
     session = ort.InferenceSession(result.proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -307,7 +337,9 @@ def assert_same_relevance(paths: list[str], seed: int):
         assert np.abs(reference["relevance"]).sum() > 0
         for path in paths[1:]:
             out = explain(path, rule, x)
-            np.testing.assert_allclose(out["logits"], reference["logits"], rtol=1e-5, atol=1e-6)
+            for name in ("logits", "prob"):  # the model's output, and the logits it is explained at
+                if name in reference:
+                    np.testing.assert_allclose(out[name], reference[name], rtol=1e-5, atol=1e-6)
             error = relative_l2(out["relevance"], reference["relevance"])
             assert np.all(error <= TOLERANCE), f"{path} under {rule}: relative L2 {error}"
 
@@ -330,8 +362,7 @@ def test_activation_spellings_give_equal_relevance(tmp_path, case, seed):
 @pytest.mark.parametrize("case", sorted(TAILS))
 def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
     _, tails = TAILS[case]
-    paths = [write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", seed, tail=tail)
-             for i, tail in enumerate(tails)]
+    paths = [write_tail(tmp_path / f"{case}{i}.onnx", tail, seed) for i, tail in enumerate(tails)]
     assert_same_relevance(paths, seed)
 
 
@@ -352,7 +383,8 @@ def test_spellings_fold_to_the_canonical_form(tmp_path, case):
     if case in FOLDED:
         for form in forms[1:]:
             assert form == forms[0]
-    gone = {"Cast", "Identity", "Dropout", "Gelu", "Swish"} | (set() if case.startswith("max") else {"Min", "Max"})
+    gone = {"Cast", "Identity", "Dropout", "Gelu", "Swish", "Mish"}
+    gone |= set() if case.startswith("max") else {"Min", "Max"}
     assert not gone & set(sum(forms, []))
 
 
@@ -360,10 +392,40 @@ def test_spellings_fold_to_the_canonical_form(tmp_path, case):
 def test_output_spellings_fold(tmp_path, case):
     canonical, tails = TAILS[case]
     for i, tail in enumerate(tails):
-        model = prepare(write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", 0, tail=tail))[0]
+        model = prepare(write_tail(tmp_path / f"{case}{i}.onnx", tail, 0))[0]
         out = model.graph.outputs[0]
         assert out.name in ("logits", "prob")
         assert out.producer().op_type == (canonical or "Gemm")
+        assert canonical is None or out.producer().inputs[0].producer().op_type == "Gemm"  # reads the logits
+
+
+# near misses of a written-out softmax: each still computes what it computed, and no softmax of the logits
+# appears at the output
+NOT_SOFTMAX = [
+    # a max over the batch axis does not cancel: a softmax of l − m, not of l
+    LOGIT + "\n   m = ReduceMax <axes = [0]> (l)\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)"
+    "\n   prob = Div (e, s)",
+    # a sum without its axis, put back by Unsqueeze or not (then broadcast along the classes: a batch of as many
+    # samples as classes runs); another numerator
+    LOGIT + "\n   e = Exp (l)\n   s = ReduceSum <keepdims = 0> (e, ax)\n   prob = Div (e, s)",
+    LOGIT + "\n   e = Exp (l)\n   s = ReduceSum <keepdims = 0> (e, ax)\n   u = Unsqueeze (s, ax)\n   prob = Div (e, u)",
+    LOGIT + "\n   e = Exp (l)\n   s = ReduceSum (e, ax)\n   prob = Div (l, s)",
+    # l − log Σ exp(l − max) = log_softmax(l) + max: the shift is not subtracted from l itself
+    LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   g = Log (s)"
+    "\n   prob = Sub (l, g)",
+]
+
+
+@pytest.mark.parametrize("index", range(len(NOT_SOFTMAX)))
+def test_softmax_near_misses_are_left_alone(tmp_path, index):
+    path = write_tail(tmp_path / "m.onnx", NOT_SOFTMAX[index], 0)
+    model = prepare(path)[0]
+    end = model.graph.outputs[0].producer()
+    assert not (end.op_type in ("Softmax", "LogSoftmax") and end.inputs[0].producer().op_type == "Gemm")
+    x = np.random.default_rng(index).uniform(-1, 1, (5, 3, 6, 6)).astype(np.float32)
+    runs = [ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for proto in (onnx.load(path), to_proto(model))]
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-6)
 
 
 def mobilenet_like(path, seed: int, blocks: int = 4) -> str:
