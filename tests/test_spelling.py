@@ -226,6 +226,27 @@ BODIES = {
     ]),
 }
 
+# an inference BatchNormalization after a conv, γ (one negative), β, μ, σ², and as tf2onnx and some exporters
+# write it, a scale and a shift per channel: s = γ/√(σ² + ε), t = β − μ·s
+BN = {"G": [1.5, -0.8, 0.6, 1.2], "BE": [0.1, -0.2, 0.3, 0.05], "MU": [0.2, -0.1, 0.05, -0.3], "VAR": [0.5, 1.5, 0.8, 2.0]}
+BN_SCALE = np.array(BN["G"]) / np.sqrt(np.array(BN["VAR"]) + 1e-5)
+BN_SHIFT = np.array(BN["BE"]) - np.array(BN["MU"]) * BN_SCALE
+
+
+def _constant(name: str, values, shape) -> str:
+    text = ", ".join(repr(float(np.float32(v))) for v in values)
+    return f"   {name} = Constant <value = float[{', '.join(map(str, shape))}] {{{text}}}> ()"
+
+
+BODIES["batchnorm"] = ("Conv", [
+    "\n".join(_constant(k, v, [4]) for k, v in BN.items())
+    + "\n   b = BatchNormalization <epsilon = 0.00001> (h, G, BE, MU, VAR)\n   a = Relu (b)",
+    _constant("S", BN_SCALE, [4, 1, 1]) + "\n" + _constant("T", BN_SHIFT, [4, 1, 1])
+    + "\n   m = Mul (h, S)\n   b = Add (m, T)\n   a = Relu (b)",
+    _constant("S", BN_SCALE, [1, 4, 1, 1]) + "\n" + _constant("T", BN_SHIFT, [1, 4, 1, 1])
+    + "\n   m = Mul (S, h)\n   b = Add (T, m)\n   a = Relu (b)",
+])
+
 # ops of opset 18, 20 and 24: the gated activations with an op of their own
 OPSET_BODIES = {
     "gelu": [(20, "   a = Gelu (h)")],
@@ -332,8 +353,12 @@ def relative_l2(actual, desired) -> np.ndarray:
 
 def assert_same_relevance(paths: list[str], seed: int):
     x = np.random.default_rng(100 + seed).uniform(-1, 1, (3, 3, 6, 6)).astype(np.float32)
+    model = ort.InferenceSession(paths[0], providers=["CPUExecutionProvider"])
+    output = model.get_outputs()[0].name, model.run(None, {"x": x})[0]
     for rule in RULES:
         reference = explain(paths[0], rule, x)
+        # the explainer's output is the model's, as onnxruntime computes it from the file as written
+        np.testing.assert_allclose(reference[output[0]], output[1], rtol=1e-5, atol=1e-6)
         assert np.abs(reference["relevance"]).sum() > 0
         for path in paths[1:]:
             out = explain(path, rule, x)
@@ -369,7 +394,7 @@ def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
 # the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
 # gate) stay products, recognised as gates by the relevance pass
 FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
-          "layer-norm-chw", "instance-norm", "group-norm"}
+          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))

@@ -98,6 +98,25 @@ def reduction_axes(node: ir.Node) -> list[int] | None:
     return sorted({int(a) % rank for a in np.asarray(axes if axes is not None else [], np.int64).reshape(-1)})
 
 
+def per_channel(layer: ir.Node, c: np.ndarray | None, uniform: bool = False) -> np.ndarray | None:
+    """``c`` as one value per output channel of a Conv or (canonical) Gemm ``layer``, when it broadcasts against
+    the layer's output along the channel axis alone: shape [C], [1, C], [C, 1, 1], [1, C, 1, 1] … (with
+    ``uniform``, one element too); else None."""
+    weight, out = const_array(layer.inputs[1]), layer.outputs[0]
+    if c is None or weight is None or out.shape is None or len(out.shape) < 2 or c.ndim > len(out.shape):
+        return None
+    channels, rank = weight.shape[0], len(out.shape)
+    if uniform and c.size == 1:
+        return np.full(channels, c.reshape(()), c.dtype)
+    if c.size != channels:
+        return None
+    if layer.op_type == "Conv" and c.ndim >= 1 and (c.ndim < rank - 1 or c.shape[-(rank - 1)] != channels):
+        return None
+    if layer.op_type == "Gemm" and c.shape[-1] != channels:
+        return None
+    return c.reshape(-1)
+
+
 class Emitter:
     """Inserts nodes just before ``anchor`` (so the graph stays in topological order) and names them after it.
 
