@@ -1,8 +1,9 @@
 """PRelu, Elu, Softplus, Neg, Max/Min with a constant, ReduceSum, and Selu, Celu, Softsign, ThresholdedRelu,
 Shrink and Mish (written as their ONNX ops) against independent references.
 
-- ``gradient`` equals torch autograd in float64 (torch's export writes each as its ONNX op), within ten
-  times torch's own float32 round-off;
+- ``gradient`` equals torch autograd in float64 (torch's export writes each as its ONNX op; Softsign as
+  x / (|x| + 1), folded to the op; Mish as the op by the dynamo export), within ten times torch's own float32
+  round-off;
 - ``epsilon-plus-flat`` and ``epsilon-gamma-box`` equal zennit's composites (which pass relevance through
   every activation module, ``Pass``), to a relative L2 of 1e-4 per sample (zennit runs in float64);
 - Neg spelled as a Mul by −1 gives the same relevance under every rule (tests/test_spelling.py's check; so
@@ -64,17 +65,42 @@ class ActivationsCNN(nn.Module):
         return self.fc2(self.act4(self.fc1(torch.flatten(x, 1))))
 
 
+class SmoothCNN(nn.Module):
+    """conv → SELU → conv → CELU → max pool → conv → Softsign → dense → dense; ``mish`` puts a Mish between the
+    dense layers (zennit has no rule for it: for the gradient check only; the dynamo export writes the Mish op)."""
+
+    input_shape = (3, 8, 8)
+
+    def __init__(self, mish: bool = False):
+        super().__init__()
+        self.conv1, self.act1 = nn.Conv2d(3, 6, 3, padding=1), nn.SELU()
+        self.conv2, self.act2 = nn.Conv2d(6, 6, 3, padding=1), nn.CELU(alpha=0.6)
+        self.conv3, self.act3 = nn.Conv2d(6, 4, 3, padding=1), nn.Softsign()
+        self.fc1, self.act4, self.fc2 = nn.Linear(4 * 4 * 4, 12), nn.Mish() if mish else nn.Identity(), nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = nn.functional.max_pool2d(self.act2(self.conv2(self.act1(self.conv1(x)))), 2)
+        x = self.act3(self.conv3(x))
+        return self.fc2(self.act4(self.fc1(torch.flatten(x, 1))))
+
+
+# name → (network, its flag, dynamo export, ops the export must write)
+NETWORKS = {"activations": (ActivationsCNN, False, False, {"PRelu", "Elu", "Softplus"}),
+            "activations-negated": (ActivationsCNN, True, False, {"PRelu", "Elu", "Softplus", "Neg"}),
+            "smooth": (SmoothCNN, False, False, {"Selu", "Celu"}),
+            "smooth-mish": (SmoothCNN, True, True, {"Selu", "Celu", "Mish"})}
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("activations")
     out = {}
-    for negate in (False, True):
+    for name, (network, flag, dynamo, ops) in NETWORKS.items():
         torch.manual_seed(4)
-        model = ActivationsCNN(negate).eval()
-        path = tm.export(model, torch.zeros(1, *ActivationsCNN.input_shape), folder / f"m{int(negate)}.onnx", False)
-        out[negate] = model, str(path)
-    ops = tm.op_types(out[True][1])
-    assert {"PRelu", "Elu", "Softplus", "Neg"} <= ops, ops
+        model = network(flag).eval()
+        path = tm.export(model, torch.zeros(1, *network.input_shape), folder / f"{name}.onnx", dynamo)
+        assert ops <= tm.op_types(path), tm.op_types(path)
+        out[name] = model, str(path)
     return out
 
 
@@ -85,10 +111,10 @@ def explain(path, rule, x, target, **kw):
     return dict(zip(names, session.run(None, {tm.INPUT: x, "target": target.astype(np.int64)})))
 
 
-@pytest.mark.parametrize("negate", [False, True])
-def test_gradient_equals_torch(exported, negate):
-    model, path = exported[negate]
-    x = tm.random_input((4, *ActivationsCNN.input_shape), seed=5)
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_gradient_equals_torch(exported, name):
+    model, path = exported[name]
+    x = tm.random_input((4, *model.input_shape), seed=5)
     target = np.array([0, 1, 2, 3])
     out = explain(path, "gradient", x, target)
     np.testing.assert_allclose(out["logits"], tm.reference_logits(model, x), rtol=1e-5, atol=1e-5)
@@ -99,9 +125,10 @@ def test_gradient_equals_torch(exported, negate):
 
 
 @pytest.mark.parametrize("rule", ["epsilon-plus-flat", "epsilon-gamma-box"])
-def test_composites_equal_zennit(exported, rule):
-    model, path = exported[False]
-    shape = (4, *ActivationsCNN.input_shape)
+@pytest.mark.parametrize("name", ["activations", "smooth"])
+def test_composites_equal_zennit(exported, name, rule):
+    model, path = exported[name]
+    shape = (4, *model.input_shape)
     x = tm.random_input(shape, seed=6, low=LOW, high=HIGH)
     target = np.array([4, 3, 2, 1])
     box = dict(low=torch.full(shape, LOW, dtype=torch.float64), high=torch.full(shape, HIGH, dtype=torch.float64))

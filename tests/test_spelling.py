@@ -257,6 +257,12 @@ OPSET_BODIES = {
                         "\n   a = GroupNormalization <num_groups = 2, epsilon = 0.001> (h, gg, gb)")],
     "mish": [(18, "   a = Mish (h)")],
 }
+# softsign: torch writes F.softsign as x / (|x| + 1)
+BODIES["softsign"] = ("Softsign", [
+    "   a = Softsign (h)",
+    "   m = Abs (h)\n   d = Add (m, one)\n   a = Div (h, d)",
+    "   m = Abs (h)\n   d = Add (one, m)\n   a = Div (h, d)",
+])
 # Mish, x · tanh(softplus(x)): the legacy torch export and tf2onnx (Keras's mish) write the product
 BODIES["mish"] = ("Tanh", [
     "   sp = Softplus (h)\n   g = Tanh (sp)\n   a = Mul (h, g)",
@@ -267,6 +273,12 @@ BODIES["gelu-tanh"] = ("Tanh", [
     "\n   q = Mul (h, h)\n   cube = Mul (q, h)\n   w = Mul (cube, k)\n   v = Add (h, w)\n   y = Mul (v, sq)"
     "\n   e = Tanh (y)\n   t = Add (e, one)\n   g = Mul (t, half)\n   a = Mul (h, g)",
 ])
+
+# a batch norm of the logits (BatchNorm1d after the dense layer), as the op and as Mul + Add
+BN5 = {"G": [1.2, -0.7, 0.9, 1.1, -1.3], "BE": [0.1, 0.0, -0.2, 0.3, 0.05], "MU": [0.1, -0.2, 0.0, 0.3, -0.1],
+       "VAR": [0.6, 1.2, 0.9, 2.0, 0.4]}
+BN5_SCALE = np.array(BN5["G"]) / np.sqrt(np.array(BN5["VAR"]) + 1e-5)
+BN5_SHIFT = np.array(BN5["BE"]) - np.array(BN5["MU"]) * BN5_SCALE
 
 # the logits and the class axis, for the softmaxes written out; the max over it as opset 17 and 18 write it
 LOGIT = "   l = Gemm <transB = 1> (f, W3, B3)\n   ax = Constant <value = int64[1] {-1}> ()"
@@ -293,6 +305,12 @@ TAILS = {
         LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum <keepdims = 1> (e, ax)"
         "\n   prob = Div (e, s)",
         (18, LOGIT + MAX_INPUT + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   prob = Div (e, s)"),
+    ]),
+    "batchnorm-dense": (None, [
+        "\n".join(_constant(k, v, [5]) for k, v in BN5.items())
+        + "\n   l = Gemm <transB = 1> (f, W3, B3)\n   logits = BatchNormalization <epsilon = 0.00001> (l, G, BE, MU, VAR)",
+        _constant("S", BN5_SCALE, [5]) + "\n" + _constant("T", BN5_SHIFT, [1, 5])
+        + "\n   l = Gemm <transB = 1> (f, W3, B3)\n   m = Mul (l, S)\n   logits = Add (T, m)",
     ]),
     "log-softmax": ("LogSoftmax", [
         "   l = Gemm <transB = 1> (f, W3, B3)\n   prob = LogSoftmax (l)",
@@ -394,7 +412,7 @@ def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
 # the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
 # gate) stay products, recognised as gates by the relevance pass
 FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
-          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm"}
+          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm", "softsign"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))
@@ -448,6 +466,25 @@ def test_softmax_near_misses_are_left_alone(tmp_path, index):
     end = model.graph.outputs[0].producer()
     assert not (end.op_type in ("Softmax", "LogSoftmax") and end.inputs[0].producer().op_type == "Gemm")
     x = np.random.default_rng(index).uniform(-1, 1, (5, 3, 6, 6)).astype(np.float32)
+    runs = [ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for proto in (onnx.load(path), to_proto(model))]
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-6)
+
+
+# near misses of a written-out softsign: another offset, another scale, the magnitude of another value
+NOT_SOFTSIGN = [
+    "   m = Abs (h)\n   d = Add (m, half)\n   a = Div (h, d)",
+    "   m = Abs (h)\n   s = Mul (m, half)\n   d = Add (s, one)\n   a = Div (h, d)",
+    "   v = Relu (h)\n   m = Abs (v)\n   d = Add (m, one)\n   a = Div (h, d)",
+]
+
+
+@pytest.mark.parametrize("index", range(len(NOT_SOFTSIGN)))
+def test_softsign_near_misses_are_left_alone(tmp_path, index):
+    path = write_model(tmp_path / "m.onnx", NOT_SOFTSIGN[index], 0)
+    model = prepare(path)[0]
+    assert "Softsign" not in [n.op_type for n in model.graph]
+    x = np.random.default_rng(index).uniform(-1, 1, (3, 3, 6, 6)).astype(np.float32)
     runs = [ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
             for proto in (onnx.load(path), to_proto(model))]
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-6)

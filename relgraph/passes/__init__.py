@@ -18,6 +18,7 @@ from .fuse_hard_sigmoid import FuseHardSigmoidPass
 from .fuse_hardswish import FuseHardSwishPass
 from .fuse_layer_norm import FuseLayerNormPass
 from .fuse_softmax import FuseSoftmaxPass
+from .fuse_softsign import FuseSoftsignPass
 from .normalize_gemm import NormalizeGemmPass
 from .reduce_sum_as_mean import ReduceSumAsMeanPass
 from .relevance import build_relevance
@@ -26,7 +27,7 @@ from .shapes import InferShapesPass
 __all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
            "DropNoopReshapesPass", "EinsumAsMatMulPass", "FoldBatchNormPass", "FoldConstantsPass", "FoldGroupNormPass",
            "FuseClipPass", "FuseHardSigmoidPass", "FuseHardSwishPass", "FuseLayerNormPass", "FuseSoftmaxPass",
-           "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
+           "FuseSoftsignPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
 
 
 def canonicalize(model: ir.Model) -> list[str]:
@@ -40,9 +41,9 @@ def canonicalize(model: ir.Model) -> list[str]:
     before the sums, as an einsum may sum an axis and a written-out softmax reads one ReduceSum.
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
-    spellings = [EinsumAsMatMulPass(), DecomposeGatesPass(), FuseSoftmaxPass(), FuseClipPass(), FuseHardSigmoidPass(),
-                 FuseHardSwishPass(), DropNoopReshapesPass(), ReduceSumAsMeanPass(), FoldGroupNormPass(),
-                 FuseLayerNormPass()]
+    spellings = [EinsumAsMatMulPass(), DecomposeGatesPass(), FuseSoftmaxPass(), FuseSoftsignPass(), FuseClipPass(),
+                 FuseHardSigmoidPass(), FuseHardSwishPass(), DropNoopReshapesPass(), ReduceSumAsMeanPass(),
+                 FoldGroupNormPass(), FuseLayerNormPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
         common.InlinePass(),

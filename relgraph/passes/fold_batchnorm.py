@@ -1,4 +1,4 @@
-"""Fold BatchNormalization, or a per-channel scale, into the Conv or Gemm it follows.
+"""Fold BatchNormalization, or a Mul and an Add of per-channel constants, into the Conv or Gemm it follows.
 
 Inference-mode batch norm is an affine map per channel c:
 
@@ -8,12 +8,11 @@ With z = W ⋆ x + b this is z' = (a ⊙ W) ⋆ x + (a ⊙ b + t), t = β − a 
 output channel and its bias absorbs the shift. zennit's canonizers do the same before attributing, so
 folded models get the same relevance as zennit's.
 
-The same batch norm written as a Mul by a per-channel constant a and an Add of t (tf2onnx writes a Keras
-BatchNormalization it does not fuse so; onnxruntime's and onnxscript's optimizers, and hand-written
-inference graphs, leave that pair too) is folded alike: the Mul goes into the weights and the bias,
-a ⊙ W and a ⊙ b, and the Add then follows the layer, where :mod:`.bias_as_input` takes it into the bias.
-So both spellings reach the rules as one layer with the same weights. A Mul by one constant for all
-channels is a per-channel scale too.
+The same batch norm written as a Mul by a per-channel constant a and an Add of a per-channel t (tf2onnx
+writes a Keras BatchNormalization it does not fuse so; so do hand-written inference graphs) is folded
+alike, W ← a ⊙ W, b ← a ⊙ b + t, so both spellings reach the rules as one layer with the same weights.
+The Add is what makes the pair a batch norm: a Mul by a constant alone (x·(−1), a layer scale) stays a
+scale layer, which passes relevance on unchanged, as the Neg op or a Div by the constant does.
 
 Skipped (and kept as an affine op with its own rule) when the producer is not a Conv/Gemm with
 constant weights, or when the producer's output has other consumers.
@@ -91,16 +90,24 @@ def _scale_layer(graph: ir.Graph, layer: ir.Node, scale: np.ndarray, shift) -> N
 
 
 def _fold_scale(graph: ir.Graph, mul: ir.Node) -> bool:
-    """Conv/Gemm(x, W, b) → Mul(·, a), a one value per output channel, becomes Conv/Gemm(x, a ⊙ W, a ⊙ b)."""
+    """Conv/Gemm(x, W, b) → Mul(·, a) → Add(·, t), a (or one value for all) and t one value per output channel,
+    becomes Conv/Gemm(x, a ⊙ W, a ⊙ b + t)."""
+    product = mul.outputs[0]
+    if len(product.uses()) != 1 or product.is_graph_output():
+        return False
+    add, at = product.uses()[0]
+    if add.op_type != "Add" or add.domain != "":
+        return False
     for idx, z in enumerate(mul.inputs):
         layer = z.producer() if z is not None else None
         if layer is None or _foldable(layer, z):
             continue
         scale = per_channel(layer, const_array(mul.inputs[1 - idx]), uniform=True)
-        if scale is None:
+        shift = per_channel(layer, const_array(add.inputs[1 - at]))
+        if scale is None or shift is None:
             continue
-        _scale_layer(graph, layer, scale.astype(np.float64), 0.0)
-        replace_value(graph, mul.outputs[0], z)
-        graph.remove(mul, safe=True)
+        _scale_layer(graph, layer, scale.astype(np.float64), shift.astype(np.float64))
+        replace_value(graph, add.outputs[0], z)
+        graph.remove([add, mul], safe=True)
         return True
     return False
