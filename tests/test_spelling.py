@@ -263,6 +263,13 @@ BODIES["softsign"] = ("Softsign", [
     "   m = Abs (h)\n   d = Add (m, one)\n   a = Div (h, d)",
     "   m = Abs (h)\n   d = Add (one, m)\n   a = Div (h, d)",
 ])
+# a softmax inside the network, over the channels (split attention), as the op and written out
+BODIES["softmax-inner"] = ("Softmax", [
+    "   a = Softmax <axis = 1> (h)",
+    "   ax = Constant <value = int64[1] {1}> ()\n   m = ReduceMax <axes = [1]> (h)\n   d = Sub (h, m)\n   e = Exp (d)"
+    "\n   s = ReduceSum (e, ax)\n   a = Div (e, s)",
+    "   ax = Constant <value = int64[1] {-3}> ()\n   e = Exp (h)\n   s = ReduceSum (e, ax)\n   a = Div (e, s)",
+])
 # Mish, x · tanh(softplus(x)): the legacy torch export and tf2onnx (Keras's mish) write the product
 BODIES["mish"] = ("Tanh", [
     "   sp = Softplus (h)\n   g = Tanh (sp)\n   a = Mul (h, g)",
@@ -412,7 +419,7 @@ def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
 # the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
 # gate) stay products, recognised as gates by the relevance pass
 FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
-          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm", "softsign"}
+          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm", "softsign", "softmax-inner"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))
