@@ -17,11 +17,17 @@ import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import numpy_helper
 
 import relgraph
 from relgraph.compiler import prepare
 from relgraph.graph import to_proto
+
+try:
+    import torch_models as tm
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import torch_models as tm
 
 RULES = {"gradient": {}, "epsilon": {}, "epsilon-plus-flat": {}, "epsilon-gamma-box": {"bounds": (-1.0, 1.0)}}
 SEEDS = (0, 1, 2)
@@ -447,6 +453,41 @@ def test_output_spellings_fold(tmp_path, case):
         assert out.name in ("logits", "prob")
         assert out.producer().op_type == (canonical or "Gemm")
         assert canonical is None or out.producer().inputs[0].producer().op_type == "Gemm"  # reads the logits
+
+
+class HandSoftmax(torch.nn.Module):
+    """A dense layer and a softmax, by torch.softmax or computed by hand (x − max, exp, a sum, a quotient)."""
+
+    def __init__(self, by_hand: bool):
+        super().__init__()
+        self.fc, self.by_hand = torch.nn.Linear(6, 4), by_hand
+
+    def forward(self, x):
+        logits = self.fc(x)
+        if not self.by_hand:
+            return torch.softmax(logits, 1)
+        e = (logits - logits.max(1, keepdim=True).values).exp()
+        return e / e.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_softmax_computed_by_hand_in_torch_folds(tmp_path, dynamo):
+    """Both torch exports write the hand-made softmax op by op; it folds to the Softmax op and is explained
+    as torch.softmax is."""
+    paths = []
+    for by_hand in (False, True):
+        torch.manual_seed(0)
+        paths.append(tm.export(HandSoftmax(by_hand), torch.zeros(1, 6), tmp_path / f"s{int(by_hand)}.onnx", dynamo))
+    assert {"Exp", "ReduceSum", "ReduceMax", "Div"} <= tm.op_types(paths[1])
+    assert [n.op_type for n in prepare(paths[1])[0].graph] == [n.op_type for n in prepare(paths[0])[0].graph]
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    outs = []
+    for path in paths:
+        proto = relgraph.compile(path, rule="epsilon", write=False).proto
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs.append(session.run(["relevance"], {tm.INPUT: x, "target": np.full(3, -1, np.int64)})[0])
+    assert np.abs(outs[0]).sum() > 0
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-7)
 
 
 # near misses of a written-out softmax: each still computes what it computed, and no softmax of the logits

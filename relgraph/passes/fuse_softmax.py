@@ -4,10 +4,13 @@
     log_softmax(x)_i = (x_i − m) − log Σ_j exp(x_j − m)
 
 over one axis, with m = max_j x_j (the overflow guard) or m = 0: a constant per row cancels, so every such
-spelling is the same function of x. Spellings: jax2onnx writes ``jax.nn.softmax`` and ``log_softmax`` op by
-op, x − ReduceMax(x), Exp, ReduceSum, then Div or x − Log(ReduceSum); tf2onnx writes a Keras softmax of a
-custom layer (``exp(x − max) / reduce_sum``) so; the legacy torch export and hand-written heads write
-Exp / ReduceSum / Div without the max. Every reduction keeps its axis (keepdims = 1).
+spelling is the same function of x. Spellings: jax computes ``jax.nn.softmax`` and ``log_softmax`` as
+x − max(x), exp, a sum, then a quotient or x − log(sum), and jax2onnx writes that op by op (ReduceMax, Sub,
+Exp, ReduceSum, Div or Log and Sub) where it has no plugin for the function (releases before its softmax
+plugin, a softmax written with ``jnp`` ops); tf2onnx writes a softmax a TensorFlow model computes with
+``tf.exp`` and ``tf.reduce_sum`` op by op too, and so do both torch exports for a softmax a model computes
+by hand (``e = (x − x.max(1, keepdim=True).values).exp()``, ``e / e.sum(1, keepdim=True)``, or without the
+max). Every reduction keeps its axis (keepdims = 1).
 
 The op is what the compiler reads: at the model output the Softmax or LogSoftmax is recognised and its
 input is explained (:func:`relgraph.passes.relevance.explained_values`), and inside the network the
