@@ -322,6 +322,13 @@ OP_CASES = {
     "split in num_outputs": ("Split", {"x": X}, 3, dict(axis=2, num_outputs=3)),
     "pad on two axes": ("Pad", {"x": X, "p": np.array([1, 0, 2, 3], np.int64), "v": np.array(0.5, np.float32),
                                 "a": np.array([1, 3], np.int64)}, 1, dict(mode="constant")),
+    "elu": ("Elu", {"x": X}, 1, dict(alpha=0.7)),
+    "selu with its constants": ("Selu", {"x": X}, 1, dict(alpha=1.3, gamma=0.9)),
+    "selu": ("Selu", {"x": X}, 1, {}),
+    "celu": ("Celu", {"x": X}, 1, dict(alpha=0.6)),
+    "softsign": ("Softsign", {"x": X}, 1, {}),
+    "thresholded relu": ("ThresholdedRelu", {"x": X}, 1, dict(alpha=0.3)),
+    "shrink (soft)": ("Shrink", {"x": X}, 1, dict(lambd=0.4, bias=0.4)),
 }
 
 
@@ -455,3 +462,43 @@ def test_resnet18_plan_covers_the_network(tmp_path, rule):
         g = got["outputs"][name]
         assert np.linalg.norm(g - value) <= 1e-3 * np.linalg.norm(value), name
         assert (g * value).sum() >= 0.99999 * np.linalg.norm(g) * np.linalg.norm(value), name
+
+
+# ------------------------------------------------------------------------------------------- activations
+
+ACTIVATION_NET = """
+<ir_version: 10, opset_import: ["" : 17]>
+net (float[N, 3, 6, 6] input) => (float[N, 5] logits) {
+   h = Conv <pads = [1, 1, 1, 1]> (input, W1, B1)
+   a = Selu (h)
+   c = Conv (a, W2, B2)
+   s = Softsign (c)
+   p = GlobalAveragePool (s)
+   f = Flatten (p)
+   logits = Gemm <transB = 1> (f, W3, B3)
+}
+"""
+
+
+@pytest.mark.parametrize("rule", ["gradient", "epsilon"])
+def test_selu_softsign_plan_matches_onnxruntime(tmp_path, rule):
+    """Selu and Softsign forward, and under ``gradient`` their derivatives, run as torch ops of the plan (the
+    convs on their kernels, under Triton's interpreter without a GPU) and give onnxruntime's explainer."""
+    rng = np.random.default_rng(5)
+    model = onnx.parser.parse_model(ACTIVATION_NET)
+    weights = {"W1": rng.normal(0, 0.5, (4, 3, 3, 3)), "B1": rng.normal(0, 0.1, 4),
+               "W2": rng.normal(0, 0.5, (4, 4, 1, 1)), "B2": rng.normal(0, 0.1, 4),
+               "W3": rng.normal(0, 0.5, (5, 4)), "B3": rng.normal(0, 0.1, 5)}
+    model.graph.initializer.extend(onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items())
+    path = tmp_path / "act.onnx"
+    onnx.save(model, str(path))
+    folder = compile_triton(path, tmp_path / "act.triton", rule=rule).path
+    plan = load(folder)[0]
+    assert {"Selu", "Softsign"} <= {s.op for s in plan.steps}
+    reference, lowered = relgraph.Explainer(folder, backend="onnxruntime"), relgraph.Explainer(folder)
+    assert isinstance(lowered, TritonExplainer)
+    x = random_input((3, 3, 6, 6), seed=6)
+    want, got = reference.explain(x, 2), lowered.explain(x, 2)
+    for name, value in want["outputs"].items():  # bias relevance is all zero under the gradient
+        assert np.linalg.norm(got["outputs"][name] - value) <= 1e-5 * np.linalg.norm(value), name
+    assert np.abs(got["relevance"]).sum() > 0

@@ -17,10 +17,17 @@ import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import numpy_helper
 
 import relgraph
 from relgraph.compiler import prepare
+from relgraph.graph import to_proto
+
+try:
+    import torch_models as tm
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import torch_models as tm
 
 RULES = {"gradient": {}, "epsilon": {}, "epsilon-plus-flat": {}, "epsilon-gamma-box": {"bounds": (-1.0, 1.0)}}
 SEEDS = (0, 1, 2)
@@ -225,7 +232,28 @@ BODIES = {
     ]),
 }
 
-# ops of opset 20 and 24: the gated activations with an op of their own
+# an inference BatchNormalization after a conv, γ (one negative), β, μ, σ², and as tf2onnx and some exporters
+# write it, a scale and a shift per channel: s = γ/√(σ² + ε), t = β − μ·s
+BN = {"G": [1.5, -0.8, 0.6, 1.2], "BE": [0.1, -0.2, 0.3, 0.05], "MU": [0.2, -0.1, 0.05, -0.3], "VAR": [0.5, 1.5, 0.8, 2.0]}
+BN_SCALE = np.array(BN["G"]) / np.sqrt(np.array(BN["VAR"]) + 1e-5)
+BN_SHIFT = np.array(BN["BE"]) - np.array(BN["MU"]) * BN_SCALE
+
+
+def _constant(name: str, values, shape) -> str:
+    text = ", ".join(repr(float(np.float32(v))) for v in values)
+    return f"   {name} = Constant <value = float[{', '.join(map(str, shape))}] {{{text}}}> ()"
+
+
+BODIES["batchnorm"] = ("Conv", [
+    "\n".join(_constant(k, v, [4]) for k, v in BN.items())
+    + "\n   b = BatchNormalization <epsilon = 0.00001> (h, G, BE, MU, VAR)\n   a = Relu (b)",
+    _constant("S", BN_SCALE, [4, 1, 1]) + "\n" + _constant("T", BN_SHIFT, [4, 1, 1])
+    + "\n   m = Mul (h, S)\n   b = Add (m, T)\n   a = Relu (b)",
+    _constant("S", BN_SCALE, [1, 4, 1, 1]) + "\n" + _constant("T", BN_SHIFT, [1, 4, 1, 1])
+    + "\n   m = Mul (S, h)\n   b = Add (T, m)\n   a = Relu (b)",
+])
+
+# ops of opset 18, 20 and 24: the gated activations with an op of their own
 OPSET_BODIES = {
     "gelu": [(20, "   a = Gelu (h)")],
     "gelu-tanh": [(20, "   a = Gelu <approximate = \"tanh\"> (h)")],
@@ -233,14 +261,44 @@ OPSET_BODIES = {
     "group-norm": [(21, "   gg = Constant <value = float[4] {0.8, 1.3, 0.6, 1.1}> ()"
                         "\n   gb = Constant <value = float[4] {0.2, -0.1, 0.0, 0.3}> ()"
                         "\n   a = GroupNormalization <num_groups = 2, epsilon = 0.001> (h, gg, gb)")],
+    "mish": [(18, "   a = Mish (h)")],
 }
+# softsign: torch writes F.softsign as x / (|x| + 1)
+BODIES["softsign"] = ("Softsign", [
+    "   a = Softsign (h)",
+    "   m = Abs (h)\n   d = Add (m, one)\n   a = Div (h, d)",
+    "   m = Abs (h)\n   d = Add (one, m)\n   a = Div (h, d)",
+])
+# a softmax inside the network, over the channels (split attention), as the op and written out
+BODIES["softmax-inner"] = ("Softmax", [
+    "   a = Softmax <axis = 1> (h)",
+    "   ax = Constant <value = int64[1] {1}> ()\n   m = ReduceMax <axes = [1]> (h)\n   d = Sub (h, m)\n   e = Exp (d)"
+    "\n   s = ReduceSum (e, ax)\n   a = Div (e, s)",
+    "   ax = Constant <value = int64[1] {-3}> ()\n   e = Exp (h)\n   s = ReduceSum (e, ax)\n   a = Div (e, s)",
+])
+# Mish, x · tanh(softplus(x)): the legacy torch export and tf2onnx (Keras's mish) write the product
+BODIES["mish"] = ("Tanh", [
+    "   sp = Softplus (h)\n   g = Tanh (sp)\n   a = Mul (h, g)",
+    "   sp = Softplus (h)\n   g = Tanh (sp)\n   a = Mul (g, h)",
+])
 BODIES["gelu-tanh"] = ("Tanh", [
     "   k = Constant <value = float {0.044715}> ()\n   sq = Constant <value = float {0.7978846}> ()"
     "\n   q = Mul (h, h)\n   cube = Mul (q, h)\n   w = Mul (cube, k)\n   v = Add (h, w)\n   y = Mul (v, sq)"
     "\n   e = Tanh (y)\n   t = Add (e, one)\n   g = Mul (t, half)\n   a = Mul (h, g)",
 ])
 
-# the end of the network, to the output
+# a batch norm of the logits (BatchNorm1d after the dense layer), as the op and as Mul + Add
+BN5 = {"G": [1.2, -0.7, 0.9, 1.1, -1.3], "BE": [0.1, 0.0, -0.2, 0.3, 0.05], "MU": [0.1, -0.2, 0.0, 0.3, -0.1],
+       "VAR": [0.6, 1.2, 0.9, 2.0, 0.4]}
+BN5_SCALE = np.array(BN5["G"]) / np.sqrt(np.array(BN5["VAR"]) + 1e-5)
+BN5_SHIFT = np.array(BN5["BE"]) - np.array(BN5["MU"]) * BN5_SCALE
+
+# the logits and the class axis, for the softmaxes written out; the max over it as opset 17 and 18 write it
+LOGIT = "   l = Gemm <transB = 1> (f, W3, B3)\n   ax = Constant <value = int64[1] {-1}> ()"
+MAX_ATTRIBUTE = "\n   m = ReduceMax <axes = [1]> (l)"
+MAX_INPUT = "\n   m = ReduceMax <keepdims = 1> (l, ax)"
+
+# the end of the network, to the output; an (opset, tail) pair needs that opset
 TAILS = {
     "identity": (None, [
         LOGITS,
@@ -254,11 +312,29 @@ TAILS = {
         "   l = Gemm <transB = 1> (f, W3, B3)\n   s = Shape (l)\n   fl = Flatten <axis = 1> (l)"
         "\n   sm = Softmax <axis = -1> (fl)\n   prob = Reshape (sm, s)",
         "   l = Gemm <transB = 1> (f, W3, B3)\n   sm = Softmax <axis = 1> (l)\n   prob = Identity (sm)",
+        # written out: exp(x) / Σ exp(x) (hand-written heads), and with the max subtracted first (jax2onnx,
+        # tf2onnx), the max's axes an attribute (opset < 18) or an input
+        LOGIT + "\n   e = Exp (l)\n   s = ReduceSum (e, ax)\n   prob = Div (e, s)",
+        LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum <keepdims = 1> (e, ax)"
+        "\n   prob = Div (e, s)",
+        (18, LOGIT + MAX_INPUT + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   prob = Div (e, s)"),
+    ]),
+    "batchnorm-dense": (None, [
+        "\n".join(_constant(k, v, [5]) for k, v in BN5.items())
+        + "\n   l = Gemm <transB = 1> (f, W3, B3)\n   logits = BatchNormalization <epsilon = 0.00001> (l, G, BE, MU, VAR)",
+        _constant("S", BN5_SCALE, [5]) + "\n" + _constant("T", BN5_SHIFT, [1, 5])
+        + "\n   l = Gemm <transB = 1> (f, W3, B3)\n   m = Mul (l, S)\n   logits = Add (T, m)",
     ]),
     "log-softmax": ("LogSoftmax", [
         "   l = Gemm <transB = 1> (f, W3, B3)\n   prob = LogSoftmax (l)",
         "   l = Gemm <transB = 1> (f, W3, B3)\n   s = Shape (l)\n   fl = Flatten <axis = 1> (l)"
         "\n   sm = LogSoftmax <axis = -1> (fl)\n   prob = Reshape (sm, s)",
+        # jax2onnx: (x − max) − log Σ exp(x − max)
+        LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   g = Log (s)"
+        "\n   prob = Sub (d, g)",
+        (18, LOGIT + MAX_INPUT + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   g = Log (s)"
+             "\n   prob = Sub (d, g)"),
+        LOGIT + "\n   e = Exp (l)\n   s = ReduceSum (e, ax)\n   g = Log (s)\n   prob = Sub (l, g)",
     ]),
 }
 
@@ -288,6 +364,12 @@ def write_model(path, body: str, seed: int, tail: str = LOGITS, opset: int = 17)
     return str(path)
 
 
+def write_tail(path, tail, seed: int) -> str:
+    """The model ending in ``tail`` (text, or an (opset, text) pair), a ReLU as its activation."""
+    opset, text = tail if isinstance(tail, tuple) else (17, tail)
+    return write_model(path, "   a = Relu (h)", seed, tail=text, opset=opset)
+
+
 def explain(path: str, rule: str, x: np.ndarray) -> dict:
     result = relgraph.compile(path, rule=rule, write=False, **RULES[rule])
     session = ort.InferenceSession(result.proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -302,12 +384,18 @@ def relative_l2(actual, desired) -> np.ndarray:
 
 def assert_same_relevance(paths: list[str], seed: int):
     x = np.random.default_rng(100 + seed).uniform(-1, 1, (3, 3, 6, 6)).astype(np.float32)
+    model = ort.InferenceSession(paths[0], providers=["CPUExecutionProvider"])
+    output = model.get_outputs()[0].name, model.run(None, {"x": x})[0]
     for rule in RULES:
         reference = explain(paths[0], rule, x)
+        # the explainer's output is the model's, as onnxruntime computes it from the file as written
+        np.testing.assert_allclose(reference[output[0]], output[1], rtol=1e-5, atol=1e-6)
         assert np.abs(reference["relevance"]).sum() > 0
         for path in paths[1:]:
             out = explain(path, rule, x)
-            np.testing.assert_allclose(out["logits"], reference["logits"], rtol=1e-5, atol=1e-6)
+            for name in ("logits", "prob"):  # the model's output, and the logits it is explained at
+                if name in reference:
+                    np.testing.assert_allclose(out[name], reference[name], rtol=1e-5, atol=1e-6)
             error = relative_l2(out["relevance"], reference["relevance"])
             assert np.all(error <= TOLERANCE), f"{path} under {rule}: relative L2 {error}"
 
@@ -330,15 +418,14 @@ def test_activation_spellings_give_equal_relevance(tmp_path, case, seed):
 @pytest.mark.parametrize("case", sorted(TAILS))
 def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
     _, tails = TAILS[case]
-    paths = [write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", seed, tail=tail)
-             for i, tail in enumerate(tails)]
+    paths = [write_tail(tmp_path / f"{case}{i}.onnx", tail, seed) for i, tail in enumerate(tails)]
     assert_same_relevance(paths, seed)
 
 
 # the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
 # gate) stay products, recognised as gates by the relevance pass
 FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
-          "layer-norm-chw", "instance-norm", "group-norm"}
+          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm", "softsign", "softmax-inner"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))
@@ -352,7 +439,8 @@ def test_spellings_fold_to_the_canonical_form(tmp_path, case):
     if case in FOLDED:
         for form in forms[1:]:
             assert form == forms[0]
-    gone = {"Cast", "Identity", "Dropout", "Gelu", "Swish"} | (set() if case.startswith("max") else {"Min", "Max"})
+    gone = {"Cast", "Identity", "Dropout", "Gelu", "Swish", "Mish"}
+    gone |= set() if case.startswith("max") else {"Min", "Max"}
     assert not gone & set(sum(forms, []))
 
 
@@ -360,10 +448,94 @@ def test_spellings_fold_to_the_canonical_form(tmp_path, case):
 def test_output_spellings_fold(tmp_path, case):
     canonical, tails = TAILS[case]
     for i, tail in enumerate(tails):
-        model = prepare(write_model(tmp_path / f"{case}{i}.onnx", "   a = Relu (h)", 0, tail=tail))[0]
+        model = prepare(write_tail(tmp_path / f"{case}{i}.onnx", tail, 0))[0]
         out = model.graph.outputs[0]
         assert out.name in ("logits", "prob")
         assert out.producer().op_type == (canonical or "Gemm")
+        assert canonical is None or out.producer().inputs[0].producer().op_type == "Gemm"  # reads the logits
+
+
+class HandSoftmax(torch.nn.Module):
+    """A dense layer and a softmax, by torch.softmax or computed by hand (x − max, exp, a sum, a quotient)."""
+
+    def __init__(self, by_hand: bool):
+        super().__init__()
+        self.fc, self.by_hand = torch.nn.Linear(6, 4), by_hand
+
+    def forward(self, x):
+        logits = self.fc(x)
+        if not self.by_hand:
+            return torch.softmax(logits, 1)
+        e = (logits - logits.max(1, keepdim=True).values).exp()
+        return e / e.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_softmax_computed_by_hand_in_torch_folds(tmp_path, dynamo):
+    """Both torch exports write the hand-made softmax op by op; it folds to the Softmax op and is explained
+    as torch.softmax is."""
+    paths = []
+    for by_hand in (False, True):
+        torch.manual_seed(0)
+        paths.append(tm.export(HandSoftmax(by_hand), torch.zeros(1, 6), tmp_path / f"s{int(by_hand)}.onnx", dynamo))
+    assert {"Exp", "ReduceSum", "ReduceMax", "Div"} <= tm.op_types(paths[1])
+    assert [n.op_type for n in prepare(paths[1])[0].graph] == [n.op_type for n in prepare(paths[0])[0].graph]
+    x = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
+    outs = []
+    for path in paths:
+        proto = relgraph.compile(path, rule="epsilon", write=False).proto
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        outs.append(session.run(["relevance"], {tm.INPUT: x, "target": np.full(3, -1, np.int64)})[0])
+    assert np.abs(outs[0]).sum() > 0
+    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-6, atol=1e-7)
+
+
+# near misses of a written-out softmax: each still computes what it computed, and no softmax of the logits
+# appears at the output
+NOT_SOFTMAX = [
+    # a max over the batch axis does not cancel: a softmax of l − m, not of l
+    LOGIT + "\n   m = ReduceMax <axes = [0]> (l)\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)"
+    "\n   prob = Div (e, s)",
+    # a sum without its axis, put back by Unsqueeze or not (then broadcast along the classes: a batch of as many
+    # samples as classes runs); another numerator
+    LOGIT + "\n   e = Exp (l)\n   s = ReduceSum <keepdims = 0> (e, ax)\n   prob = Div (e, s)",
+    LOGIT + "\n   e = Exp (l)\n   s = ReduceSum <keepdims = 0> (e, ax)\n   u = Unsqueeze (s, ax)\n   prob = Div (e, u)",
+    LOGIT + "\n   e = Exp (l)\n   s = ReduceSum (e, ax)\n   prob = Div (l, s)",
+    # l − log Σ exp(l − max) = log_softmax(l) + max: the shift is not subtracted from l itself
+    LOGIT + MAX_ATTRIBUTE + "\n   d = Sub (l, m)\n   e = Exp (d)\n   s = ReduceSum (e, ax)\n   g = Log (s)"
+    "\n   prob = Sub (l, g)",
+]
+
+
+@pytest.mark.parametrize("index", range(len(NOT_SOFTMAX)))
+def test_softmax_near_misses_are_left_alone(tmp_path, index):
+    path = write_tail(tmp_path / "m.onnx", NOT_SOFTMAX[index], 0)
+    model = prepare(path)[0]
+    end = model.graph.outputs[0].producer()
+    assert not (end.op_type in ("Softmax", "LogSoftmax") and end.inputs[0].producer().op_type == "Gemm")
+    x = np.random.default_rng(index).uniform(-1, 1, (5, 3, 6, 6)).astype(np.float32)
+    runs = [ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for proto in (onnx.load(path), to_proto(model))]
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-6)
+
+
+# near misses of a written-out softsign: another offset, another scale, the magnitude of another value
+NOT_SOFTSIGN = [
+    "   m = Abs (h)\n   d = Add (m, half)\n   a = Div (h, d)",
+    "   m = Abs (h)\n   s = Mul (m, half)\n   d = Add (s, one)\n   a = Div (h, d)",
+    "   v = Relu (h)\n   m = Abs (v)\n   d = Add (m, one)\n   a = Div (h, d)",
+]
+
+
+@pytest.mark.parametrize("index", range(len(NOT_SOFTSIGN)))
+def test_softsign_near_misses_are_left_alone(tmp_path, index):
+    path = write_model(tmp_path / "m.onnx", NOT_SOFTSIGN[index], 0)
+    model = prepare(path)[0]
+    assert "Softsign" not in [n.op_type for n in model.graph]
+    x = np.random.default_rng(index).uniform(-1, 1, (3, 3, 6, 6)).astype(np.float32)
+    runs = [ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+            for proto in (onnx.load(path), to_proto(model))]
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5, atol=1e-6)
 
 
 def mobilenet_like(path, seed: int, blocks: int = 4) -> str:

@@ -63,7 +63,7 @@ _BINARY = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.po
 _UNARY = {"Neg": torch.neg, "Abs": torch.abs, "Sign": torch.sign, "Sqrt": torch.sqrt, "Exp": torch.exp,
           "Log": torch.log, "Reciprocal": torch.reciprocal, "Floor": torch.floor, "Ceil": torch.ceil,
           "Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Not": torch.logical_not,
-          "Erf": torch.erf, "Softplus": F.softplus}
+          "Erf": torch.erf, "Softplus": F.softplus, "Softsign": F.softsign}
 
 for _name, _fn in _BINARY.items():
     TORCH_OPS[_name] = lambda inputs, attrs, fn=_fn: fn(inputs[0], inputs[1])
@@ -116,6 +116,35 @@ def identity(inputs, attrs):
 @op("LeakyRelu")
 def leaky_relu(inputs, attrs):
     return F.leaky_relu(inputs[0], attrs.get("alpha", 0.01))
+
+
+@op("Elu")
+def elu(inputs, attrs):
+    return F.elu(inputs[0], attrs.get("alpha", 1.0))
+
+
+@op("Selu")
+def selu(inputs, attrs):
+    x = inputs[0]
+    alpha, gamma = attrs.get("alpha", 1.67326319217681884765625), attrs.get("gamma", 1.05070102214813232421875)
+    return gamma * torch.where(x > 0, x, alpha * torch.expm1(x))
+
+
+@op("Celu")
+def celu(inputs, attrs):
+    return F.celu(inputs[0], attrs.get("alpha", 1.0))
+
+
+@op("ThresholdedRelu")
+def thresholded_relu(inputs, attrs):
+    x = inputs[0]
+    return torch.where(x > attrs.get("alpha", 1.0), x, torch.zeros_like(x))
+
+
+@op("Shrink")
+def shrink(inputs, attrs):
+    x, lambd, bias = inputs[0], attrs.get("lambd", 0.5), attrs.get("bias", 0.0)
+    return torch.where(x > lambd, x - bias, torch.where(x < -lambd, x + bias, torch.zeros_like(x)))
 
 
 @op("HardSigmoid")

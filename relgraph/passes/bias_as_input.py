@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from .match import per_channel
 from ..graph import add_initializer, const_array, is_const, replace_value
 
 BIAS = "relgraph.bias"
@@ -49,17 +50,10 @@ def _fold_following_add(graph: ir.Graph, layer: ir.Node) -> bool:
     add = uses[0].node
     if add.op_type != "Add":
         return False
-    c = const_array(add.inputs[1 - uses[0].idx])
-    channels = weight.shape[0]
-    rank = len(out.shape) if out.shape is not None else 0
-    if c is None or c.size != channels or rank < 2:
+    c = per_channel(layer, const_array(add.inputs[1 - uses[0].idx]))
+    if c is None:
         return False
-    # the constant must broadcast along the channel axis only: shape [C], [1, C], [C, 1, 1], [1, C, 1, 1] …
-    if layer.op_type == "Conv" and c.ndim >= 1 and (c.ndim < rank - 1 or c.shape[-(rank - 1)] != channels):
-        return False
-    if layer.op_type == "Gemm" and c.shape[-1] != channels:
-        return False
-    bias = c.reshape(-1).astype(weight.dtype)
+    bias = c.astype(weight.dtype)
     if len(layer.inputs) > 2 and layer.inputs[2] is not None:
         bias = bias + const_array(layer.inputs[2])
     else:

@@ -3,12 +3,14 @@
     Gelu(x)                  = x · ½(1 + erf(x/√2))                        (opset 20, approximate="none")
     Gelu(x, approximate=tanh) = x · ½(1 + tanh(√(2/π)·(x + 0.044715·x³)))
     Swish(x; α)              = x · σ(α·x)                                  (opset 24; SiLU at α = 1)
+    Mish(x)                  = x · tanh(softplus(x))                       (opset 18)
 
-Exporters that target opset ≥ 20 may write the Gelu op, and ≥ 24 the Swish op; the legacy torch export,
-tf2onnx (Keras's ``gelu``) and jax2onnx write the products above; Keras's and torch's ``silu`` come as
-x · Sigmoid(x). The products are the canonical form: the relevance pass recognises the gate (a product of x
-and an elementwise function of x) and gives it no relevance, so the op and every written-out form get the
-same relevance, and the explainer needs no opset-20 op.
+Exporters that target opset ≥ 20 may write the Gelu op, ≥ 24 the Swish op, and the torch dynamo export
+(onnxscript's torchlib) writes ``mish`` as the Mish op; the legacy torch export, tf2onnx (Keras's ``gelu``
+and ``mish``) and jax2onnx write the products above; Keras's and torch's ``silu`` come as x · Sigmoid(x).
+The products are the canonical form: the relevance pass recognises the gate (a product of x and an
+elementwise function of x) and gives it no relevance, so the op and every written-out form get the same
+relevance, and the explainer needs no opset-18, -20 or -24 op.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class DecomposeGatesPass(ReportingPass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.domain not in STANDARD or node.op_type not in ("Gelu", "Swish"):
+            if node.domain not in STANDARD or node.op_type not in ("Gelu", "Swish", "Mish"):
                 continue
             x, emit = node.inputs[0], Emitter(graph, node)
             if node.op_type == "Gelu":
@@ -47,6 +49,8 @@ class DecomposeGatesPass(ReportingPass):
                     self.skipped.append(f"Gelu '{node.name}' kept: approximate='{approximate}'")
                     continue
                 gate = _gelu_gate(emit, x, approximate)
+            elif node.op_type == "Mish":
+                gate = emit("Tanh", emit("Softplus", x))
             else:
                 alpha = float(attr(node, "alpha", 1.0))
                 gate = emit("Sigmoid", x if alpha == 1.0 else emit("Mul", x, emit.scalar(alpha)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import add_initializer, const_array, replace_value
+from ..graph import add_initializer, attr, const_array, replace_value
 
 STANDARD = ("", "ai.onnx")
 
@@ -80,6 +80,41 @@ def trailing_scale(v: ir.Value):
         k *= step[1]
         v = user.outputs[0]
     return v, k
+
+
+def reduction_axes(node: ir.Node) -> list[int] | None:
+    """The axes a Reduce* node reduces over, non-negative and sorted ([] when none are given), from its
+    ``axes`` attribute (ReduceSum before opset 13, the others before 18) or its constant second input; None
+    when they are computed at run time or the rank of its input is unknown."""
+    x = node.inputs[0]
+    if x.shape is None:
+        return None
+    axes = attr(node, "axes", None)
+    if len(node.inputs) > 1 and node.inputs[1] is not None:
+        axes = const_array(node.inputs[1])
+        if axes is None:
+            return None
+    rank = len(x.shape)
+    return sorted({int(a) % rank for a in np.asarray(axes if axes is not None else [], np.int64).reshape(-1)})
+
+
+def per_channel(layer: ir.Node, c: np.ndarray | None, uniform: bool = False) -> np.ndarray | None:
+    """``c`` as one value per output channel of a Conv or (canonical) Gemm ``layer``, when it broadcasts against
+    the layer's output along the channel axis alone: shape [C], [1, C], [C, 1, 1], [1, C, 1, 1] … (with
+    ``uniform``, one element too); else None."""
+    weight, out = const_array(layer.inputs[1]), layer.outputs[0]
+    if c is None or weight is None or out.shape is None or len(out.shape) < 2 or c.ndim > len(out.shape):
+        return None
+    channels, rank = weight.shape[0], len(out.shape)
+    if uniform and c.size == 1:
+        return np.full(channels, c.reshape(()), c.dtype)
+    if c.size != channels:
+        return None
+    if layer.op_type == "Conv" and c.ndim >= 1 and (c.ndim < rank - 1 or c.shape[-(rank - 1)] != channels):
+        return None
+    if layer.op_type == "Gemm" and c.shape[-1] != channels:
+        return None
+    return c.reshape(-1)
 
 
 class Emitter:

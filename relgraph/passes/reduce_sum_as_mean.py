@@ -19,8 +19,8 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from .base import ReportingPass
-from .match import STANDARD, Emitter
-from ..graph import attr, const_array, dims
+from .match import STANDARD, Emitter, reduction_axes
+from ..graph import attr, dims
 
 
 class ReduceSumAsMeanPass(ReportingPass):
@@ -45,13 +45,9 @@ class ReduceSumAsMeanPass(ReportingPass):
         x = node.inputs[0]
         if x.shape is None:
             return "the rank of its input is unknown"
-        axes = attr(node, "axes", None)  # opset < 13
-        if len(node.inputs) > 1 and node.inputs[1] is not None:
-            axes = const_array(node.inputs[1])
-            if axes is None:
-                return "its axes are computed at run time"
-        rank_ = len(x.shape)
-        axes = sorted({int(a) % rank_ for a in np.asarray(axes if axes is not None else [], np.int64).reshape(-1)})
+        axes = reduction_axes(node)
+        if axes is None:
+            return "its axes are computed at run time"
         if not axes:
             return "it reduces over all axes" if not attr(node, "noop_with_empty_axes", 0) else "it reduces nothing"
         if 0 in axes:

@@ -179,7 +179,8 @@ def _residual_sum(env: Env) -> bool:
 # ops that map each element of their activation inputs to one element (constant operands aside)
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow", "Neg", "Abs", "Sqrt", "Reciprocal", "Exp", "Log", "Clip", "Min",
                "Max", "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "Mish",
-               "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Sin", "Cos", "Cast", "Identity"}
+               "ThresholdedRelu", "Shrink", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Erf", "Gelu", "Sin", "Cos",
+               "Cast", "Identity"}
 
 
 def _scalings(v: ir.Value) -> list[ir.Value]:

@@ -1,8 +1,18 @@
 """Rules for elementwise nonlinearities y = f(x): rectifiers (Relu, LeakyRelu, PRelu with a constant slope per
 channel, Clip, Max/Min with a constant: per channel, a one-element one being a Clip by canonicalization, the
-activation first), smooth ones (Elu, Softplus, Sigmoid, Tanh, Erf, Pow by a constant, and Sqrt and
-Reciprocal, the pieces of a normalizer written out), the hard ones (HardSigmoid, HardSwish), and Neg, y = −x (an activation here: ``pass`` gives it R_x = R, as the ε rule gives a scaling by a
-constant, (−x)·R ⊘ (−x)).
+activation first; ThresholdedRelu, Shrink), smooth ones (Elu, Selu, Celu, Softplus, Softsign, Sigmoid, Tanh,
+Erf, Pow by a constant, and Sqrt and Reciprocal, the pieces of a normalizer written out), the hard ones
+(HardSigmoid, HardSwish), and Neg, y = −x (an activation here: ``pass`` gives it R_x = R, as the ε rule gives
+a scaling by a constant, (−x)·R ⊘ (−x)). Mish, x·tanh(softplus(x)), is a gate (``decompose_gates``).
+
+The derivatives, with torch's value at a kink (x = 0, or x = ±λ, taken from the side of x ≤ 0 or |x| ≤ λ):
+
+    Selu(x; α, γ)            = γx (x > 0), γα(eˣ − 1) (x ≤ 0)       f′ = γ, γαeˣ = y + γα
+    Celu(x; α)               = x (x > 0), α(e^(x/α) − 1) (x ≤ 0)     f′ = 1, e^(x/α) = y/α + 1
+    Softsign(x)              = x / (1 + |x|)                         f′ = 1/(1 + |x|)²
+    ThresholdedRelu(x; α)    = x (x > α), 0 otherwise                f′ = 1 (x > α), 0 otherwise
+    Shrink(x; λ, b)          = x − b (x > λ), x + b (x < −λ), 0      f′ = 1 (|x| > λ), 0 otherwise
+                               (torch's hardshrink: b = 0; softshrink: b = λ)
 
 - ``gradient``:        R_x = f′(x) ⊙ R (the chain rule; torch's derivative conventions at the kinks).
 - ``pass`` / ``ignore``: R_x = R. LRP's treatment of activations: relevance is not changed by them
@@ -45,6 +55,21 @@ def derivative_mask(env: Env, R=None):
     if op == "Elu":  # α·eˣ = y + α below 0
         below = b.op("Mul", R, b.op("Add", y, b.scalar(attr(node, "alpha", 1.0))))
         return b.op("Where", b.op("Greater", x, zero), R, below)
+    if op == "Selu":
+        gamma = attr(node, "gamma", 1.05070102214813232421875)
+        alpha = attr(node, "alpha", 1.67326319217681884765625)
+        below = b.op("Mul", R, b.op("Add", y, b.scalar(alpha * gamma)))
+        return b.op("Where", b.op("Greater", x, zero), b.op("Mul", R, b.scalar(gamma)), below)
+    if op == "Celu":
+        below = b.op("Mul", R, b.op("Add", b.op("Div", y, b.scalar(attr(node, "alpha", 1.0))), one))
+        return b.op("Where", b.op("Greater", x, zero), R, below)
+    if op == "Softsign":  # from x: 1 − |y| loses digits where |x| is large
+        d = b.op("Add", b.op("Abs", x), one)
+        return b.op("Div", R, b.op("Mul", d, d))
+    if op == "ThresholdedRelu":
+        return b.op("Where", b.op("Greater", x, b.scalar(attr(node, "alpha", 1.0))), R, zero)
+    if op == "Shrink":
+        return b.op("Where", b.op("Greater", b.op("Abs", x), b.scalar(attr(node, "lambd", 0.5))), R, zero)
     if op == "Softplus":  # log(1 + eˣ)′ = σ(x)
         return b.op("Mul", R, b.op("Sigmoid", x))
     if op == "Neg":
@@ -103,8 +128,9 @@ def _check_clip(node) -> str | None:
     return None
 
 
-ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Softplus", "Neg", "Clip", "Max", "Min", "Sigmoid", "Tanh",
-               "HardSigmoid", "HardSwish", "Erf", "Pow", "Sqrt", "Reciprocal")
+ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "ThresholdedRelu",
+               "Shrink", "Neg", "Clip", "Max", "Min", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Erf", "Pow",
+               "Sqrt", "Reciprocal")
 
 
 def _check_operands(node) -> str | None:
