@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
-from .base import ReportingPass
-from .match import STANDARD, Emitter
+from .base import NodeRewritePass
+from .match import Emitter
 from ..graph import attr, const_array, dims
 
 
@@ -52,24 +51,10 @@ def parse_equation(equation: str, ranks: list[int]) -> tuple[list[str], str]:
     return spelled, out
 
 
-class EinsumAsMatMulPass(ReportingPass):
+class EinsumAsMatMulPass(NodeRewritePass):
+    op_types = ("Einsum",)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        modified = False
-        for node in list(graph):
-            if node.op_type != "Einsum" or node.domain not in STANDARD:
-                continue
-            why = self._rewrite(graph, node)
-            if why:
-                self.skipped.append(f"Einsum '{node.name}' kept: {why}")
-            else:
-                modified = True
-        if modified:
-            common.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified)
-
-    def _rewrite(self, graph: ir.Graph, node: ir.Node) -> str | None:
+    def rewrite(self, graph: ir.Graph, node: ir.Node, opset: int) -> str | None:
         constant = [const_array(v) is not None for v in node.inputs]
         if len(node.inputs) != 2 or sum(constant) != 1:
             return "it is not a product of one activation and one constant"

@@ -27,33 +27,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
-from .base import ReportingPass
+from .base import NodeRewritePass
 from .match import STANDARD, Emitter
 from ..graph import attr, const_array, dims
 
 
-class FoldGroupNormPass(ReportingPass):
+class FoldGroupNormPass(NodeRewritePass):
+    op_types = ("InstanceNormalization", "GroupNormalization")
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        opset = model.opset_imports.get("", 17)
-        modified = False
-        for node in list(graph):
-            if node.domain not in STANDARD or node.graph is None \
-                    or node.op_type not in ("InstanceNormalization", "GroupNormalization"):
-                continue
-            why = self._rewrite(graph, node, opset)
-            if why:
-                self.skipped.append(f"{node.op_type} '{node.name}' kept: {why}")
-            else:
-                modified = True
-        if modified:
-            common.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified)
-
-    def _rewrite(self, graph: ir.Graph, node: ir.Node, opset: int) -> str | None:
+    def rewrite(self, graph: ir.Graph, node: ir.Node, opset: int) -> str | None:
         x = node.inputs[0]
         if x.shape is None or len(x.shape) < 2 or None in dims(x)[1:]:
             return "the non-batch dimensions of its input are not static"

@@ -38,7 +38,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from .base import ReportingPass
-from .match import STANDARD, Emitter
+from .match import STANDARD, Emitter, reduction_axes
 from ..graph import attr, const_array, dims
 
 # a monomial is the tuple of exponents of (x, μ, v, q, r); a polynomial maps monomials to constant coefficients
@@ -182,19 +182,10 @@ def _scalar(v: ir.Value | None) -> float | None:
 
 
 def _mean_axes(node: ir.Node) -> list[int] | None:
-    """The sorted non-negative axes of a ReduceMean with keepdims=1, else None."""
-    x = node.inputs[0]
-    if x is None or x.shape is None or not attr(node, "keepdims", 1):
+    """The sorted non-negative axes of a ReduceMean with keepdims=1 over given axes, else None."""
+    if node.inputs[0] is None or not attr(node, "keepdims", 1):
         return None
-    axes = attr(node, "axes", None)
-    if len(node.inputs) > 1 and node.inputs[1] is not None:
-        axes = const_array(node.inputs[1])
-        if axes is None:
-            return None
-    if axes is None or np.size(axes) == 0:
-        return None
-    r = len(x.shape)
-    return sorted({int(a) % r for a in np.asarray(axes).reshape(-1)})
+    return reduction_axes(node) or None
 
 
 def _is_layer_norm(rep: dict) -> bool:

@@ -14,7 +14,7 @@ import onnx_ir as ir
 
 from ..graph import add_initializer, attr, const_array, replace_value
 
-STANDARD = ("", "ai.onnx")
+from .base import STANDARD
 
 
 def scalar(v: ir.Value | None) -> float | None:

@@ -16,32 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common
 
-from .base import ReportingPass
-from .match import STANDARD, Emitter, reduction_axes
+from .base import NodeRewritePass
+from .match import Emitter, reduction_axes
 from ..graph import attr, dims
 
 
-class ReduceSumAsMeanPass(ReportingPass):
+class ReduceSumAsMeanPass(NodeRewritePass):
+    op_types = ("ReduceSum",)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        opset = model.opset_imports.get("", 17)
-        modified = False
-        for node in list(graph):
-            if node.op_type != "ReduceSum" or node.domain not in STANDARD:
-                continue
-            why = self._rewrite(graph, node, opset)
-            if why:
-                self.skipped.append(f"ReduceSum '{node.name}' kept: {why}")
-            else:
-                modified = True
-        if modified:
-            common.RemoveUnusedNodesPass()(model)
-        return ir.passes.PassResult(model, modified)
-
-    def _rewrite(self, graph: ir.Graph, node: ir.Node, opset: int) -> str | None:
+    def rewrite(self, graph: ir.Graph, node: ir.Node, opset: int) -> str | None:
         x = node.inputs[0]
         if x.shape is None:
             return "the rank of its input is unknown"
