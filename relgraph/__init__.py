@@ -10,6 +10,6 @@ __version__ = "0.1.0"
 
 from .compiler import compile  # noqa: E402
 from .errors import RelgraphError, UnsupportedOpsError  # noqa: E402
-from .explainer import Explainer  # noqa: E402
+from .explainer import Explainer, open_explainer  # noqa: E402
 
-__all__ = ["compile", "Explainer", "RelgraphError", "UnsupportedOpsError", "__version__"]
+__all__ = ["compile", "Explainer", "open_explainer", "RelgraphError", "UnsupportedOpsError", "__version__"]

@@ -283,7 +283,7 @@ LISTED_SAMPLES = 20  # per-sample lines printed; a bigger batch ends in one line
 def cmd_explain(args):
     """Explain in chunks of --batch-size samples, each written out as it comes (.npy, .npz), or kept for the
     heatmap strip (.png, the first MAX_TILES samples): memory follows the chunk, not the batch."""
-    from .explainer import Explainer
+    from .explainer import open_explainer
     from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow
 
     if args.text is not None:
@@ -302,7 +302,7 @@ def cmd_explain(args):
         raise RelgraphError(f"--batch-size must be at least 1, got {args.batch_size}")
     if ext == ".png":
         pillow()  # before any work: without Pillow the heatmap could not be written
-    explainer = Explainer(args.explainer, backend=args.backend, runtime=args.runtime)
+    explainer = open_explainer(args.explainer, backend=args.backend, runtime=args.runtime)
     x = _explainer_input(explainer, args.input, args.scale)
     n = x.shape[0]
     if n == 0:
@@ -349,7 +349,7 @@ def _print_samples(start: int, out: dict, n: int) -> None:
 
 def _explain_text(args):
     """--text: each text's tokens and their relevance on stdout; -o writes them shaded (.html or .png)."""
-    from .explainer import Explainer
+    from .explainer import open_explainer
     from .heatmap import encode_png
     from .preprocess import model_classes
     from .text import TEXT_OUTPUTS, TextEncoder, caption, explain_text, render_html, render_png
@@ -361,7 +361,7 @@ def _explain_text(args):
         check_output(args.output, [args.explainer], overwrite=args.force)
     if args.batch_size < 1:
         raise RelgraphError(f"--batch-size must be at least 1, got {args.batch_size}")
-    explainer = Explainer(args.explainer, backend=args.backend, runtime=args.runtime)
+    explainer = open_explainer(args.explainer, backend=args.backend, runtime=args.runtime)
     encoder = TextEncoder.of(explainer)
     items = explain_text(explainer, args.text, args.target, batch_size=args.batch_size, encoder=encoder)
     classes = model_classes(explainer.metadata)
@@ -433,7 +433,7 @@ def cmd_check(args):
 
     from .explainer import Explainer
 
-    explainer = Explainer(args.explainer, backend="onnxruntime")  # a triton folder: its ONNX explainer
+    explainer = Explainer(args.explainer)  # a triton folder: its ONNX explainer
     x = explainer.prepare(_explainer_input(explainer, args.input, args.scale))
     if args.runtimes:
         return _print_runtimes(explainer.path, x, args.target)

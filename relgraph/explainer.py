@@ -27,20 +27,12 @@ class Explainer:
     ``threads``: intra-op threads; ``spinning=False`` stops onnxruntime's idle worker threads from spinning;
     ``providers``: onnxruntime's execution providers; ``device``: OpenVINO's device (CPU, GPU, NPU).
 
-    ``backend``: "onnxruntime" or "triton"; by default "triton" for a folder compiled with
-    ``--target triton`` (a :class:`relgraph.lowering.explainer.TritonExplainer` is returned), else
-    "onnxruntime" (on such a folder: its ``explainer.onnx``, run by ``runtime``).
+    On a folder compiled with ``--target triton`` it runs the folder's ``explainer.onnx``;
+    :func:`open_explainer` opens the folder's launch plan instead.
     """
 
-    def __new__(cls, path, *args, backend=None, **kwargs):
-        if cls is Explainer and _backend(path, backend) == "triton":
-            from .lowering.explainer import TritonExplainer
-
-            cls = TritonExplainer
-        return super().__new__(cls)
-
     def __init__(self, path, *, runtime: str = "onnxruntime", threads: int | None = None, spinning: bool = True,
-                 providers=None, device: str | None = None, backend=None):
+                 providers=None, device: str | None = None):
         path = str(path)
         if os.path.isdir(path):  # a triton folder holds the ONNX explainer it was lowered from
             path = os.path.join(path, "explainer.onnx")
@@ -256,6 +248,18 @@ def read_explainer(path, *, weights: bool = True) -> onnx.ModelProto:
     if not is_explainer(proto):
         raise RelgraphError(f"{path} is not a relgraph explainer (compile it first: relgraph compile MODEL)")
     return proto
+
+
+def open_explainer(path, *, backend: str | None = None, **options) -> Explainer:
+    """The explainer at ``path`` with the backend that runs it: ``backend`` "onnxruntime" or "triton"; by default
+    "triton" for a folder compiled with ``--target triton`` (a
+    :class:`relgraph.lowering.explainer.TritonExplainer`), else "onnxruntime" (an :class:`Explainer`; on such a
+    folder, its ``explainer.onnx``). ``options`` go to the explainer's constructor."""
+    if _backend(path, backend) == "triton":
+        from .lowering.explainer import TritonExplainer  # optional: torch and triton
+
+        return TritonExplainer(path, **options)
+    return Explainer(path, **options)
 
 
 def _backend(path, backend) -> str:

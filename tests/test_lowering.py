@@ -168,8 +168,8 @@ def test_plan_round_trips_and_names_real_specializations(folders, model_path):
 
 @pytest.mark.parametrize("rule", RULES)
 def test_triton_explainer_matches_onnxruntime(folders, sample, rule):
-    reference = relgraph.Explainer(folders[rule], backend="onnxruntime")
-    lowered = relgraph.Explainer(folders[rule])
+    reference = relgraph.Explainer(folders[rule])
+    lowered = relgraph.open_explainer(folders[rule])
     assert isinstance(lowered, TritonExplainer) and not isinstance(reference, TritonExplainer)
     targets = pick_targets(reference.explain(sample)["logits"], seed=5)
     for target in (targets, None):
@@ -197,7 +197,7 @@ def test_composite_plans_match_onnxruntime(model_path, tmp_path, rule):
     launched = ops(load(folder)[0])
     assert launched[COMPOSITE_KERNELS[rule]] == CONVS - 1 and launched["epsilon_linear"] == 1
     assert launched["maxpool2d_back"] == 1 and launched["epsilon_sum"] == 1
-    reference, lowered = relgraph.Explainer(folder, backend="onnxruntime"), relgraph.Explainer(folder)
+    reference, lowered = relgraph.Explainer(folder), relgraph.open_explainer(folder)
     assert isinstance(lowered, TritonExplainer)
     x = random_input((2, *LoweringNet.input_shape), seed=12, low=-3.0, high=3.0)
     want, got = reference.explain(x, 3), lowered.explain(x, 3)
@@ -214,9 +214,9 @@ def test_fp16_operands_plan(model_path, sample, tmp_path):
     folder = tmp_path / "fp16.triton"
     assert main(["compile", str(model_path), "--rule", "epsilon", "--target", "triton", "--dtype", "fp16",
                  "-o", str(folder)]) == 0
-    lowered = relgraph.Explainer(folder)
+    lowered = relgraph.open_explainer(folder)
     assert lowered.plan.dtype == "fp16" and {s["dtype"] for s in lowered.plan.specializations()} == {"fp16"}
-    fp32 = relgraph.Explainer(folder, backend="onnxruntime").explain(sample, 2)
+    fp32 = relgraph.Explainer(folder).explain(sample, 2)
     torch_ref = TritonExplainer(folder, kernels="torch", device="cpu").explain(sample, 2)
     got = lowered.explain(sample, 2)
 
@@ -232,7 +232,7 @@ def test_fp16_operands_plan(model_path, sample, tmp_path):
 @pytest.mark.parametrize("rule", RULES)
 def test_torch_reference_of_the_kernels_matches_onnxruntime(folders, sample, rule):
     """The kernel steps computed by their torch reference: the plan's rewrites alone are exact."""
-    reference = relgraph.Explainer(folders[rule], backend="onnxruntime")
+    reference = relgraph.Explainer(folders[rule])
     lowered = TritonExplainer(folders[rule], kernels="torch", device="cpu")
     want, got = reference.explain(sample, 1), lowered.explain(sample, 1)
     for name, value in want["outputs"].items():
@@ -242,7 +242,7 @@ def test_torch_reference_of_the_kernels_matches_onnxruntime(folders, sample, rul
 def test_onnx_explainer_file_is_lowered_on_the_spot(folders, sample):
     onnx_file = Path(folders["epsilon"]) / "explainer.onnx"
     reference = relgraph.Explainer(onnx_file)
-    lowered = relgraph.Explainer(onnx_file, backend="triton")
+    lowered = relgraph.open_explainer(onnx_file, backend="triton")
     want, got = reference.explain(sample, 2), lowered.explain(sample, 2)
     assert relative_error(got["relevance"], want["relevance"]).max() < 1e-4
 
@@ -261,8 +261,8 @@ def test_matmul_over_a_sequence_runs_as_linear_kernels(tmp_path):
     assert {s.op for s in matmuls} == {"linear", "epsilon_linear"}
     assert "Transpose" not in {s.op for s in plan.prelude}
     x = random_input((2, *StructureZoo.input_shape), seed=4)
-    want = relgraph.Explainer(folder, backend="onnxruntime").explain(x, 0)
-    got = relgraph.Explainer(folder).explain(x, 0)
+    want = relgraph.Explainer(folder).explain(x, 0)
+    got = relgraph.open_explainer(folder).explain(x, 0)
     for name, value in want["outputs"].items():
         assert relative_error(got["outputs"][name], value).max() < 1e-4, name
 
@@ -456,7 +456,7 @@ def test_resnet18_plan_covers_the_network(tmp_path, rule):
     relevance_kernels = launched["epsilon_conv2d"] + launched["lrp_parts_conv2d_back"]
     assert relevance_kernels == 19  # all 20 convs but the first, whose flat / z^B rule has no fused kernel
     x = random_input((2, 3, 64, 64), seed=1, low=-3.0, high=3.0)
-    want = relgraph.Explainer(folder, backend="onnxruntime").explain(x, 7)
+    want = relgraph.Explainer(folder).explain(x, 7)
     got = TritonExplainer(folder, kernels="torch", device="cpu").explain(x, 7)
     for name, value in want["outputs"].items():
         g = got["outputs"][name]
@@ -495,7 +495,7 @@ def test_selu_softsign_plan_matches_onnxruntime(tmp_path, rule):
     folder = compile_triton(path, tmp_path / "act.triton", rule=rule).path
     plan = load(folder)[0]
     assert {"Selu", "Softsign"} <= {s.op for s in plan.steps}
-    reference, lowered = relgraph.Explainer(folder, backend="onnxruntime"), relgraph.Explainer(folder)
+    reference, lowered = relgraph.Explainer(folder), relgraph.open_explainer(folder)
     assert isinstance(lowered, TritonExplainer)
     x = random_input((3, 3, 6, 6), seed=6)
     want, got = reference.explain(x, 2), lowered.explain(x, 2)

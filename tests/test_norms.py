@@ -200,7 +200,7 @@ def test_epsilon_rule_matches_dense_reference(tmp_path, form):
 def test_triton_lowering_matches_onnxruntime(tmp_path, rule):
     _, shape, _, path = _export("group-norm", "legacy", tmp_path)
     folder = compile_triton(path, tmp_path / f"{rule}.triton", rule=rule).path
-    reference, lowered = relgraph.Explainer(folder, backend="onnxruntime"), relgraph.Explainer(folder)
+    reference, lowered = relgraph.Explainer(folder), relgraph.open_explainer(folder)
     assert isinstance(lowered, TritonExplainer)
     x = tm.random_input((2, *shape), 8)
     want, got = reference.explain(x), lowered.explain(x)

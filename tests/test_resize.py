@@ -392,7 +392,7 @@ def test_triton_lowering_matches_onnxruntime(exported, tmp_path, name):
 
     model, path = exported(name)
     folder = compile_triton(path, tmp_path / f"{name}.triton", rule="epsilon").path
-    reference, lowered = relgraph.Explainer(folder, backend="onnxruntime"), relgraph.Explainer(folder)
+    reference, lowered = relgraph.Explainer(folder), relgraph.open_explainer(folder)
     assert isinstance(lowered, TritonExplainer)
     x = tm.random_input((2, *model.input_shape), seed=7)
     want, got = reference.explain(x, 1), lowered.explain(x, 1)

@@ -347,7 +347,7 @@ def test_serves_a_triton_folder(tmp_path, direct):
     from relgraph.lowering import compile_triton
 
     folder = compile_triton(str(MODEL), str(tmp_path / "digits.triton"), rule=RULE).path
-    explainer = Explainer(folder)
+    explainer = relgraph.open_explainer(folder)
     assert "Triton kernels" in explainer.device
     srv = ExplainServer(explainer, "127.0.0.1", 0, max_batch=4, max_wait=0.003).start()
     try:

@@ -222,8 +222,8 @@ def test_triton_target_runs_attention(exported, tmp_path, arch, attn):
     compile_triton(path, str(folder), rule="attnlrp")
     first, *rest = feed
     side = {k: feed[k] for k in rest}
-    expected = relgraph.Explainer(str(folder), backend="onnxruntime").explain(feed[first], inputs=side)
-    lowered = relgraph.Explainer(str(folder), kernels="triton")
+    expected = relgraph.Explainer(str(folder)).explain(feed[first], inputs=side)
+    lowered = relgraph.open_explainer(str(folder), kernels="triton")
     assert lowered.plan.kernel_steps(), "no step runs as a kernel"
     got = lowered.explain(feed[first], inputs=side)
     for key in ("relevance", "bias_relevance", "logits"):

@@ -36,7 +36,7 @@ def plan(explainer_path: str, data: str, *, block_rows: int, batch_size: int, ta
     """The explainer's reading spec, the sources, the blocks and the manifest of a run (no Ray)."""
     from ..explainer import Explainer
 
-    explainer = Explainer(explainer_path, backend="onnxruntime")  # a triton folder: its ONNX explainer
+    explainer = Explainer(explainer_path)  # a triton folder: its ONNX explainer
     explainer.targets(target, 1)  # a class out of range is a one-line error here, not in every actor
     spec = _sources.spec_of(explainer)
     if store_size and len(spec.sample_shape) != 3:

@@ -1,6 +1,6 @@
 """Run a lowered explainer with the same interface as the onnxruntime one.
 
-``relgraph.Explainer(DIR)`` on a triton folder (or ``Explainer(FILE, backend="triton")`` on an ONNX
+``relgraph.open_explainer(DIR)`` on a triton folder (or ``open_explainer(FILE, backend="triton")`` on an ONNX
 explainer, lowered on the spot) returns a :class:`TritonExplainer`: the same ``prepare``, ``targets`` and
 ``explain(x, target)`` result dict, computed by the launch plan on CUDA, or on the CPU under Triton's
 interpreter (``TRITON_INTERPRET=1``).
@@ -21,7 +21,7 @@ class TritonExplainer(Explainer):
     ``spinning``, ``providers``) do not apply and are ignored.
     """
 
-    def __init__(self, path, *, backend=None, kernels: str = "triton", device=None, threads=None, spinning=True,
+    def __init__(self, path, *, kernels: str = "triton", device=None, threads=None, spinning=True,
                  providers=None, runtime: str = "onnxruntime"):
         from . import load
         from .executor import Executor, read_constants

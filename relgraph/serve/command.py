@@ -62,14 +62,14 @@ def providers_for(device: str) -> list[str]:
 
 def load_explainer(args):
     """The explainer the server runs, from the command line (the one place it is constructed)."""
-    from ..explainer import Explainer
+    from ..explainer import open_explainer
 
     if args.runtime != "onnxruntime":
         if args.device == "cuda":
             raise RelgraphError(f"--device cuda applies to onnxruntime; {args.runtime} runs on the CPU here")
-        return Explainer(args.explainer, runtime=args.runtime, threads=args.threads)
+        return open_explainer(args.explainer, runtime=args.runtime, threads=args.threads)
     # idle threads must not spin: between batches the event loop and the decoding threads need the cores
-    return Explainer(args.explainer, threads=args.threads, spinning=False, providers=providers_for(args.device))
+    return open_explainer(args.explainer, threads=args.threads, spinning=False, providers=providers_for(args.device))
 
 
 def check_args(args) -> None:
