@@ -21,6 +21,7 @@ import os
 import onnx
 import onnx.inliner
 import onnx.shape_inference
+import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
@@ -121,6 +122,10 @@ def save(proto: onnx.ModelProto, path: str, *, overwrite: bool = False, aside: d
     if total_bytes(aside) > INLINE_LIMIT:
         folder, location = os.path.dirname(os.path.abspath(path)), os.path.basename(path) + ".data"
         make_folder(folder)
+        target = os.path.join(folder, location)
+        for tensor in aside.values():  # the weights may be memory maps of the very file this would replace
+            if isinstance(tensor, ir.ExternalTensor) and os.path.exists(target) and os.path.samefile(tensor.path, target):
+                raise RelgraphError(f"{target} holds the model's own weights; write the explainer under another name")
         try:
             write_external(proto, aside, folder, location)
         except OSError as exc:

@@ -101,3 +101,18 @@ def test_raw_data_longer_than_declared_is_refused(tmp_path):
     onnx.save_model(model, str(path))
     with pytest.raises(RelgraphError, match=f"tensor '{tensor.name}' holds"):
         load_model(path)
+
+
+def test_explainer_data_never_replaces_the_models_weights(tmp_path, monkeypatch):
+    """An explainer whose PATH.data would be the model's own external-data file (memory-mapped while writing)
+    is refused in one line, and the model's weights are left as they were."""
+    model = onnx.load(str(DIGITS))
+    path = tmp_path / "model.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, location="explainer.onnx.data",
+                    size_threshold=0)
+    data = tmp_path / "explainer.onnx.data"
+    before = data.read_bytes()
+    monkeypatch.setattr(relgraph.export, "INLINE_LIMIT", 0)
+    with pytest.raises(RelgraphError, match="model's own weights"):
+        relgraph.compile(str(path), rule="epsilon", output=str(tmp_path / "explainer.onnx"))
+    assert data.read_bytes() == before
