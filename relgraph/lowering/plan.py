@@ -30,7 +30,6 @@ die after it, so an executor can free them.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -39,15 +38,11 @@ from onnx import numpy_helper
 
 from ..errors import RelgraphError
 from ..files import replacing
+from ..rules.functions import DOMAIN, FUNCTIONS, LocalFunction
 
 FORMAT = "relgraph.plan/1"
-DOMAIN = "relgraph"
 KERNEL_OPS = ("linear", "conv2d", "epsilon_linear", "epsilon_conv2d", "lrp_parts_linear", "lrp_parts_linear_back",
               "lrp_parts_conv2d", "lrp_parts_conv2d_back", "maxpool2d_back", "epsilon_sum")
-EPSILON_CALLS = {"EpsilonGemm": "epsilon_linear", "EpsilonMatMul": "epsilon_linear",
-                 "EpsilonConv": "epsilon_conv2d", "EpsilonConvUnitStride": "epsilon_conv2d"}
-# relgraph.<Rule><Op>[UnitStride][OnNonnegative](x, W, b⁺, b⁻, [z,] R) -> (R_x, s_a, s_b)
-PARTS_CALL = re.compile(r"(Gamma|AlphaBeta)(Gemm|Conv)(UnitStride)?(OnNonnegative)?$")
 
 
 @dataclass
@@ -295,23 +290,23 @@ def _inline(call: Step, fn: onnx.FunctionProto) -> list[Step]:
     return steps
 
 
-def _epsilon_kernel(call: Step, g: _Graph) -> Step | None:
+def _epsilon_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | None:
     """The ε call as a kernel step in mode "den" (``_fuse_stabilizers`` refines it), or None when its
     operands do not fit a kernel (a batched MatMul weight, a 1-d or 3-d convolution)."""
     x, w, den, r = call.inputs
-    op = EPSILON_CALLS[call.op]
+    op = function.kernel
     want_rank = 2 if op == "epsilon_linear" else 4
     if w not in g.initializers or g.ranks.get(w) != want_rank:
         return None
     if op == "epsilon_conv2d" and g.ranks.get(x) != 4:
         return None
-    if call.op == "EpsilonConvUnitStride":
+    if function.unit_stride:
         # the call carries the transpose's geometry; the forward pads are p = d·(k − 1) − back_pad
         kernel = list(g.initializers[w].dims[2:])
         dil, back = call.attrs["dilations"], call.attrs["back_pads"]
         pads = [d * (k - 1) - b for d, k, b in zip(dil * 2, kernel * 2, back)]
         attrs = dict(strides=[1, 1], pads=pads, dilations=list(dil), group=call.attrs["group"])
-    elif call.op == "EpsilonConv":
+    elif function.op == "Conv":
         attrs = {k: list(call.attrs[k]) if k != "group" else call.attrs[k]
                  for k in ("strides", "pads", "dilations", "group")}
     else:
@@ -321,11 +316,10 @@ def _epsilon_kernel(call: Step, g: _Graph) -> Step | None:
                 dtype=None, nodes=list(call.nodes))
 
 
-def _parts_kernels(call: Step, g: _Graph) -> list[Step] | None:
+def _parts_kernels(call: Step, function: LocalFunction, g: _Graph) -> list[Step] | None:
     """The γ / αβ call as split forward + push-back kernel steps (the shares s_a, s_b pruned unless a bias
     reads them), or None when its operands do not fit the kernels."""
-    kind, op, _, nonneg = PARTS_CALL.match(call.op).groups()
-    rule, linear = ("gamma" if kind == "Gamma" else "alpha-beta"), op == "Gemm"
+    rule, linear, nonneg = function.rule, function.op == "Gemm", function.nonnegative
     (x, w, b_pos, b_neg), r = call.inputs[:4], call.inputs[-1]
     rank = 2 if linear else 4
     if w not in g.initializers or g.ranks.get(w) != rank or g.ranks.get(x) != rank \
@@ -337,7 +331,7 @@ def _parts_kernels(call: Step, g: _Graph) -> list[Step] | None:
     z_pos, z_neg = f"{name}/z_pos", f"{name}/z_neg"
     geometry = {} if linear else {k: call.attrs[k] for k in ("strides", "pads", "dilations", "group")}
     params = {k: call.attrs[k] for k in ("epsilon", "gamma", "alpha", "beta") if k in call.attrs}
-    family = "lrp_parts_linear" if linear else "lrp_parts_conv2d"
+    family = function.kernel
     bias = [b_pos, b_neg] if has_bias else ["", ""]
     return [
         Step("kernel", family, [x, w], [z_pos, z_neg], dict(geometry), {"x_nonneg": bool(nonneg)},
@@ -348,7 +342,7 @@ def _parts_kernels(call: Step, g: _Graph) -> list[Step] | None:
     ]
 
 
-def _route_kernel(call: Step, g: _Graph) -> Step | None:
+def _route_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | None:
     """A 2-d ``relgraph.MaxPoolRoute`` as a ``maxpool2d_back`` step (any kernel, stride, pads, dilation,
     ceil_mode), else None (1-d and 3-d pools keep the function's ops)."""
     x, r = call.inputs
@@ -358,7 +352,7 @@ def _route_kernel(call: Step, g: _Graph) -> Step | None:
     return Step("kernel", "maxpool2d_back", [x, r], list(call.outputs), attrs, {}, nodes=list(call.nodes))
 
 
-def _sum_kernel(call: Step, g: _Graph) -> Step:
+def _sum_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step:
     """``relgraph.EpsilonSum`` (a, b, den, R) as an ``epsilon_sum`` step in mode "den" (refined by
     ``_fuse_stabilizers``); den last among the inputs, as in the ε steps."""
     a, b, den, r = call.inputs
@@ -366,7 +360,10 @@ def _sum_kernel(call: Step, g: _Graph) -> Step:
                 nodes=list(call.nodes))
 
 
-_ROUTE_CALLS = {"MaxPoolRoute": _route_kernel, "EpsilonSum": _sum_kernel}
+# the fused kernel a model-local function names → its kernel steps, or None where its operands do not fit
+_KERNEL_STEPS = {"epsilon_linear": _epsilon_kernel, "epsilon_conv2d": _epsilon_kernel,
+                 "lrp_parts_linear": _parts_kernels, "lrp_parts_conv2d": _parts_kernels,
+                 "maxpool2d_back": _route_kernel, "epsilon_sum": _sum_kernel}
 
 
 def _expand_calls(g: _Graph) -> None:
@@ -376,15 +373,10 @@ def _expand_calls(g: _Graph) -> None:
     def expand(s: Step) -> list[Step]:
         if not s.domain:
             return [s]
-        kernels = None
-        if s.domain == DOMAIN and s.op in EPSILON_CALLS:
-            kernels = _epsilon_kernel(s, g)
-            kernels = kernels and [kernels]
-        elif s.domain == DOMAIN and PARTS_CALL.match(s.op):
-            kernels = _parts_kernels(s, g)
-        elif s.domain == DOMAIN and s.op in _ROUTE_CALLS:
-            kernels = _ROUTE_CALLS[s.op](s, g)
-            kernels = kernels and [kernels]
+        function = FUNCTIONS.get(s.op) if s.domain == DOMAIN else None
+        kernels = _KERNEL_STEPS[function.kernel](s, function, g) if function else None
+        if isinstance(kernels, Step):
+            kernels = [kernels]
         if kernels:
             return kernels
         if (s.domain, s.op) in g.functions:

@@ -33,19 +33,13 @@ from ..errors import RelgraphError, UnsupportedOpsError
 from ..graph import FIXED, Builder, attr, const_array, dims, is_fixed
 from ..progress import Progress
 from ..rules import RULES, Env, kind_of, supported_ops
-from ..rules.registry import rule_function
 from .layout import batch_layouts, layout_of
 from .shapes import EXPORT_BATCH
 from ..rules.composites import Composite
-from ..rules.registry import ACTIVATION, AFFINE, CHECKS, LINEAR, MAX, PRODUCT, SCALE, STRUCTURAL, Share
+from ..rules.registry import (AFFINE, CHECKS, NONNEGATIVE, PRESERVES, Share, rule_epsilon, rule_for,
+                              sign_of)
 
 OUTPUT_OPS = ("Softmax", "LogSoftmax")
-# ops whose output is ≥ 0 whatever their input; and ops that keep non-negativity of their inputs
-NONNEG_OPS = {"Relu", "Sigmoid", "HardSigmoid", "Softmax", "Abs", "Exp"}
-NONNEG_PRESERVING = {"MaxPool", "AveragePool", "GlobalAveragePool", "ReduceMean", "Reshape", "Flatten",
-                     "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice", "Pad", "Add", "Mul",
-                     "Identity", "Expand", "Tile"}
-
 
 @dataclass
 class RelevancePlan:
@@ -204,26 +198,21 @@ def validate(nodes: list[ir.Node]) -> None:
 
 
 def nonnegative_values(graph: ir.Graph) -> set[int]:
-    """Values proven ≥ 0 by a forward sweep (ReLU outputs, pools and reshapes of them, …)."""
+    """Values proven ≥ 0 by a forward sweep over the ops' declared signs (``relgraph.rules.registry.SIGNS``):
+    ReLU outputs, pools and reshapes of them, non-negative constants, …"""
     proven: set[int] = set()
     for v in graph.initializers.values():
         arr = const_array(v)
         if arr is not None and arr.dtype.kind == "f" and np.all(arr >= 0):
             proven.add(id(v))
     for node in graph:
-        op = node.op_type
-        ok = op in NONNEG_OPS
-        if op == "Clip":
-            lo = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None \
-                else attr(node, "min", None)
-            ok = lo is not None and float(np.asarray(lo)) >= 0
-        elif op in NONNEG_PRESERVING or (op == "Resize" and attr(node, "mode", "nearest") != "cubic"):
-            # (cubic interpolation weights have negative lobes; nearest and linear ones are ≥ 0)
-            data = [v for v in node.inputs if v is not None and not (op in ("Reshape", "Pad", "Slice", "Expand",
-                                                                             "Squeeze", "Unsqueeze", "Split", "Tile",
-                                                                             "Resize")
-                                                                     and is_fixed(v))]
-            ok = bool(data) and all(id(v) in proven for v in data)
+        sign = sign_of(node)
+        if sign == PRESERVES:
+            # the values among the operands decide; shape, index and condition operands do not
+            values = [v for v in node.inputs if v is not None and (v.dtype is None or v.dtype.is_floating_point())]
+            ok = bool(values) and all(id(v) in proven for v in values)
+        else:
+            ok = sign == NONNEGATIVE
         if ok:
             proven.update(id(o) for o in node.outputs)
     return proven
@@ -243,18 +232,13 @@ def first_layers(nodes: list[ir.Node], x: ir.Value) -> set[str]:
     return first
 
 
-ZERO_KEEPING_ACTIVATIONS = {"Relu", "LeakyRelu", "Tanh", "HardSwish"}  # f(0) = 0
-INPUT_MULTIPLYING = {AFFINE: {"epsilon", "normalized", "zero", "zplus", "alpha-beta", "gamma"},
-                     LINEAR: {"norm", "epsilon", "normalized", "zero"}}
-STABILIZED = {"norm", "epsilon", "normalized"}
-
-
 def vanishing_values(nodes, choices: dict, logits: ir.Value, composite: Composite) -> set[int]:
     """Values whose relevance is zero wherever the value is zero, under the chosen rules.
 
-    R_out = onehot ⊙ logits vanishes with the logit; a rule that multiplies by its input (ε, z⁺, αβ, γ,
-    sums, pooling) gives a value relevance that vanishes with it; a rule that moves relevance (reshapes,
-    max pooling's winner routing, a pass through f with f(0) = 0) keeps the property of its outputs.
+    R_out = onehot ⊙ logits vanishes with the logit; a rule that multiplies by its input (``Rule.multiplies_input``:
+    ε, z⁺, αβ, γ, sums, pooling) gives a value relevance that vanishes with it; a rule that moves relevance
+    (``Rule.keeps_zeros``: reshapes, max pooling's winner routing, a pass through f with f(0) = 0) keeps the
+    property of its outputs.
     A value has the property when every consumer on the relevance path gives it.
     """
     if composite.output_init != "logit" or composite.formulation != "r" or composite.baseline is not None:
@@ -267,14 +251,9 @@ def vanishing_values(nodes, choices: dict, logits: ir.Value, composite: Composit
     vanish = {id(logits)}
 
     def keeps_zero(consumer) -> bool:
-        kind, rule = kind_of(consumer), choices[consumer.name].rule
-        if rule in INPUT_MULTIPLYING.get(kind, ()):
-            return True
-        if kind == SCALE and consumer.op_type in ("Add", "Sub", "BatchNormalization") and rule != "gradient":
-            return True  # x ⊙ R ⊘ stab(z)
-        moves = kind in (MAX, STRUCTURAL, PRODUCT, SCALE) or (
-            kind == ACTIVATION and rule in ("pass", "ignore") and consumer.op_type in ZERO_KEEPING_ACTIVATIONS)
-        return moves and all(id(o) in vanish for o in consumer.outputs if o.uses())
+        rule = rule_for(consumer, choices[consumer.name].rule)
+        return rule.multiplies_input or (
+            rule.keeps_zeros and all(id(o) in vanish for o in consumer.outputs if o.uses()))
 
     for node in reversed(nodes):
         for out in node.outputs:
@@ -293,7 +272,7 @@ def rectified_outputs(nodes, choices: dict, vanish: set[int]) -> dict[str, ir.Va
     on_path = {id(n) for n in nodes}
     out = {}
     for node in nodes:
-        if choices[node.name].rule not in STABILIZED or len(node.outputs) != 1:
+        if not rule_for(node, choices[node.name].rule).stabilized or len(node.outputs) != 1:
             continue
         z = node.outputs[0]
         users = [u.node for u in z.uses() if id(u.node) in on_path]
@@ -316,11 +295,12 @@ def sharing_values(nodes, choices: dict) -> set[int]:
     out = set()
     for node in nodes:
         choice = choices[node.name]
-        if kind_of(node) != AFFINE or choice.rule not in STABILIZED or choice.params.epsilon <= 0 \
-                or len(node.outputs) != 1 or node.outputs[0].is_graph_output():
+        if kind_of(node) != AFFINE or not rule_for(node, choice.rule).stabilized \
+                or rule_epsilon(choice.rule, choice.params) <= 0 or len(node.outputs) != 1 \
+                or node.outputs[0].is_graph_output():
             continue
         users = [u.node for u in node.outputs[0].uses() if id(u.node) in on_path]
-        if len(users) == 1 and users[0].op_type == "Add" and choices[users[0].name].rule in STABILIZED | {"zero"}:
+        if len(users) == 1 and users[0].op_type == "Add" and rule_for(users[0], choices[users[0].name].rule).stabilized:
             out.add(id(node.outputs[0]))
     return out
 
@@ -382,7 +362,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
                   baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
                   absorbs=lambda v: id(v) in sharing,
                   conserving=composite.output_init == "logit" and composite.formulation == "r")
-        result = rule_function(node, choice.rule)(env)
+        result = rule_for(node, choice.rule).fn(env)
         assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
                                                 f"relevances for {len(node.inputs)} inputs"
         for v, R in zip(node.inputs, result):

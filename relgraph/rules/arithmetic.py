@@ -31,7 +31,7 @@ import onnx_ir as ir
 
 from ..errors import RelgraphError
 from ..graph import attr, const_array, dims, is_fixed, rank
-from .registry import LINEAR, PRODUCT, SCALE, Env, Share, defrule
+from .registry import LINEAR, PRESERVES, PRODUCT, SCALE, Env, Share, defrule, defsign
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}  # GELU: x · (1 + erf(x/√2))/2
 SHAPE_ONLY = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Expand", "Transpose", "Identity"}
@@ -90,7 +90,10 @@ def _bn_affine(node: ir.Node):
     return a.reshape(shape).astype(np.float32), c.reshape(shape).astype(np.float32)
 
 
-@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "gradient", check=_check_arithmetic)
+@defrule(("Add", "Sub", "BatchNormalization"), arithmetic_kind, "gradient", kinds=(LINEAR, SCALE),
+         check=_check_arithmetic)
+@defrule(("Mul", "Div"), arithmetic_kind, "gradient", kinds=(SCALE, PRODUCT), check=_check_arithmetic,
+         keeps_zeros=True)
 def arithmetic_gradient(env: Env):
     node, b, R = env.node, env.b, env.R
     op = node.op_type
@@ -126,8 +129,10 @@ def arithmetic_gradient(env: Env):
     return out
 
 
-@defrule(("Add", "Sub", "Mul", "Div", "BatchNormalization"), arithmetic_kind, "norm", "epsilon", "normalized",
-         "zero")
+@defrule(("Add", "Sub", "BatchNormalization"), arithmetic_kind, "norm", "epsilon", "normalized", "zero",
+         kinds=(LINEAR, SCALE), stabilized=True, multiplies_input=True)
+@defrule(("Mul", "Div"), arithmetic_kind, "norm", "epsilon", "normalized", "zero", kinds=SCALE, stabilized=True,
+         keeps_zeros=True)
 def arithmetic_epsilon(env: Env):
     node, b, R = env.node, env.b, env.R
     op = node.op_type
@@ -231,7 +236,7 @@ def _by_constant(node: ir.Node) -> bool:
 
 # The kind is decided per node here too: the registry keeps one kind function per op type, and a fixed
 # PRODUCT would make every Mul by a constant a "product" as well.
-@defrule(("Mul", "Div"), arithmetic_kind, "gate")
+@defrule(("Mul", "Div"), arithmetic_kind, "gate", kinds=PRODUCT, keeps_zeros=True)
 def product_gate(env: Env):
     """All relevance to the signal operand, none to the gate.
 
@@ -264,7 +269,7 @@ def product_gate(env: Env):
     return out
 
 
-@defrule(("Mul", "Div"), arithmetic_kind, "uniform")
+@defrule(("Mul", "Div"), arithmetic_kind, "uniform", kinds=PRODUCT, keeps_zeros=True)
 def product_uniform(env: Env):
     """The uniform rule for z = a ⊙ c (AttnLRP, Achtibat et al. 2024): R_a = R_c = R / 2.
 
@@ -278,3 +283,6 @@ def product_uniform(env: Env):
     if env.formulation == "q":
         return [unbroadcast(env, env.b.op("Mul", half, c), a), unbroadcast(env, env.b.op("Mul", half, a), c)]
     return [unbroadcast(env, half, a), unbroadcast(env, half, c)]
+
+
+defsign(("Add", "Mul"), PRESERVES)

@@ -29,7 +29,7 @@ import onnx_ir as ir
 from ..graph import attr, dims, is_fixed, rank
 from .arithmetic import SHAPE_ONLY, unbroadcast
 from .linear import affine_kind
-from .registry import BILINEAR, SOFTMAX, Env, defrule
+from .registry import BILINEAR, NONNEGATIVE, SOFTMAX, Env, defrule, defsign
 
 
 def _axis(env: Env):
@@ -97,7 +97,7 @@ def _fixed(env: Env) -> list[bool]:
     return [is_fixed(v) for v in env.node.inputs]
 
 
-@defrule("MatMul", affine_kind, "gradient", only=BILINEAR)
+@defrule("MatMul", affine_kind, "gradient", kinds=BILINEAR)
 def bilinear_gradient(env: Env):
     return [None if keep else g for keep, g in zip(_fixed(env), _products(env, env.R))]
 
@@ -109,12 +109,12 @@ def _split(env: Env, held: list[bool]):
     return _held(env, held, s, 1.0 / free if free else 1.0)
 
 
-@defrule("MatMul", affine_kind, "uniform", only=BILINEAR)
+@defrule("MatMul", affine_kind, "uniform", kinds=BILINEAR)
 def bilinear_uniform(env: Env):
     return _split(env, _fixed(env))
 
 
-@defrule("MatMul", affine_kind, "detach", only=BILINEAR)
+@defrule("MatMul", affine_kind, "detach", kinds=BILINEAR)
 def bilinear_detach(env: Env):
     held = [f or from_softmax(v) for f, v in zip(_fixed(env), env.node.inputs)]
     return _split(env, held if not all(held) else _fixed(env))
@@ -130,3 +130,6 @@ def from_softmax(v: ir.Value) -> bool:
             return False
         node = data[0].producer()
     return node is not None and node.op_type == "Softmax"
+
+
+defsign("Softmax", NONNEGATIVE)

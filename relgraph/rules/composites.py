@@ -38,14 +38,14 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import RelgraphError
-from .registry import (ACTIVATION, AFFINE, BILINEAR, KIND_RULES, LINEAR, MAX, PRODUCT, RULES, SCALE, SOFTMAX,
-                       STRUCTURAL, RuleParams)
+from .registry import (ACTIVATION, AFFINE, ALL_KINDS, BILINEAR, KIND_RULES, LINEAR, MAX, PRODUCT, RULES, SCALE,
+                       SOFTMAX, STRUCTURAL, RuleParams, rule_for, rules_for)
 
 # attention takes AttnLRP's rules in every LRP composite: the softmax's Taylor rule, the uniform ε rule on
 # bilinear MatMuls (relgraph.rules.attention)
 LRP_KINDS = {AFFINE: "epsilon", LINEAR: "norm", SCALE: "norm", MAX: "gradient", ACTIVATION: "pass",
              PRODUCT: "gate", BILINEAR: "uniform", SOFTMAX: "taylor", STRUCTURAL: "gradient"}
-GRADIENT_KINDS = {kind: "gradient" for kind in KIND_RULES}
+GRADIENT_KINDS = {kind: "gradient" for kind in ALL_KINDS}
 
 
 @dataclass(frozen=True)
@@ -79,15 +79,15 @@ class Composite:
         if picked is None and node.op_type in self.op_types:
             picked, source = self.op_types[node.op_type], f"op type {node.op_type}"
             rule = picked if isinstance(picked, str) else picked.rule
-            if rule not in KIND_RULES[kind] and rule in RULES.get(node.op_type, {}):
+            if rule_for(node, rule) is None and any(name == rule for _, name in RULES.get(node.op_type, {})):
                 picked = None  # a rule for this op's other kind (γ for MatMuls with weights, not Q·Kᵀ)
         if picked is None:
             picked, source = self.kinds[kind], f"the default of composite '{self.name}'"
         choice = picked if isinstance(picked, Choice) else Choice(picked, self.params)
-        if choice.rule not in KIND_RULES[kind]:
+        if rule_for(node, choice.rule) is None:
             raise RelgraphError(
                 f"rule '{choice.rule}' ({source}) does not apply to {node.op_type} '{node.name}' "
-                f"(a {kind} op: {', '.join(KIND_RULES[kind])})"
+                f"(a {kind} op: {', '.join(rules_for(node))})"
             )
         return choice
 

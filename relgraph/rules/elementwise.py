@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import attr, const_array
-from .registry import ACTIVATION, Env, defrule
+from .registry import ACTIVATION, NONNEGATIVE, Env, defrule, defsign
 
 RECTIFIERS = ("Relu", "LeakyRelu", "PRelu")
 
@@ -131,6 +131,7 @@ def _check_clip(node) -> str | None:
 ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Softplus", "Softsign", "ThresholdedRelu",
                "Shrink", "Neg", "Clip", "Max", "Min", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Erf", "Pow",
                "Sqrt", "Reciprocal")
+ZERO_KEEPING = ("Relu", "LeakyRelu", "Tanh", "HardSwish")  # f(0) = 0
 
 
 def _check_operands(node) -> str | None:
@@ -150,7 +151,8 @@ def activation_gradient(env: Env):
     return env.to_first_input(derivative_mask(env))
 
 
-@defrule(ACTIVATIONS, ACTIVATION, "pass", "ignore")
+@defrule(ZERO_KEEPING, ACTIVATION, "pass", "ignore", keeps_zeros=True)
+@defrule(tuple(op for op in ACTIVATIONS if op not in ZERO_KEEPING), ACTIVATION, "pass", "ignore")
 def activation_pass(env: Env):
     return env.to_first_input(env.R)
 
@@ -199,3 +201,15 @@ def activation_rescale(env: Env):
     safe_dx = b.op("Where", close, b.scalar(1.0), dx)
     ratio = b.op("Mul", env.R, b.op("Div", dy, safe_dx))
     return env.to_first_input(b.op("Where", close, derivative_mask(env), ratio))
+
+
+def _clip_sign(node: ir.Node) -> str | None:
+    """A Clip with a lower bound ≥ 0 gives y ≥ 0."""
+    low = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None \
+        else attr(node, "min", None)
+    return NONNEGATIVE if low is not None and float(np.asarray(low)) >= 0 else None
+
+
+# y ≥ 0 whatever x (Exp and Abs sit in gates and normalizers written out)
+defsign(("Relu", "Sigmoid", "HardSigmoid", "Exp", "Abs"), NONNEGATIVE)
+defsign("Clip", _clip_sign)

@@ -11,12 +11,39 @@ output where the graph allows it (see ``Env.stabilized_output``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnx.parser
 
 DOMAIN = "relgraph"
 DOMAIN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LocalFunction:
+    """A model-local function of the ``relgraph`` domain: one relevance step whose body is standard ONNX, and
+    the fused kernel that runs it on a GPU (:mod:`relgraph.lowering.plan` reads ``kernel``, never the name).
+
+    ``op``: the layer's op type (Gemm, MatMul, Conv); ``unit_stride``: a 2-d stride-1 Conv whose transpose
+    runs as a flipped-kernel Conv; ``rule``: ``gamma`` or ``alpha-beta`` for the split-forward steps;
+    ``nonnegative``: the layer's input is proven ≥ 0, so every x⁻ term is dropped.
+    """
+
+    name: str
+    kernel: str
+    op: str = ""
+    unit_stride: bool = False
+    rule: str = ""
+    nonnegative: bool = False
+
+
+FUNCTIONS: dict[str, LocalFunction] = {}
+
+
+def _declare(*functions: LocalFunction) -> None:
+    FUNCTIONS.update((f.name, f) for f in functions)
 
 _DIVIDE = """
     s = Div (R, den)
@@ -49,9 +76,16 @@ _BODIES = {
 }
 
 
+_declare(LocalFunction("EpsilonGemm", "epsilon_linear", "Gemm"),
+         LocalFunction("EpsilonMatMul", "epsilon_linear", "MatMul"),
+         LocalFunction("EpsilonConv", "epsilon_conv2d", "Conv"),
+         LocalFunction("EpsilonConvUnitStride", "epsilon_conv2d", "Conv", unit_stride=True))
+
+
 def function_proto(name: str, opset: int) -> onnx.FunctionProto:
-    if name.startswith(("Gamma", "AlphaBeta")):
-        return parts_function_proto(name, opset)
+    function = FUNCTIONS[name]
+    if function.rule:
+        return parts_function_proto(function, opset)
     if name in _ROUTES:
         return onnx.parser.parse_function(f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n{_ROUTES[name]}')
     attrs, back = _BODIES[name]
@@ -128,6 +162,7 @@ _ROUTES = {
     Rb = Mul (b, s)
 }""",
 }
+_declare(LocalFunction("MaxPoolRoute", "maxpool2d_back"), LocalFunction("EpsilonSum", "epsilon_sum"))
 
 
 def maxpool_route(env, geometry: dict):
@@ -168,7 +203,14 @@ is proved (it comes out of a ReLU), every x⁻ term is dropped: half the product
 stride-1 transpose runs as a flipped-kernel Conv, as in ``EpsilonConvUnitStride``.
 """
 
-PARTS_RULES = {"gamma": "Gamma", "alpha-beta": "AlphaBeta"}
+_PARTS_PREFIX = {"gamma": "Gamma", "alpha-beta": "AlphaBeta"}
+_PARTS: dict[tuple, LocalFunction] = {}
+for _rule, _op, _unit, _nonneg in [(r, o, u, n) for r in _PARTS_PREFIX for o in ("Gemm", "Conv") for u in (False, True)
+                                   for n in (False, True) if not (u and o == "Gemm")]:
+    _PARTS[_rule, _op, _unit, _nonneg] = LocalFunction(
+        _PARTS_PREFIX[_rule] + _op + "UnitStride" * _unit + "OnNonnegative" * _nonneg,
+        "lrp_parts_linear" if _op == "Gemm" else "lrp_parts_conv2d", _op, _unit, _rule, _nonneg)
+_declare(*_PARTS.values())
 
 
 class _Body:
@@ -184,17 +226,8 @@ class _Body:
         return name
 
 
-def _parts_parse(name: str):
-    rule = "gamma" if name.startswith("Gamma") else "alpha-beta"
-    rest = name[len(PARTS_RULES[rule]):]
-    nonneg = rest.endswith("OnNonnegative")
-    rest = rest.removesuffix("OnNonnegative")
-    unit = rest.endswith("UnitStride")
-    return rule, rest.removesuffix("UnitStride"), unit, nonneg
-
-
-def parts_function_proto(name: str, opset: int) -> onnx.FunctionProto:
-    rule, op, unit, nonneg = _parts_parse(name)
+def parts_function_proto(function: LocalFunction, opset: int) -> onnx.FunctionProto:
+    rule, op, unit, nonneg = function.rule, function.op, function.unit_stride, function.nonnegative
     v = _Body()
     geometry = "strides: ints = @strides, pads: ints = @pads, dilations: ints = @dilations, group: int = @group"
     if op == "Gemm":
@@ -266,7 +299,7 @@ def parts_function_proto(name: str, opset: int) -> onnx.FunctionProto:
         v.lines.append(f"    Rx = Add ({rp}, {rn})")
     inputs = "x, W, bp, bn, " + ("z, " if rule == "gamma" else "") + "R"
     text = (f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
-            f"{name} <{', '.join(attrs)}> ({inputs}) => (Rx, sa, sb) {{\n"
+            f"{function.name} <{', '.join(attrs)}> ({inputs}) => (Rx, sa, sb) {{\n"
             + "\n".join(consts + v.lines) + "\n}")
     return onnx.parser.parse_function(text)
 
@@ -279,17 +312,16 @@ def parts_step(env, lin, rule: str):
     x = activation(env)
     nonneg = env.nonnegative(x)
     extra = {}
-    name = PARTS_RULES[rule] + node.op_type
+    unit = node.op_type == "Conv" and lin.unit_stride_2d()
+    name = _PARTS[rule, node.op_type, unit, bool(nonneg)].name
     if node.op_type == "Conv":
         extra = dict(lin.geometry)
-        if lin.unit_stride_2d():
-            name += "UnitStride"
+        if unit:
             geo = lin.flipped_geometry()
             extra.update(back_pads=geo["back_pads"], grouped_shape=geo["grouped_shape"],
                          back_shape=geo["back_shape"])
         else:
             extra["output_padding"] = lin.output_padding
-    name += "OnNonnegative" if nonneg else ""
     extra.update(epsilon=float(p.stabilizer))
     extra.update(gamma=float(p.gamma)) if rule == "gamma" else extra.update(alpha=float(p.alpha), beta=float(p.beta))
     bias = lin.bias if lin.bias is not None else np.zeros(lin.w.shape[0], np.float32)

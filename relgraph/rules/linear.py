@@ -402,7 +402,7 @@ def _check_affine(node: ir.Node) -> str | None:
 AFFINE_OPS = ("Gemm", "Conv", "MatMul")
 
 
-@defrule(AFFINE_OPS, affine_kind, "gradient", check=_check_affine)
+@defrule(AFFINE_OPS, affine_kind, "gradient", kinds=AFFINE, check=_check_affine)
 def affine_gradient(env: Env):
     """R_x = R ⋆ᵀ W: the transposed map (the exact gradient).
 
@@ -415,7 +415,8 @@ def affine_gradient(env: Env):
     return _place(env, lin.transpose(env.R, lin.w))
 
 
-@defrule(AFFINE_OPS, affine_kind, "epsilon", "normalized", "zero")
+@defrule(AFFINE_OPS, affine_kind, "epsilon", "normalized", "zero", kinds=AFFINE, stabilized=True,
+         multiplies_input=True)
 def affine_epsilon(env: Env):
     """LRP-ε (Bach et al. 2015): R_x = x ⊙ ((R ⊘ stab(z)) ⋆ᵀ W), R_bias = ⟨b, R ⊘ stab(z)⟩.
 
@@ -431,7 +432,8 @@ def affine_epsilon(env: Env):
     return _place(env, relevance)
 
 
-@defrule(AFFINE_OPS, affine_kind, "gamma", "alpha-beta", "zplus", "zbox", "w-square", "flat")
+@defrule(AFFINE_OPS, affine_kind, "zbox", "w-square", "flat", kinds=AFFINE)
+@defrule(AFFINE_OPS, affine_kind, "gamma", "alpha-beta", "zplus", kinds=AFFINE, multiplies_input=True)
 def affine_lrp(env: Env):
     lin = LINEAR_MAPS[env.node.op_type](env)
     if _parts_form(env, lin):

@@ -68,7 +68,8 @@ def layer_norm_gradient(env: Env):
     return env.to_first_input(b.op("Div", inner, sigma))
 
 
-@defrule("LayerNormalization", SCALE, "norm", "epsilon", "normalized", "zero")
+@defrule("LayerNormalization", SCALE, "norm", "epsilon", "normalized", "zero", stabilized=True,
+         multiplies_input=True)
 def layer_norm_epsilon(env: Env):
     b, node = env.b, env.node
     mean, _, sigma = _statistics(env)

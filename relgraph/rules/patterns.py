@@ -18,12 +18,12 @@ import numpy as np
 
 from ..errors import RelgraphError
 from .linear import AFFINE_OPS, LINEAR_MAPS, _place, affine_kind, layer_params
-from .registry import Env, defrule
+from .registry import AFFINE, Env, defrule
 
 PATTERN_RULES = ("pattern", "pattern-attribution")
 
 
-@defrule(AFFINE_OPS, affine_kind, *PATTERN_RULES)
+@defrule(AFFINE_OPS, affine_kind, *PATTERN_RULES, kinds=AFFINE)
 def affine_pattern(env: Env):
     """R_x = R ⋆ᵀ A (``pattern``) or R ⋆ᵀ (W ⊙ A) (``pattern-attribution``)."""
     w, _ = layer_params(env)

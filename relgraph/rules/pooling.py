@@ -23,7 +23,7 @@ import numpy as np
 
 from ..graph import attr, const_array, dims, rank, static_dims
 from .linear import conv_pads, output_padding
-from .registry import LINEAR, MAX, Env, defrule
+from .registry import LINEAR, MAX, PRESERVES, Env, defrule, defsign
 
 # ------------------------------------------------------------------------------------------- transposes
 
@@ -129,7 +129,8 @@ def mean_gradient(env: Env):
     return env.to_first_input(TRANSPOSES[env.node.op_type](env, env.R))
 
 
-@defrule(tuple(TRANSPOSES), LINEAR, "norm", "epsilon", "normalized", "zero")
+@defrule(tuple(TRANSPOSES), LINEAR, "norm", "epsilon", "normalized", "zero", stabilized=True,
+         multiplies_input=True)
 def mean_epsilon(env: Env):
     b = env.b
     s = b.op("Div", env.R, env.stabilized_output(env.epsilon))
@@ -158,7 +159,7 @@ def max_geometry(node, x) -> dict:
                 dilations=dilations, ceil_mode=int(attr(node, "ceil_mode", 0)))
 
 
-@defrule("MaxPool", MAX, "gradient", check=_check_max)
+@defrule("MaxPool", MAX, "gradient", check=_check_max, keeps_zeros=True)
 def maxpool_gradient(env: Env):
     """R_x[i] = Σ_{windows won by i} R, the winner being the first maximum of its window (the pooling
     index): one ``relgraph.MaxPoolRoute`` call."""
@@ -179,7 +180,7 @@ def _window_sum(env: Env):
     return forward, lambda s: window_sum_transpose(env, s, geo)
 
 
-@defrule("MaxPool", MAX, "radial")
+@defrule("MaxPool", MAX, "radial", keeps_zeros=True)
 def maxpool_radial(env: Env):
     """R_x = a⁺ ⊙ Σᵀ(R·[b>0] ⊘ Σa⁺) + [a<0]/a ⊙ Σᵀ(R·[b<0] ⊘ Σ_{a<0} 1/a), Σ the window sum."""
     b, x, y = env.b, env.x, env.y
@@ -194,3 +195,6 @@ def maxpool_radial(env: Env):
     share_up = b.op("Mul", positive, transpose(b.op("Div", up, b.stabilize(forward(positive), eps))))
     share_down = b.op("Mul", inverse, transpose(b.op("Div", down, b.stabilize(forward(inverse), eps))))
     return [b.op("Add", share_up, share_down)]
+
+
+defsign(("MaxPool", *TRANSPOSES), PRESERVES)

@@ -1,4 +1,4 @@
-"""The rule registry: ONNX op type → rule name → function.
+"""The rule registry: ONNX op type → (kind, rule name) → :class:`Rule`, a record of the function and its facts.
 
 A rule is one small function ``rule(env) -> [relevance of each input]``. It reads the forward node
 (``env.node``), the relevance arriving at its outputs (``env.R`` / ``env.Rs``) and emits ONNX nodes
@@ -7,7 +7,9 @@ means "no relevance flows there" (constants, shape operands, an input the rule g
 
 Every op type belongs to one *kind*; a composite picks a rule name per node, and the kind says
 which names make sense (a ReLU has no ``zplus``). Rules are registered next to their math, in the
-modules of this package, with :func:`defrule` — as JAX keeps its transpose rules.
+modules of this package, with :func:`defrule` — as JAX keeps its transpose rules. The record carries
+every property the passes rely on (multiplies by its input, keeps zeros, stabilized), so that a proof over
+the graph reads facts declared next to the math, never a list of names kept elsewhere.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import onnx_ir as ir
 
 from ..graph import Builder
 
-# kinds, and the rule names each accepts
+# kinds of node: a composite picks a rule per kind, and a kind says which rule names make sense
 AFFINE = "affine"          # Gemm, Conv, MatMul: a weight matrix and a bias
 LINEAR = "linear"          # parameter-free linear maps that mix inputs: sums, average pooling
 SCALE = "scale"            # elementwise affine with constants: BatchNormalization, Add/Sub/Mul/Div by a constant
@@ -29,43 +31,79 @@ PRODUCT = "product"        # Mul (or Div) of two activations (gates: SiLU, squee
 BILINEAR = "bilinear"      # MatMul of two activations (attention: Q·Kᵀ, A·V)
 SOFTMAX = "softmax"        # a Softmax inside the model (attention weights)
 STRUCTURAL = "structural"  # moves values without arithmetic: its adjoint is exact for every rule
-
-# ``normalized`` (= epsilon) and ``ignore`` (= pass) are the names in the per-layer-type tables of LRP
-# read as back-propagation (README, "Per-layer-type rules").
-# ``norm`` is zennit's Norm: the ε split with the fixed stabilizer, the default on sums, pooling and scale layers.
-KIND_RULES: dict[str, tuple[str, ...]] = {
-    AFFINE: ("gradient", "epsilon", "normalized", "zero", "gamma", "alpha-beta", "zplus", "zbox", "w-square",
-             "flat", "pattern", "pattern-attribution"),
-    LINEAR: ("gradient", "norm", "epsilon", "normalized", "zero"),
-    SCALE: ("gradient", "norm", "epsilon", "normalized", "zero"),
-    MAX: ("gradient", "radial"),
-    ACTIVATION: ("gradient", "pass", "ignore", "slope", "repeat", "rescale", "deconvnet", "guided-backprop"),
-    PRODUCT: ("gradient", "gate", "uniform"),
-    BILINEAR: ("gradient", "uniform", "detach"),
-    SOFTMAX: ("gradient", "taylor", "detach"),
-    STRUCTURAL: ("gradient",),
-}
+ALL_KINDS = (AFFINE, LINEAR, SCALE, MAX, ACTIVATION, PRODUCT, BILINEAR, SOFTMAX, STRUCTURAL)
 
 RuleFn = Callable[["Env"], list]
 
-RULES: dict[str, dict[str, RuleFn]] = {}
-_BY_KIND: dict[tuple[str, str, str], RuleFn] = {}  # (op type, kind, rule) → a rule for the nodes of one kind
+# The ε family: rules that divide R by stab(z) = z + ε·sign(z) of the node's own output z, and the ε each
+# takes. ``zero`` is LRP-0 (ε = 0); ``norm`` is zennit's Norm (the fixed stabilizer: the default on sums,
+# pooling and scale layers); ``epsilon`` and ``normalized`` take the user's ε. ``normalized`` and ``ignore``
+# (= ``pass``) are the names of the per-layer-type tables of LRP read as back-propagation.
+EPSILON_OF: dict[str, Callable[["RuleParams"], float]] = {
+    "epsilon": lambda p: p.epsilon,
+    "normalized": lambda p: p.epsilon,
+    "norm": lambda p: p.stabilizer,
+    "zero": lambda p: 0.0,
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule on the nodes of one op type and kind: its function, and every fact about it that the passes
+    and the lowering rely on. Declared with :func:`defrule` where the function is defined.
+
+    - ``multiplies_input``: R_x = x ⊙ (…) for every activation operand x (ε, z⁺, αβ, γ; the ε split of
+      sums and bias adds): R_x vanishes wherever x does.
+    - ``keeps_zeros``: R_x vanishes wherever x does provided R_y vanishes wherever y does. The rule moves
+      relevance without making any (reshapes, max pooling's winner routing, a gate's signal, a pass through
+      f with f(0) = 0), and x = 0 gives y = 0 where R_x takes from R_y.
+    - ``stabilized``: in the ε family (:data:`EPSILON_OF`): R ⊘ stab(z) on the node's own output z.
+    """
+
+    op: str
+    kind: str
+    name: str
+    fn: RuleFn
+    multiplies_input: bool = False
+    keeps_zeros: bool = False
+    stabilized: bool = False
+
+
+def rule_epsilon(rule: str, params: "RuleParams") -> float:
+    """The ε of stab(z) under ``rule``: :data:`EPSILON_OF`, else (rules outside the ε family that split by
+    the output, as AttnLRP's uniform rule) the user's ε."""
+    return EPSILON_OF.get(rule, EPSILON_OF["epsilon"])(params)
+
+
+RULES: dict[str, dict[tuple[str, str], Rule]] = {}  # op type → (kind, rule name) → Rule
+KIND_RULES: dict[str, list[str]] = {kind: [] for kind in ALL_KINDS}  # kind → its rule names, in declaration order
 KINDS: dict[str, Callable[[ir.Node], str]] = {}
 CHECKS: dict[str, Callable[[ir.Node], str | None]] = {}
 _DECLARED: dict[str, object] = {}  # op type → the kind (name or function) it was registered with
 
+# The forward sign of an op's output (``relgraph.passes.relevance.nonnegative_values``):
+# ``NONNEGATIVE``: y ≥ 0 whatever x; ``PRESERVES``: y ≥ 0 when its floating-point operands are ≥ 0 (shape and
+# index operands aside). A function node → one of them (or None) decides per node.
+NONNEGATIVE, PRESERVES = "nonnegative", "preserves"
+SIGNS: dict[str, object] = {}
 
-def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] | None = None,
-            only: str | None = None):
-    """Register ``fn`` as rule(s) ``names`` for ``op_types``.
 
-    ``kind`` is a kind name or a function node → kind (Add is a sum of activations or a bias add).
-    ``check(node)`` returns why a particular node cannot be handled (an attribute value, a mode), or None.
-    ``only``: the function serves the nodes of this kind alone (a MatMul is affine with a constant operand
-    and bilinear without one: the two kinds have different ``gradient`` rules).
+def defrule(op_types, kind, *names: str, kinds=None, check: Callable[[ir.Node], str | None] | None = None,
+            multiplies_input: bool = False, keeps_zeros: bool = False, stabilized: bool = False):
+    """Register ``fn`` as rule(s) ``names`` for the nodes of ``op_types`` and of ``kinds``.
+
+    ``kind`` is a kind name or a function node → kind (Add is a sum of activations or a bias add); with a
+    function, ``kinds`` names the kinds the rule serves (a MatMul is affine with a constant operand and
+    bilinear without one: the two kinds have different ``gradient`` rules). ``check(node)`` returns why a
+    particular node cannot be handled (an attribute value, a mode), or None. The facts are those of
+    :class:`Rule`; ``stabilized`` rules are named in :data:`EPSILON_OF`.
     """
-    if isinstance(op_types, str):
-        op_types = (op_types,)
+    op_types = (op_types,) if isinstance(op_types, str) else tuple(op_types)
+    if isinstance(kind, str) == (kinds is not None):
+        raise AssertionError(f"rules {names} of {op_types}: a kind function and the kinds it serves, or one kind")
+    served = (kind,) if isinstance(kind, str) else (kinds,) if isinstance(kinds, str) else tuple(kinds)
+    if stabilized and not set(names) <= set(EPSILON_OF):
+        raise AssertionError(f"rules {names}: the ε family is {sorted(EPSILON_OF)}")
 
     def register(fn: RuleFn) -> RuleFn:
         for op in op_types:
@@ -76,24 +114,44 @@ def defrule(op_types, kind, *names: str, check: Callable[[ir.Node], str | None] 
             KINDS[op] = kind if callable(kind) else (lambda node, k=kind: k)
             if check is not None:
                 CHECKS[op] = check
-            for name in names:
-                if only is None:
-                    RULES.setdefault(op, {})[name] = fn
-                else:
-                    RULES.setdefault(op, {}).setdefault(name, fn)
-                    _BY_KIND[op, only, name] = fn
+            for k in served:
+                for name in names:
+                    if (k, name) in RULES.get(op, {}):
+                        raise AssertionError(f"rule {name!r} registered twice for {k} {op}")
+                    RULES.setdefault(op, {})[k, name] = Rule(op, k, name, fn, multiplies_input, keeps_zeros,
+                                                             stabilized)
+                    if name not in KIND_RULES[k]:
+                        KIND_RULES[k].append(name)
         return fn
 
     return register
+
+
+def defsign(op_types, sign) -> None:
+    """Declare the forward sign of ``op_types``' outputs: :data:`NONNEGATIVE`, :data:`PRESERVES`, or a
+    function node → either (or None where neither holds)."""
+    for op in (op_types,) if isinstance(op_types, str) else op_types:
+        SIGNS[op] = sign
+
+
+def sign_of(node: ir.Node) -> str | None:
+    sign = SIGNS.get(node.op_type)
+    return sign(node) if callable(sign) else sign
 
 
 def kind_of(node: ir.Node) -> str:
     return KINDS[node.op_type](node)
 
 
-def rule_function(node: ir.Node, rule: str) -> RuleFn:
-    """The function of ``rule`` for ``node``: the one registered for the node's kind, else the op's."""
-    return _BY_KIND.get((node.op_type, kind_of(node), rule)) or RULES[node.op_type][rule]
+def rule_for(node: ir.Node, rule: str) -> Rule | None:
+    """The record of ``rule`` on ``node`` (its op type and kind), or None where the rule does not apply."""
+    return RULES.get(node.op_type, {}).get((kind_of(node), rule))
+
+
+def rules_for(node: ir.Node) -> list[str]:
+    """The rule names that apply to ``node``."""
+    kind = kind_of(node)
+    return [name for k, name in RULES.get(node.op_type, {}) if k == kind]
 
 
 def supported_ops() -> list[str]:
@@ -138,11 +196,8 @@ class Env:
 
     @property
     def epsilon(self) -> float:
-        """The ε of the ε family under this node's rule: 0 for LRP-0 (``zero``), the fixed stabilizer for
-        ``norm`` (zennit's Norm), the user's ε for ``epsilon`` and ``normalized``."""
-        if self.rule == "zero":
-            return 0.0
-        return self.params.stabilizer if self.rule == "norm" else self.params.epsilon
+        """The ε of stab(z) under this node's rule (:data:`EPSILON_OF`)."""
+        return rule_epsilon(self.rule, self.params)
 
     def stabilized_output(self, epsilon: float):
         """The denominator d with R ⊘ d = R_z ⊘ stab(z) for the node's output z, where it matters: only

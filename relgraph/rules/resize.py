@@ -31,7 +31,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..errors import RelgraphError
 from ..graph import attr, const_array, static_dims
-from .registry import LINEAR, STRUCTURAL, Env, defrule
+from .registry import LINEAR, PRESERVES, STRUCTURAL, Env, defrule, defsign
 
 # the attributes that define the 1-d resize along one axis (``axes`` and ``keep_aspect_ratio_policy`` are
 # resolved into per-axis scales and sizes before)
@@ -246,15 +246,21 @@ def resize_transpose(env: Env, g):
     return g
 
 
-@defrule("Resize", resize_kind, "gradient", check=_check_resize)
+@defrule("Resize", resize_kind, "gradient", kinds=STRUCTURAL, check=_check_resize, keeps_zeros=True)
+@defrule("Resize", resize_kind, "gradient", kinds=LINEAR, check=_check_resize)
 def resize_adjoint(env: Env):
     """R_x = Aᵀ·R (the gradient; for nearest resizing every rule's result)."""
     return env.to_first_input(resize_transpose(env, env.R))
 
 
-@defrule("Resize", resize_kind, "norm", "epsilon", "normalized", "zero", only=LINEAR)
+@defrule("Resize", resize_kind, "norm", "epsilon", "normalized", "zero", kinds=LINEAR, stabilized=True,
+         multiplies_input=True)
 def resize_epsilon(env: Env):
     """R_x = x ⊙ Aᵀ(R ⊘ stab(z)), z = A·x the node's output."""
     b = env.b
     s = b.op("Div", env.R, env.stabilized_output(env.epsilon))
     return env.to_first_input(b.op("Mul", env.x, resize_transpose(env, s)))
+
+
+# nearest and linear interpolation weights are ≥ 0; cubic ones have negative lobes
+defsign("Resize", lambda node: PRESERVES if _text(attr(node, "mode", "nearest")) != "cubic" else None)

@@ -11,23 +11,23 @@ import numpy as np
 from ..graph import attr, const_array, dims, is_fixed, rank, static_dims
 from ..errors import RelgraphError
 from .arithmetic import unbroadcast
-from .registry import STRUCTURAL, Env, defrule
+from .registry import PRESERVES, STRUCTURAL, Env, defrule, defsign
 
 
-@defrule(("Flatten", "Reshape", "Squeeze", "Unsqueeze"), STRUCTURAL, "gradient")
+@defrule(("Flatten", "Reshape", "Squeeze", "Unsqueeze"), STRUCTURAL, "gradient", keeps_zeros=True)
 def reshape_adjoint(env: Env):
     """R_x = reshape(R, shape(x))."""
     return env.to_first_input(env.b.op("Reshape", env.R, env.b.op("Shape", env.x)))
 
 
-@defrule("Transpose", STRUCTURAL, "gradient")
+@defrule("Transpose", STRUCTURAL, "gradient", keeps_zeros=True)
 def transpose_adjoint(env: Env):
     perm = attr(env.node, "perm", None) or list(reversed(range(rank(env.x))))
     inverse = list(np.argsort(perm))
     return [env.b.op("Transpose", env.R, perm=[int(p) for p in inverse])]
 
 
-@defrule("Concat", STRUCTURAL, "gradient")
+@defrule("Concat", STRUCTURAL, "gradient", keeps_zeros=True)
 def concat_adjoint(env: Env):
     """Split R along the concatenation axis into the inputs' sizes. A constant part (a ViT's CLS token, a
     register token) keeps its share: a bias."""
@@ -45,7 +45,7 @@ def concat_adjoint(env: Env):
     return [None if v is None or is_fixed(v) else p for v, p in zip(node.inputs, parts)]
 
 
-@defrule("Split", STRUCTURAL, "gradient")
+@defrule("Split", STRUCTURAL, "gradient", keeps_zeros=True)
 def split_adjoint(env: Env):
     """Concatenate the outputs' relevance (zeros for outputs that carry none)."""
     b = env.b
@@ -95,7 +95,7 @@ def _check_slice(node) -> str | None:
     return None
 
 
-@defrule("Slice", STRUCTURAL, "gradient", check=_check_slice)
+@defrule("Slice", STRUCTURAL, "gradient", keeps_zeros=True, check=_check_slice)
 def slice_adjoint(env: Env):
     """Pad R with zeros back to the input's extent."""
     in_dims = static_dims(env.x, "Slice input")
@@ -117,7 +117,7 @@ def _check_pad(node) -> str | None:
     return None
 
 
-@defrule("Pad", STRUCTURAL, "gradient", check=_check_pad)
+@defrule("Pad", STRUCTURAL, "gradient", keeps_zeros=True, check=_check_pad)
 def pad_adjoint(env: Env):
     """Crop R back to the unpadded region (the padding constant carries no relevance)."""
     node, b = env.node, env.b
@@ -142,7 +142,7 @@ def _check_gather(node) -> str | None:
     return None
 
 
-@defrule("Gather", STRUCTURAL, "gradient", check=_check_gather)
+@defrule("Gather", STRUCTURAL, "gradient", keeps_zeros=True, check=_check_gather)
 def gather_adjoint(env: Env):
     """Gather with constant indices i (the CLS token, the last position, a slice of heads) picks rows: its
     adjoint sums R into the picked rows, R_x[…, j, …] = Σ_{k: i_k = j} R[…, k, …]. Written as a product with
@@ -168,13 +168,13 @@ def gather_adjoint(env: Env):
                               else moved)
 
 
-@defrule("Expand", STRUCTURAL, "gradient")
+@defrule("Expand", STRUCTURAL, "gradient", keeps_zeros=True)
 def expand_adjoint(env: Env):
     """y = x broadcast to a shape: R_x sums R over the broadcast axes."""
     return env.to_first_input(unbroadcast(env, env.R, env.x))
 
 
-@defrule("Where", STRUCTURAL, "gradient")
+@defrule("Where", STRUCTURAL, "gradient", keeps_zeros=True)
 def where_adjoint(env: Env):
     """y = where(c, a, b), c a mask the explained input does not reach (boolean values carry no relevance):
     R_a = R where c, R_b = R elsewhere. A constant branch (a −∞ fill of masked attention scores, the zero of
@@ -201,7 +201,7 @@ def _check_tile(node) -> str | None:
     return None
 
 
-@defrule("Tile", STRUCTURAL, "gradient", check=_check_tile)
+@defrule("Tile", STRUCTURAL, "gradient", keeps_zeros=True, check=_check_tile)
 def tile_adjoint(env: Env):
     """y = tile(x, r): y[i₁, i₂, …] = x[i₁ mod d₁, i₂ mod d₂, …], r_k copies along each axis k. R_x sums the copies:
     R reshaped to [r₁, d₁, r₂, d₂, …] (an axis k with r_k = 1 stays d_k), then summed over the r axes."""
@@ -217,3 +217,7 @@ def tile_adjoint(env: Env):
     if not copies:
         return env.to_first_input(env.R)
     return env.to_first_input(b.op("ReduceSum", b.op("Reshape", env.R, b.ints(split)), b.ints(copies), keepdims=0))
+
+
+defsign(("Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice", "Pad", "Gather",
+         "Expand", "Where", "Tile", "Identity"), PRESERVES)
