@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
+from onnx import helper
 import onnx_ir.passes.common as common
 from onnx.reference import ReferenceEvaluator
 
@@ -74,8 +75,6 @@ class FoldConstantsPass(ReportingPass):
         names = [v.name if v is not None else "" for v in node.inputs]
         proto.input[:] = names
         try:
-            import onnx
-            from onnx import helper
             fn_graph = helper.make_graph(
                 [proto], "fold",
                 [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)

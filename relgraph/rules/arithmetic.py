@@ -31,6 +31,7 @@ import onnx_ir as ir
 
 from ..errors import RelgraphError
 from ..graph import attr, const_array, dims, is_fixed, rank
+from .functions import epsilon_sum
 from .registry import LINEAR, PRESERVES, PRODUCT, SCALE, Env, Share, defrule, defsign
 
 GATE_OPS = {"Sigmoid", "HardSigmoid", "Softmax", "Tanh", "Erf"}  # GELU: x · (1 + erf(x/√2))/2
@@ -145,8 +146,6 @@ def arithmetic_epsilon(env: Env):
     if _residual_sum(env):
         den = env.stabilized_output(eps)
         if not any(map(env.absorbs, node.inputs)):
-            from .functions import epsilon_sum
-
             return list(epsilon_sum(env, node.inputs[0], node.inputs[1], den))
         s = b.op("Div", R, den)  # a branch from an ε layer takes its share unmultiplied (see Share)
         return [Share(v, s) if env.absorbs(v) else b.op("Mul", v, s) for v in node.inputs]

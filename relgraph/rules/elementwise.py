@@ -32,6 +32,7 @@ The derivatives, with torch's value at a kink (x = 0, or x = ±λ, taken from th
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from ..graph import attr, const_array
 from .registry import ACTIVATION, NONNEGATIVE, Env, defrule, defsign

@@ -3,8 +3,9 @@
     Epsilon<Op>(x, W, den, R) -> (R_x, s):   s = R ⊘ den,   R_x = x ⊙ (s ⋆ᵀ W),   den = stab(z)
 
 One function per linear map (Gemm, MatMul, Conv, and stride-1 2-d Conv, whose transpose runs as a
-Conv); the body is standard ONNX, so onnxruntime inlines it, and a GPU lowering recognises the call and replaces it by one fused kernel (divide while loading
-the R tile, multiply by x in the epilogue). ``s`` is returned for the bias share ⟨b, s⟩. The stabilized
+Conv); the body is standard ONNX, so onnxruntime inlines it, and a GPU lowering replaces the call by the
+fused kernel its :class:`LocalFunction` record names (divide while loading the R tile, multiply by x in the
+epilogue). The affine rules emit the calls (``relgraph.rules.linear``). ``s`` is returned for the bias share ⟨b, s⟩. The stabilized
 denominator is an input: the caller computes it, from z in general, or more cheaply from a following ReLU's
 output where the graph allows it (see ``Env.stabilized_output``).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import onnx
 import onnx.parser
 
@@ -94,40 +94,6 @@ def function_proto(name: str, opset: int) -> onnx.FunctionProto:
         f"{name} {attrs} (x, W, den, R) => (Rx, s) {{{_DIVIDE}    {back}\n    Rx = Mul (x, back)\n}}"
     )
     return onnx.parser.parse_function(text)
-
-
-def epsilon_step(env, lin, epsilon: float):
-    """Emit one ε step for the layer of ``env``; returns (R_x, s)."""
-    return normalized_step(env, lin, lin.w, env.stabilized_output(epsilon))
-
-
-def normalized_step(env, lin, w: np.ndarray, den):
-    """R_x = x ⊙ ((R ⊘ den) ⋆ᵀ w), s = R ⊘ den, as one ``relgraph.Epsilon<Op>`` call.
-
-    ``w`` is the weight the layer's rule pushes back through: W itself for ε, W⁺ for z⁺ on an input proved
-    non-negative (one group, one term: the same step with another weight). ``den`` is the stabilized
-    denominator. Returns (R_x, s).
-    """
-    from .linear import MatMulMap, activation
-
-    b, node = env.b, env.node
-    x = activation(env)
-    if isinstance(lin, MatMulMap) and lin.left:  # W·x: no function form, plain ops
-        s = b.op("Div", env.R, den)
-        return b.op("Mul", x, lin.transpose(s, w)), s
-    name = "Epsilon" + node.op_type
-    extra = {}
-    if node.op_type == "Conv" and lin.unit_stride_2d():
-        name = "EpsilonConvUnitStride"
-        extra = lin.flipped_geometry()
-    elif node.op_type == "Conv":
-        extra = dict(lin.geometry, output_padding=lin.output_padding)
-    if node.op_type == "MatMul":
-        weight = lin.param(np.ascontiguousarray(np.swapaxes(w, -1, -2)))
-    else:
-        weight = lin.param(w)
-    b.functions.add(name)
-    return b.op(name, x, weight, den, env.R, domain=DOMAIN, outputs=2, **extra)
 
 
 # ------------------------------------------------------------------------------------------- pooling, sums
@@ -211,6 +177,11 @@ for _rule, _op, _unit, _nonneg in [(r, o, u, n) for r in _PARTS_PREFIX for o in 
         _PARTS_PREFIX[_rule] + _op + "UnitStride" * _unit + "OnNonnegative" * _nonneg,
         "lrp_parts_linear" if _op == "Gemm" else "lrp_parts_conv2d", _op, _unit, _rule, _nonneg)
 _declare(*_PARTS.values())
+
+
+def parts_function(rule: str, op: str, unit_stride: bool, nonnegative: bool) -> LocalFunction:
+    """The γ or αβ function of a Gemm or Conv layer."""
+    return _PARTS[rule, op, unit_stride, nonnegative]
 
 
 class _Body:
@@ -302,33 +273,3 @@ def parts_function_proto(function: LocalFunction, opset: int) -> onnx.FunctionPr
             f"{function.name} <{', '.join(attrs)}> ({inputs}) => (Rx, sa, sb) {{\n"
             + "\n".join(consts + v.lines) + "\n}")
     return onnx.parser.parse_function(text)
-
-
-def parts_step(env, lin, rule: str):
-    """Emit one γ or αβ step for a Gemm or Conv layer; returns (R_x, R_bias or None)."""
-    from .linear import activation
-
-    b, node, p = env.b, env.node, env.params
-    x = activation(env)
-    nonneg = env.nonnegative(x)
-    extra = {}
-    unit = node.op_type == "Conv" and lin.unit_stride_2d()
-    name = _PARTS[rule, node.op_type, unit, bool(nonneg)].name
-    if node.op_type == "Conv":
-        extra = dict(lin.geometry)
-        if unit:
-            geo = lin.flipped_geometry()
-            extra.update(back_pads=geo["back_pads"], grouped_shape=geo["grouped_shape"],
-                         back_shape=geo["back_shape"])
-        else:
-            extra["output_padding"] = lin.output_padding
-    extra.update(epsilon=float(p.stabilizer))
-    extra.update(gamma=float(p.gamma)) if rule == "gamma" else extra.update(alpha=float(p.alpha), beta=float(p.beta))
-    bias = lin.bias if lin.bias is not None else np.zeros(lin.w.shape[0], np.float32)
-    bp, bn = np.maximum(bias, 0).astype(np.float32), np.minimum(bias, 0).astype(np.float32)
-    inputs = [x, lin.param(lin.w), lin.param(bp), lin.param(bn)] + ([env.y] if rule == "gamma" else []) + [env.R]
-    b.functions.add(name)
-    rx, sa, sb = b.op(name, *inputs, domain=DOMAIN, outputs=3, **extra)
-    if lin.bias is None:
-        return rx, None
-    return rx, b.op("Add", lin.bias_share(sa, bp), lin.bias_share(sb, bn))

@@ -35,6 +35,7 @@ import onnx_ir as ir
 
 from ..errors import RelgraphError
 from ..graph import attr, const_array, static_dims
+from .functions import DOMAIN, parts_function
 from .registry import AFFINE, BILINEAR, Env, defrule
 
 # ------------------------------------------------------------------------------------------- linear maps
@@ -328,8 +329,6 @@ def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
 
     single = _single_term(groups, nonneg)
     if single is not None:  # z⁺ on x ≥ 0 and the like: an ε step with another weight, one fused call
-        from .functions import normalized_step
-
         z = lin.forward(x, single.weight, single.bias)
         relevance, s = normalized_step(env, lin, single.weight, _stabilize_group(b, z, [single], nonneg,
                                                                                   groups[0].stabilizer))
@@ -424,8 +423,6 @@ def affine_epsilon(env: Env):
     call of the model-local function ``relgraph.Epsilon<Op>`` (body: standard ops).
     """
     lin = LINEAR_MAPS[env.node.op_type](env)
-    from .functions import epsilon_step
-
     relevance, s = epsilon_step(env, lin, env.epsilon)
     if lin.bias is not None:
         env.report_bias(lin.bias_share(s, lin.bias))
@@ -437,8 +434,6 @@ def affine_epsilon(env: Env):
 def affine_lrp(env: Env):
     lin = LINEAR_MAPS[env.node.op_type](env)
     if _parts_form(env, lin):
-        from .functions import parts_step
-
         relevance, bias_share = parts_step(env, lin, env.rule)
         if bias_share is not None:
             env.report_bias(bias_share)
@@ -469,3 +464,65 @@ def _place(env: Env, relevance):
     out = [None] * len(env.node.inputs)
     out[_activation_index(env.node)] = relevance
     return out
+
+
+# ------------------------------------------------------------------------------ the steps as function calls
+
+def epsilon_step(env, lin, epsilon: float):
+    """Emit one ε step for the layer of ``env``; returns (R_x, s)."""
+    return normalized_step(env, lin, lin.w, env.stabilized_output(epsilon))
+
+
+def normalized_step(env, lin, w: np.ndarray, den):
+    """R_x = x ⊙ ((R ⊘ den) ⋆ᵀ w), s = R ⊘ den, as one ``relgraph.Epsilon<Op>`` call.
+
+    ``w`` is the weight the layer's rule pushes back through: W itself for ε, W⁺ for z⁺ on an input proved
+    non-negative (one group, one term: the same step with another weight). ``den`` is the stabilized
+    denominator. Returns (R_x, s).
+    """
+    b, node = env.b, env.node
+    x = activation(env)
+    if isinstance(lin, MatMulMap) and lin.left:  # W·x: no function form, plain ops
+        s = b.op("Div", env.R, den)
+        return b.op("Mul", x, lin.transpose(s, w)), s
+    name = "Epsilon" + node.op_type
+    extra = {}
+    if node.op_type == "Conv" and lin.unit_stride_2d():
+        name = "EpsilonConvUnitStride"
+        extra = lin.flipped_geometry()
+    elif node.op_type == "Conv":
+        extra = dict(lin.geometry, output_padding=lin.output_padding)
+    if node.op_type == "MatMul":
+        weight = lin.param(np.ascontiguousarray(np.swapaxes(w, -1, -2)))
+    else:
+        weight = lin.param(w)
+    b.functions.add(name)
+    return b.op(name, x, weight, den, env.R, domain=DOMAIN, outputs=2, **extra)
+
+
+def parts_step(env, lin, rule: str):
+    """Emit one γ or αβ step for a Gemm or Conv layer; returns (R_x, R_bias or None)."""
+    b, node, p = env.b, env.node, env.params
+    x = activation(env)
+    nonneg = env.nonnegative(x)
+    extra = {}
+    unit = node.op_type == "Conv" and lin.unit_stride_2d()
+    name = parts_function(rule, node.op_type, unit, bool(nonneg)).name
+    if node.op_type == "Conv":
+        extra = dict(lin.geometry)
+        if unit:
+            geo = lin.flipped_geometry()
+            extra.update(back_pads=geo["back_pads"], grouped_shape=geo["grouped_shape"],
+                         back_shape=geo["back_shape"])
+        else:
+            extra["output_padding"] = lin.output_padding
+    extra.update(epsilon=float(p.stabilizer))
+    extra.update(gamma=float(p.gamma)) if rule == "gamma" else extra.update(alpha=float(p.alpha), beta=float(p.beta))
+    bias = lin.bias if lin.bias is not None else np.zeros(lin.w.shape[0], np.float32)
+    bp, bn = np.maximum(bias, 0).astype(np.float32), np.minimum(bias, 0).astype(np.float32)
+    inputs = [x, lin.param(lin.w), lin.param(bp), lin.param(bn)] + ([env.y] if rule == "gamma" else []) + [env.R]
+    b.functions.add(name)
+    rx, sa, sb = b.op(name, *inputs, domain=DOMAIN, outputs=3, **extra)
+    if lin.bias is None:
+        return rx, None
+    return rx, b.op("Add", lin.bias_share(sa, bp), lin.bias_share(sb, bn))

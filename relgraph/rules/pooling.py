@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import attr, const_array, dims, rank, static_dims
+from .functions import maxpool_route
 from .linear import conv_pads, output_padding
 from .registry import LINEAR, MAX, PRESERVES, Env, defrule, defsign
 
@@ -163,8 +164,6 @@ def max_geometry(node, x) -> dict:
 def maxpool_gradient(env: Env):
     """R_x[i] = Σ_{windows won by i} R, the winner being the first maximum of its window (the pooling
     index): one ``relgraph.MaxPoolRoute`` call."""
-    from .functions import maxpool_route
-
     return [maxpool_route(env, max_geometry(env.node, env.x))]
 
 
