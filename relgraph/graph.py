@@ -238,6 +238,13 @@ class Builder:
                          self.scalar(epsilon), self.scalar(-epsilon))
         return self.op("Add", z, signed)
 
+    def total(self, values) -> ir.Value | None:
+        """Σ values, left to right (None for none)."""
+        total = None
+        for v in values:
+            total = v if total is None else self.op("Add", total, v)
+        return total
+
     def sum_per_sample(self, v: ir.Value, rank_: int) -> ir.Value:
         """Σ over every axis but the batch axis: [N, ...] → [N] (for another layout, see ``layout``)."""
         if self.layout is None:

@@ -1,13 +1,15 @@
-"""Blame the bias: every bias becomes the weight of an explicit constant-one input.
+"""Blame the bias: every bias is an input of its layer, the weight of a constant-one input.
 
-A layer z = x·W + b is read as z = [x, 1]·[W; b]: the bias is a weight whose input is always one, so
-the relevance rules give it a share like any other input, and Σ R_x + Σ R_bias + leak = R_out is an
-exact account ("blame the bias": LRP read as back-propagation, README "Rules").
+A layer z = x·W + b is read as z = [x, 1]·[W; b]: the bias is a weight whose input is always one, so a
+rule gives it its share like any other input, and Σ R_x + Σ R_bias + leak = R_out is an exact account
+("blame the bias": LRP read as back-propagation, README "Rules"). The constant one itself is left implicit:
+the share of the bias input is ⟨b, s⟩ with s = R ⊘ stab(z), which needs no column of ones.
 
-The pass gives every affine layer its bias as input #2 (a Conv/Gemm followed by an ``Add`` of a
-per-channel constant gets that constant folded in as its bias) and tags each bias value with
-``meta["relgraph.bias"]`` — Conv/Gemm input 2, the shift of a BatchNormalization, the constant operand
-of an Add/Sub — so the relevance pass reports what flows into it.
+A rule returns the bias's relevance at the bias's input position (``relgraph.rules.registry``), and the
+relevance pass books whatever flows into a constant input as bias relevance. This pass makes every affine
+layer's bias that input: a Conv or Gemm followed by an ``Add`` of one constant per output channel gets that
+constant as its input 2 (added to the bias it had), so the ε step stabilizes z = x·W + b once, with the
+bias inside, as the rule reads, instead of splitting R again at a separate bias add.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from .match import per_channel
-from ..graph import add_initializer, const_array, is_const, replace_value
-
-BIAS = "relgraph.bias"
+from ..graph import add_initializer, const_array, replace_value
 
 
 class BiasAsInputPass(ir.passes.InPlacePass):
@@ -25,18 +25,8 @@ class BiasAsInputPass(ir.passes.InPlacePass):
         graph = model.graph
         modified = False
         for node in list(graph):
-            if node.domain != "":
-                continue
-            if node.op_type in ("Conv", "Gemm"):
+            if node.domain == "" and node.op_type in ("Conv", "Gemm"):
                 modified |= _fold_following_add(graph, node)
-                if len(node.inputs) > 2 and node.inputs[2] is not None:
-                    node.inputs[2].meta[BIAS] = True
-            elif node.op_type == "BatchNormalization":
-                node.inputs[2].meta[BIAS] = True
-            elif node.op_type in ("Add", "Sub"):
-                for v in node.inputs:
-                    if is_const(v):
-                        v.meta[BIAS] = True
         return ir.passes.PassResult(model, modified)
 
 

@@ -354,19 +354,25 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         if all(R is None for R in Rs):
             continue
         choice = plan.choices[node.name]
-        node_bias: list = []
         b.prefix = f"relevance/{node.name}"
         b.layout = layout_of(node.outputs[0], layouts, x)
-        env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven, node_bias.append,
+        env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven,
                   first_layer=node.name in plan.first_layers, formulation=composite.formulation,
                   baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
                   absorbs=lambda v: id(v) in sharing,
                   conserving=composite.output_init == "logit" and composite.formulation == "r")
         result = rule_for(node, choice.rule).fn(env)
-        assert len(result) == len(node.inputs), f"rule {choice.rule} for {node.op_type} returned {len(result)} " \
-                                                f"relevances for {len(node.inputs)} inputs"
+        assert len(result) in (len(node.inputs), len(node.inputs) + 1), \
+            f"rule {choice.rule} for {node.op_type} returned {len(result)} relevances for {len(node.inputs)} inputs"
+        # blame the bias: what flows into a constant input (a bias, a run-time constant added in; one value per
+        # sample) and into the constant-one input an op implies (an extra last entry) is bias relevance
+        node_bias = result[len(node.inputs):]
         for v, R in zip(node.inputs, result):
-            if R is not None and v is not None and not is_fixed(v):
+            if R is None or v is None:
+                continue
+            if is_fixed(v):
+                node_bias.append(R)
+            else:
                 contributions.setdefault(id(v), []).append(R)
         b.layout = None
         bias = _sum(b, node_bias)
@@ -375,7 +381,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         plan.trace.append({
             "node": node.name, "op": node.op_type, "rule": choice.rule,
             "out": [_traced(incoming[0][0])] if shared else [_traced(R) for R in Rs],
-            "in": [_traced(R) for R in result],
+            "in": [_traced(R) for v, R in zip(node.inputs, result) if v is not None and not is_fixed(v)],
             "bias": bias.name if bias is not None else None,
         })
 
@@ -457,13 +463,7 @@ def _traced(R):
 
 
 def _sum(b: Builder, values):
-    if not values:
-        return None
-    values = [b.op("Mul", R.value, R.q) if isinstance(R, Share) else R for R in values]
-    total = values[0]
-    for v in values[1:]:
-        total = b.op("Add", total, v)
-    return total
+    return b.total(b.op("Mul", R.value, R.q) if isinstance(R, Share) else R for R in values or ())
 
 
 def _free_name(graph: ir.Graph, name: str) -> str:

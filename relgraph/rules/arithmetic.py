@@ -102,17 +102,17 @@ def arithmetic_gradient(env: Env):
     if op == "BatchNormalization":
         a, c = _bn_affine(node)
         out[0] = b.op("Mul", R, b.const(a))
-        if env.formulation == "q":  # the shift is a bias: R_c = c ⊙ Q
-            env.report_bias(b.sum_per_sample(b.op("Mul", R, b.const(c)), rank(env.y)))
+        if env.formulation == "q":  # the shift is a bias: R_c = c ⊙ Q, at the bias B's position
+            out[2] = b.sum_per_sample(b.op("Mul", R, b.const(c)), rank(env.y))
         return out
     x0, x1 = node.inputs[0], node.inputs[1]
     const0, const1 = is_fixed(x0), is_fixed(x1)
     if env.formulation == "q" and op in ("Add", "Sub") and (const0 or const1):
-        c = x0 if const0 else x1
-        share = b.op("Mul", R, c)
+        c = 0 if const0 else 1
+        share = b.op("Mul", R, node.inputs[c])
         if op == "Sub" and const1:
             share = b.op("Neg", share)
-        env.report_bias(b.sum_per_sample(share, rank(env.y)))
+        out[c] = b.sum_per_sample(share, rank(env.y))
     if op in ("Add", "Sub"):
         if not const0:
             out[0] = unbroadcast(env, R, x0)
@@ -153,7 +153,7 @@ def arithmetic_epsilon(env: Env):
     if op == "BatchNormalization":
         a, c = _bn_affine(node)
         out[0] = b.op("Mul", b.op("Mul", env.x, b.const(a)), s)
-        env.report_bias(b.sum_per_sample(b.op("Mul", s, b.const(c)), rank(env.y)))
+        out[2] = b.sum_per_sample(b.op("Mul", s, b.const(c)), rank(env.y))  # the shift, at the bias B's position
         return out
     signs = (1.0, 1.0 if op == "Add" else -1.0)
     for i, v in enumerate(node.inputs):
@@ -164,7 +164,7 @@ def arithmetic_epsilon(env: Env):
             known = const_array(v)
             if known is None or np.isinf(known).any():  # an attention mask of −∞ takes nothing where it masks
                 share = b.op("Where", b.op("IsInf", v), b.scalar(0.0), share)
-            env.report_bias(b.sum_per_sample(share, rank(env.y)))
+            out[i] = b.sum_per_sample(share, rank(env.y))  # a bias: one value per sample
         else:
             out[i] = unbroadcast(env, share, v)
     return out

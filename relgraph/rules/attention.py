@@ -55,8 +55,8 @@ def softmax_taylor(env: Env):
     share = b.op("Sub", env.R, b.op("Mul", s, _sum_along(env, env.R)))
     rx = b.op("Where", b.op("IsInf", x), b.scalar(0.0), b.op("Mul", x, share))
     n = rank(x)
-    env.report_bias(b.op("Sub", b.sum_per_sample(env.R, n), b.sum_per_sample(rx, n)))
-    return [rx]
+    # the rest is the bias of the softmax's normalizer, a constant-one input the op implies: one entry more
+    return [rx, b.op("Sub", b.sum_per_sample(env.R, n), b.sum_per_sample(rx, n))]
 
 
 @defrule("Softmax", SOFTMAX, "detach")

@@ -311,8 +311,8 @@ def _single_term(groups: list[Group], nonneg: bool) -> Term | None:
     return t if t.input == "x" or (t.input == "x+" and nonneg) else None
 
 
-def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
-    """Emit the relevance of the layer's input for ``groups``; report the bias share."""
+def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> tuple[ir.Value, ir.Value | None]:
+    """Emit the relevance of the layer's input for ``groups``; returns (R_x, the bias's share or None)."""
     b, x = env.b, activation(env)
     nonneg = env.nonnegative(x)
     inputs = {"x": x, "x+": x} if nonneg else {"x": x}
@@ -332,9 +332,7 @@ def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
         z = lin.forward(x, single.weight, single.bias)
         relevance, s = normalized_step(env, lin, single.weight, _stabilize_group(b, z, [single], nonneg,
                                                                                   groups[0].stabilizer))
-        if single.bias is not None:
-            env.report_bias(lin.bias_share(s, single.bias))
-        return relevance
+        return relevance, lin.bias_share(s, single.bias) if single.bias is not None else None
 
     z_forward = env.y
     relevance, bias_shares = None, []
@@ -367,9 +365,7 @@ def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> ir.Value:
             if t.bias is not None:
                 share = lin.bias_share(s, t.bias)
                 bias_shares.append(b.op("Neg", share) if t.sign < 0 else share)
-    for share in bias_shares:
-        env.report_bias(share)
-    return relevance
+    return relevance, b.total(bias_shares)
 
 
 # ------------------------------------------------------------------------------------------- the rules
@@ -409,9 +405,8 @@ def affine_gradient(env: Env):
     constant-one input, gets R_bias = 1 · ⟨b, Q_z⟩.
     """
     lin = LINEAR_MAPS[env.node.op_type](env)
-    if env.formulation == "q" and lin.bias is not None:
-        env.report_bias(lin.bias_share(env.R, lin.bias))
-    return _place(env, lin.transpose(env.R, lin.w))
+    bias = lin.bias_share(env.R, lin.bias) if env.formulation == "q" and lin.bias is not None else None
+    return _place(env, lin.transpose(env.R, lin.w), bias)
 
 
 @defrule(AFFINE_OPS, affine_kind, "epsilon", "normalized", "zero", kinds=AFFINE, stabilized=True,
@@ -424,9 +419,7 @@ def affine_epsilon(env: Env):
     """
     lin = LINEAR_MAPS[env.node.op_type](env)
     relevance, s = epsilon_step(env, lin, env.epsilon)
-    if lin.bias is not None:
-        env.report_bias(lin.bias_share(s, lin.bias))
-    return _place(env, relevance)
+    return _place(env, relevance, lin.bias_share(s, lin.bias) if lin.bias is not None else None)
 
 
 @defrule(AFFINE_OPS, affine_kind, "zbox", "w-square", "flat", kinds=AFFINE)
@@ -434,11 +427,8 @@ def affine_epsilon(env: Env):
 def affine_lrp(env: Env):
     lin = LINEAR_MAPS[env.node.op_type](env)
     if _parts_form(env, lin):
-        relevance, bias_share = parts_step(env, lin, env.rule)
-        if bias_share is not None:
-            env.report_bias(bias_share)
-        return _place(env, relevance)
-    return _place(env, lrp_family(env, lin, groups_for(env.rule, lin.w, lin.bias, env.params)))
+        return _place(env, *parts_step(env, lin, env.rule))
+    return _place(env, *lrp_family(env, lin, groups_for(env.rule, lin.w, lin.bias, env.params)))
 
 
 def _parts_form(env: Env, lin: LinearMap) -> bool:
@@ -459,10 +449,13 @@ def activation(env: Env) -> ir.Value:
     return env.node.inputs[_activation_index(env.node)]
 
 
-def _place(env: Env, relevance):
-    """Put the input relevance at the activation operand's position."""
+def _place(env: Env, relevance, bias=None):
+    """Put the input relevance at the activation operand's position, and the bias's (one value per sample) at
+    the bias's (input 2 of a Gemm or Conv)."""
     out = [None] * len(env.node.inputs)
     out[_activation_index(env.node)] = relevance
+    if bias is not None:
+        out[2] = bias
     return out
 
 

@@ -75,6 +75,7 @@ def layer_norm_epsilon(env: Env):
     mean, _, sigma = _statistics(env)
     s = b.op("Div", env.R, env.stabilized_output(env.epsilon))
     u = b.op("Div", b.op("Mul", s, node.inputs[1]), sigma)
+    out = env.to_first_input(b.op("Mul", env.x, b.op("Sub", u, mean(u))))
     if len(node.inputs) > 2 and node.inputs[2] is not None:  # β: a bias
-        env.report_bias(b.sum_per_sample(b.op("Mul", s, node.inputs[2]), rank(env.y)))
-    return env.to_first_input(b.op("Mul", env.x, b.op("Sub", u, mean(u))))
+        out[2] = b.sum_per_sample(b.op("Mul", s, node.inputs[2]), rank(env.y))
+    return out

@@ -3,7 +3,13 @@
 A rule is one small function ``rule(env) -> [relevance of each input]``. It reads the forward node
 (``env.node``), the relevance arriving at its outputs (``env.R`` / ``env.Rs``) and emits ONNX nodes
 through ``env.b`` (a :class:`relgraph.graph.Builder`). It returns one entry per node input; ``None``
-means "no relevance flows there" (constants, shape operands, an input the rule gives nothing).
+means "no relevance flows there" (weights, shape operands, an input the rule gives nothing).
+
+Blame the bias: a bias is an input like any other, the weight of a constant-one input, and its relevance is
+what the rule returns at its position, summed per sample ([N]): a Gemm's or Conv's input 2, the shift of a
+BatchNormalization or LayerNormalization, the constant operand of an Add, a run-time constant added in (an
+attention mask, a position embedding). An op whose bias is implied rather than an input (the softmax's
+normalizer) returns one extra, last entry.
 
 Every op type belongs to one *kind*; a composite picks a rule name per node, and the kind says
 which names make sense (a ReLU has no ``zplus``). Rules are registered next to their math, in the
@@ -185,7 +191,6 @@ class Env:
     rule: str
     params: RuleParams
     nonnegative: Callable[[ir.Value], bool]
-    report_bias: Callable[[ir.Value], None]
     first_layer: bool = False
     formulation: str = "r"  # "q": the relevance graph carries Q = R/a (LRP-0 rephrased); gradient rules report biases
     baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline

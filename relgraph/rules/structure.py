@@ -39,10 +39,13 @@ def concat_adjoint(env: Env):
                             f"({sizes}); fix the input's dynamic dimensions with --input-shape")
     parts = b.op("Split", env.R, b.ints(sizes), axis=axis, outputs=len(sizes))
     parts = parts if isinstance(parts, tuple) else (parts,)
-    for v, p in zip(node.inputs, parts):
-        if env.conserving and is_fixed(v):
-            env.report_bias(b.sum_per_sample(p, rank(env.y)))
-    return [None if v is None or is_fixed(v) else p for v, p in zip(node.inputs, parts)]
+
+    def share(v, p):
+        if v is None or (is_fixed(v) and not env.conserving):
+            return None
+        return b.sum_per_sample(p, rank(env.y)) if is_fixed(v) else p  # a constant part is a bias, per sample
+
+    return [share(v, p) for v, p in zip(node.inputs, parts)]
 
 
 @defrule("Split", STRUCTURAL, "gradient", keeps_zeros=True)
@@ -186,8 +189,8 @@ def where_adjoint(env: Env):
         share = b.op("Where", cond, *picked)
         if not is_fixed(node.inputs[i]):
             out[i] = unbroadcast(env, share, node.inputs[i])
-        elif env.conserving:
-            env.report_bias(b.sum_per_sample(share, rank(env.y)))
+        elif env.conserving:  # a constant operand is a bias
+            out[i] = b.sum_per_sample(share, rank(env.y))
     return out
 
 
