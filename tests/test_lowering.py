@@ -502,3 +502,15 @@ def test_selu_softsign_plan_matches_onnxruntime(tmp_path, rule):
     for name, value in want["outputs"].items():  # bias relevance is all zero under the gradient
         assert np.linalg.norm(got["outputs"][name] - value) <= 1e-5 * np.linalg.norm(value), name
     assert np.abs(got["relevance"]).sum() > 0
+
+
+def test_shape_inference_failure_is_an_error_not_a_torch_fallback():
+    """Without ranks every layer would quietly stay a torch op: a graph ONNX's shape inference rejects is
+    refused in one line that says so."""
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="broken")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [onnx.numpy_helper.from_array(np.zeros((4, 5), np.float32), "W")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(RelgraphError, match="shape inference failed"):
+        lower(proto)

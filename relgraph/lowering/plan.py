@@ -193,10 +193,11 @@ class _Graph:
     """The working list of steps with what lowering asks of it: producers, readers, constants, ranks."""
 
     def __init__(self, proto: onnx.ModelProto):
-        try:  # ranks decide what a kernel can take; without them every layer stays a torch op
-            g = onnx.shape_inference.infer_shapes(proto).graph
-        except Exception:
-            g = proto.graph
+        try:  # ranks decide what a kernel can take: without them every layer would quietly stay a torch op
+            g = onnx.shape_inference.infer_shapes(proto, strict_mode=True).graph
+        except (onnx.shape_inference.InferenceError, ValueError) as exc:
+            raise RelgraphError(f"lowering: ONNX shape inference failed on the explainer: "
+                                f"{str(exc).strip().splitlines()[0]}") from exc
         self.initializers = {t.name: t for t in g.initializer}
         self.inputs = [i.name for i in g.input]
         self.outputs = [o.name for o in g.output]
