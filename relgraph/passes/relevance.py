@@ -197,6 +197,25 @@ def validate(nodes: list[ir.Node]) -> None:
         raise UnsupportedOpsError(problems, supported_ops())
 
 
+def choose_rules(nodes: list[ir.Node], composite: Composite, firsts: set[str]) -> dict:
+    """Node name → the composite's ``Choice``, once every chosen rule is known to run on its node (its kind,
+    and what its record ``requires``: bounds, a fitted pattern); otherwise one error that names every node."""
+    choices, problems = {}, []
+    for node in nodes:
+        try:
+            choice = choices[node.name] = composite.choose(node, kind_of(node), node.name in firsts)
+        except RelgraphError as exc:
+            problems.append(str(exc))
+            continue
+        why = rule_for(node, choice.rule).problem(node, choice.params)
+        if why:
+            problems.append(f"rule '{choice.rule}' for {node.op_type} '{node.name}': {why}")
+    if problems:
+        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
+        raise RelgraphError(problems[0] + more)
+    return choices
+
+
 def nonnegative_values(graph: ir.Graph) -> set[int]:
     """Values proven ≥ 0 by a forward sweep over the ops' declared signs (``relgraph.rules.registry.SIGNS``):
     ReLU outputs, pools and reshapes of them, non-negative constants, …"""
@@ -327,8 +346,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
     nodes = relevance_nodes(graph, x, logits)
     validate(nodes)
     plan = RelevancePlan(x, logits, nodes, first_layers=first_layers(nodes, x), tokens=tokens)
-    for node in nodes:
-        plan.choices[node.name] = composite.choose(node, kind_of(node), node.name in plan.first_layers)
+    plan.choices = choose_rules(nodes, composite, plan.first_layers)
 
     rectified = rectified_outputs(nodes, plan.choices, vanishing_values(nodes, plan.choices, logits, composite))
     sharing = sharing_values(nodes, plan.choices) if residual_shares else set()

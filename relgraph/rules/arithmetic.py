@@ -29,7 +29,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import RelgraphError
 from ..graph import attr, const_array, dims, is_fixed, rank
 from .functions import epsilon_sum
 from .registry import LINEAR, PRESERVES, PRODUCT, SCALE, Env, Share, defrule, defsign
@@ -268,16 +267,13 @@ def product_gate(env: Env):
     return out
 
 
-@defrule(("Mul", "Div"), arithmetic_kind, "uniform", kinds=PRODUCT, keeps_zeros=True)
+@defrule("Mul", arithmetic_kind, "uniform", kinds=PRODUCT, keeps_zeros=True)  # a quotient is a gate
 def product_uniform(env: Env):
     """The uniform rule for z = a ⊙ c (AttnLRP, Achtibat et al. 2024): R_a = R_c = R / 2.
 
     In the Q formulation, Q_a = (R/2)/a = (Q/2) ⊙ c, and symmetrically.
     """
     a, c = env.node.inputs
-    if env.node.op_type == "Div":
-        raise RelgraphError(f"rule 'uniform' splits products; Div '{env.node.name}' is a quotient (use 'gate': "
-                            "the denominator held constant, or 'gradient')")
     half = env.b.op("Mul", env.R, env.b.scalar(0.5))
     if env.formulation == "q":
         return [unbroadcast(env, env.b.op("Mul", half, c), a), unbroadcast(env, env.b.op("Mul", half, a), c)]

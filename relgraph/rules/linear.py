@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from ..errors import RelgraphError
 from ..graph import attr, const_array, static_dims
 from .functions import DOMAIN, parts_function
 from .registry import AFFINE, BILINEAR, Env, defrule
@@ -317,10 +316,7 @@ def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> tuple[ir.Value,
     nonneg = env.nonnegative(x)
     inputs = {"x": x, "x+": x} if nonneg else {"x": x}
     if env.rule == "zbox":
-        low, high = env.params.low, env.params.high
-        if low is None or high is None:
-            raise RelgraphError("rule 'zbox' needs input bounds: --bounds LOW HIGH")
-        inputs["low"], inputs["high"] = lin.constant_input(low), lin.constant_input(high)
+        inputs["low"], inputs["high"] = lin.constant_input(env.params.low), lin.constant_input(env.params.high)
 
     def variant(name):  # x⁺ and x⁻ are computed once, on first use
         if name not in inputs:
@@ -397,6 +393,10 @@ def _check_affine(node: ir.Node) -> str | None:
 AFFINE_OPS = ("Gemm", "Conv", "MatMul")
 
 
+def _needs_bounds(node: ir.Node, params) -> str | None:
+    return "needs input bounds: --bounds LOW HIGH" if params.low is None or params.high is None else None
+
+
 @defrule(AFFINE_OPS, affine_kind, "gradient", kinds=AFFINE, check=_check_affine)
 def affine_gradient(env: Env):
     """R_x = R ⋆ᵀ W: the transposed map (the exact gradient).
@@ -422,7 +422,8 @@ def affine_epsilon(env: Env):
     return _place(env, relevance, lin.bias_share(s, lin.bias) if lin.bias is not None else None)
 
 
-@defrule(AFFINE_OPS, affine_kind, "zbox", "w-square", "flat", kinds=AFFINE)
+@defrule(AFFINE_OPS, affine_kind, "zbox", kinds=AFFINE, requires=_needs_bounds)
+@defrule(AFFINE_OPS, affine_kind, "w-square", "flat", kinds=AFFINE)
 @defrule(AFFINE_OPS, affine_kind, "gamma", "alpha-beta", "zplus", kinds=AFFINE, multiplies_input=True)
 def affine_lrp(env: Env):
     lin = LINEAR_MAPS[env.node.op_type](env)

@@ -15,36 +15,34 @@ gives the bias a share (the bias does not covary with the output, so it carries 
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
-from ..errors import RelgraphError
+from ..graph import const_array
 from .linear import AFFINE_OPS, LINEAR_MAPS, _place, affine_kind, layer_params
 from .registry import AFFINE, Env, defrule
 
 PATTERN_RULES = ("pattern", "pattern-attribution")
 
 
-@defrule(AFFINE_OPS, affine_kind, *PATTERN_RULES, kinds=AFFINE)
+def pattern_problem(node: ir.Node, params) -> str | None:
+    """Why the layer's fitted pattern (``params.patterns``) cannot be used, or None."""
+    if params.patterns is None:
+        return "needs fitted patterns: pass --patterns FILE (made by relgraph fit-patterns)"
+    if node.op_type not in ("Gemm", "Conv"):
+        return "patterns exist for Gemm and Conv layers only"
+    a, w = params.patterns.get(node.name), const_array(node.inputs[1])
+    if a is None:
+        return "the patterns hold no pattern for this layer (fitted for another model?)"
+    if a.shape != w.shape:
+        return f"the pattern has shape {list(a.shape)}, the layer's weight {list(w.shape)}"
+    return None
+
+
+@defrule(AFFINE_OPS, affine_kind, *PATTERN_RULES, kinds=AFFINE, requires=pattern_problem)
 def affine_pattern(env: Env):
-    """R_x = R ⋆ᵀ A (``pattern``) or R ⋆ᵀ (W ⊙ A) (``pattern-attribution``)."""
+    """R_x = R ⋆ᵀ A (``pattern``) or R ⋆ᵀ (W ⊙ A) (``pattern-attribution``), A the layer's fitted pattern."""
     w, _ = layer_params(env)
-    a = pattern_for(env, w)
+    a = env.params.patterns[env.node.name]
     back = a if env.rule == "pattern" else w * a
     lin = LINEAR_MAPS[env.node.op_type](env)
     return _place(env, lin.transpose(env.R, back.astype(np.float32)))
-
-
-def pattern_for(env: Env, w: np.ndarray) -> np.ndarray:
-    """The node's pattern from ``env.params.patterns``; raises naming the layer when it cannot be used."""
-    node = env.node
-    where = f"rule '{env.rule}' for {node.op_type} '{node.name}'"
-    patterns = env.params.patterns
-    if patterns is None:
-        raise RelgraphError(f"{where} needs fitted patterns: pass --patterns FILE (made by relgraph fit-patterns)")
-    if node.op_type not in ("Gemm", "Conv"):
-        raise RelgraphError(f"{where}: patterns exist for Gemm and Conv layers only")
-    a = patterns.get(node.name)
-    if a is None:
-        raise RelgraphError(f"{where}: the patterns hold no pattern for this layer (fitted for another model?)")
-    if a.shape != w.shape:
-        raise RelgraphError(f"{where}: the pattern has shape {list(a.shape)}, the layer's weight {list(w.shape)}")
-    return a

@@ -64,6 +64,9 @@ class Rule:
       relevance without making any (reshapes, max pooling's winner routing, a gate's signal, a pass through
       f with f(0) = 0), and x = 0 gives y = 0 where R_x takes from R_y.
     - ``stabilized``: in the ε family (:data:`EPSILON_OF`): R ⊘ stab(z) on the node's own output z.
+    - ``requires(node, params)``: why the rule cannot run on this node with these parameters (z^B without
+      bounds, a pattern rule without a fitted pattern), or None. The relevance pass asks every node before
+      the walk starts, so a compile fails before it emits anything, naming every node at once.
     """
 
     op: str
@@ -73,6 +76,10 @@ class Rule:
     multiplies_input: bool = False
     keeps_zeros: bool = False
     stabilized: bool = False
+    requires: Callable[[ir.Node, "RuleParams"], str | None] | None = None
+
+    def problem(self, node: ir.Node, params: "RuleParams") -> str | None:
+        return self.requires(node, params) if self.requires is not None else None
 
 
 def rule_epsilon(rule: str, params: "RuleParams") -> float:
@@ -95,7 +102,8 @@ SIGNS: dict[str, object] = {}
 
 
 def defrule(op_types, kind, *names: str, kinds=None, check: Callable[[ir.Node], str | None] | None = None,
-            multiplies_input: bool = False, keeps_zeros: bool = False, stabilized: bool = False):
+            multiplies_input: bool = False, keeps_zeros: bool = False, stabilized: bool = False,
+            requires: Callable[[ir.Node, "RuleParams"], str | None] | None = None):
     """Register ``fn`` as rule(s) ``names`` for the nodes of ``op_types`` and of ``kinds``.
 
     ``kind`` is a kind name or a function node → kind (Add is a sum of activations or a bias add); with a
@@ -125,7 +133,7 @@ def defrule(op_types, kind, *names: str, kinds=None, check: Callable[[ir.Node], 
                     if (k, name) in RULES.get(op, {}):
                         raise AssertionError(f"rule {name!r} registered twice for {k} {op}")
                     RULES.setdefault(op, {})[k, name] = Rule(op, k, name, fn, multiplies_input, keeps_zeros,
-                                                             stabilized)
+                                                             stabilized, requires)
                     if name not in KIND_RULES[k]:
                         KIND_RULES[k].append(name)
         return fn

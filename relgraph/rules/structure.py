@@ -7,9 +7,9 @@ gradient Pᵀ·R and every LRP rule (x ⊙ Pᵀ(R ⊘ Px)) coincide: relevance i
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from ..graph import attr, const_array, dims, is_fixed, rank, static_dims
-from ..errors import RelgraphError
 from .arithmetic import unbroadcast
 from .registry import PRESERVES, STRUCTURAL, Env, defrule, defsign
 
@@ -27,16 +27,25 @@ def transpose_adjoint(env: Env):
     return [env.b.op("Transpose", env.R, perm=[int(p) for p in inverse])]
 
 
-@defrule("Concat", STRUCTURAL, "gradient", keeps_zeros=True)
+def _concat_sizes(node: ir.Node) -> list:
+    axis = attr(node, "axis") % rank(node.outputs[0])
+    return [dims(v)[axis] for v in node.inputs]
+
+
+def _check_concat(node: ir.Node) -> str | None:
+    sizes = _concat_sizes(node)
+    if None in sizes:
+        return f"the inputs' sizes along the axis are not static ({sizes}): --input-shape fixes them"
+    return None
+
+
+@defrule("Concat", STRUCTURAL, "gradient", keeps_zeros=True, check=_check_concat)
 def concat_adjoint(env: Env):
     """Split R along the concatenation axis into the inputs' sizes. A constant part (a ViT's CLS token, a
     register token) keeps its share: a bias."""
     node, b = env.node, env.b
     axis = attr(node, "axis") % rank(env.y)
-    sizes = [dims(v)[axis] for v in node.inputs]
-    if None in sizes:
-        raise RelgraphError(f"Concat '{node.name}': the inputs' sizes along the axis {axis} are not static "
-                            f"({sizes}); fix the input's dynamic dimensions with --input-shape")
+    sizes = _concat_sizes(node)
     parts = b.op("Split", env.R, b.ints(sizes), axis=axis, outputs=len(sizes))
     parts = parts if isinstance(parts, tuple) else (parts,)
 
