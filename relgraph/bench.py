@@ -6,7 +6,7 @@ the device's measured ceilings (a large device-to-device copy for bandwidth, a l
 FLOP/s).
 
 Without a GPU: the interpreter correctness sweep (every public kernel op on small ragged shapes against
-``kernels.reference``'s float64 references, under ``TRITON_INTERPRET=1``), the ahead-of-time kernel report
+``relgraph.kernels.reference``'s float64 references, under ``TRITON_INTERPRET=1``), the ahead-of-time kernel report
 (``relgraph kernels``), and the onnxruntime CPU explainer timed against the model's forward pass.
 """
 
@@ -45,8 +45,8 @@ def sweep_cases(size: str = "small"):
     """
     import torch
 
-    import kernels
-    from kernels import reference as ref
+    from . import kernels
+    from .kernels import reference as ref
 
     dtypes = ("fp32",) if size == "small" else ("fp32", "fp16", "bf16")
     torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
