@@ -24,7 +24,7 @@ from .files import check_output
 from .graph import MIN_OPSET, load_model
 from .passes import build_relevance, canonicalize
 from .rules import RuleParams, load_rule_map, resolve, to_q_formulation
-from .rules.patterns import PATTERN_RULES
+from .rules.patternnet import PATTERN_RULES
 from .text import TOKENIZER_KEY, check_vocabulary, read_tokenizer
 
 

@@ -14,7 +14,7 @@ The two estimators learned from data, with the bias taken as a constant that doe
 
 A pattern has its layer's weight shape ([out, in] for Gemm, [Cout, Cin, k…] for Conv). PatternNet
 back-projects the output along the patterns (R_x = R ⋆ᵀ A), PatternAttribution along W ⊙ A (the rules
-live in :mod:`relgraph.rules.patterns`). Patterns are saved as .npz: one array per layer (node) name —
+live in :mod:`relgraph.rules.patternnet`). Patterns are saved as .npz: one array per layer (node) name —
 a₊ for the two-component estimator, whose a₋ is stored as ``<name>::negative`` — and ``__estimator__``.
 
 The quality of an estimator (Eq. 1) is how little of y a linear read-out can still find in the
