@@ -15,8 +15,12 @@ worker processes started without it (also what spreads the work over the cores).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
+import io
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TRITON_STACK, RelgraphError, require
+from .progress import Progress
 
 # Targets this triton wheel's ptxas compiles for (Ampere, Ada, Hopper), name → compute capability.
 TARGETS = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
@@ -99,8 +104,6 @@ def plan_steps(explainer_dir) -> list[tuple[str, str, dict]]:
 
 def report(sources: list[Source], targets: list[str], *, jobs: int | None = None, progress=True) -> list[KernelUsage]:
     """Compile every specialization of ``sources`` for every target, in ``jobs`` worker processes."""
-    from .progress import Progress
-
     jobs = max(1, jobs or os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_spawn(), initializer=_worker_init) as pool:
         listings = {s: pool.submit(_list, s) for s in sources}
@@ -120,8 +123,6 @@ def report(sources: list[Source], targets: list[str], *, jobs: int | None = None
 
 
 def _spawn():
-    import multiprocessing
-
     return multiprocessing.get_context("spawn")  # fresh interpreters: no inherited TRITON_INTERPRET state
 
 
@@ -238,8 +239,6 @@ def _specializations(source: Source) -> list:
 
 
 def _load(source: Source) -> list:
-    import importlib.util
-
     if source[0] == "sweep":
         from . import kernels
 
@@ -275,9 +274,6 @@ def _list(source: Source) -> list[str]:
 
 
 def _compile(source: Source, index: int, target: str) -> KernelUsage:
-    import contextlib
-    import io
-
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

@@ -29,6 +29,7 @@ second moments of x and the first moments of each regime (:func:`quality`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,8 +66,6 @@ def fit_patterns(model_path, data, estimator: str = "linear", batch_size: int = 
 def collect_statistics(model_path, data, *, two_component: bool, batch_size: int = 64, progress: bool = True,
                        providers=None) -> dict[str, LayerStats]:
     """Stream ``data`` through the model's statistics graph (:mod:`relgraph.statistics`)."""
-    import warnings
-
     runner = StatisticsRunner(model_path, two_component=two_component, providers=providers)
     for note in runner.skipped:
         warnings.warn(note, stacklevel=3)

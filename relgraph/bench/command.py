@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from .. import aot
 from ..errors import TRITON_STACK, RelgraphError, require
 from .gpu import gpu_bench
 from .sweep import sweep_in_interpreter
@@ -56,9 +57,7 @@ def cmd_bench(args):
         raise RelgraphError(f"output exists: {args.json} (pass --force to overwrite)")
     targets = [] if args.aot == "none" else None
     if targets is None:
-        from ..aot import parse_targets
-
-        targets = parse_targets(args.aot)
+        targets = aot.parse_targets(args.aot)
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,8 +75,6 @@ def cmd_bench(args):
 
 
 def cpu_bench(args, model: str, targets: list[str]) -> tuple[dict, bool]:
-    from .. import aot
-
     print("no GPU: running the interpreter correctness sweep, the ahead-of-time kernel report and the "
           "onnxruntime CPU explainer instead", flush=True)
     result: dict = {"gpu": False}

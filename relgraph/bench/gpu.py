@@ -3,7 +3,9 @@ bytes, and the same explainer in onnxruntime's CUDA provider."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import statistics
 import tempfile
@@ -12,6 +14,8 @@ import time
 import numpy as np
 
 from ..errors import RelgraphError
+from ..lowering import compile_triton
+from ..lowering.explainer import TritonExplainer
 from .timing import zennit_ms
 
 
@@ -37,8 +41,6 @@ def device_ceilings() -> dict:
 def step_cost(step, values) -> tuple[float, float]:
     """(FLOPs, bytes) of a kernel step: 2 per multiply-add of its products (the γ/αβ kernels do four
     products, two with x ≥ 0), and the compulsory traffic: every input and output tensor once."""
-    import math
-
     tensors = [values[n] for n in step.inputs if n and n in values] + [values[n] for n in step.outputs if n in values]
     moved = float(sum(t.numel() * t.element_size() for t in tensors))
     x, w = values[step.inputs[0]], values[step.inputs[1]]
@@ -118,9 +120,6 @@ def profile_onnxruntime_cuda(path: str, feeds: dict, repeats: int) -> tuple[floa
 
 
 def gpu_bench(args, model: str, model_name: str | None) -> dict:
-    from ..lowering import compile_triton
-    from ..lowering.explainer import TritonExplainer
-
     ceilings = device_ceilings()
     print(f"device: {ceilings['device']}; measured ceilings {ceilings['bytes_per_s'] / 1e12:.2f} TB/s (copy), "
           f"{ceilings['flops_per_s'] / 1e12:.0f} TFLOP/s (bf16 matmul)")
@@ -144,8 +143,6 @@ def gpu_bench(args, model: str, model_name: str | None) -> dict:
               f"{100 * tflops / ceilings['flops_per_s']:6.1f} {100 * gbs / ceilings['bytes_per_s']:5.1f}")
     result = {"ceilings": ceilings, "steps": steps, "triton_ms": triton_ms, "onnxruntime_cuda_ms": ort_ms}
     if model_name:
-        import importlib.util
-
         if importlib.util.find_spec("zennit") and importlib.util.find_spec("torchvision"):
             result["zennit_ms"] = zennit_ms(model_name, args.rule, x, args.repeats)
         else:

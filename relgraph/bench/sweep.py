@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..progress import Progress
+
 ROOT = Path(__file__).resolve().parents[2]  # the folder holding relgraph/: the child process imports it from there
 # Relative error ‖got − ref‖ / ‖ref‖ allowed per operand dtype: fp32 runs tl.dot in IEEE precision;
 # fp16/bf16 round the operands (the reference sees the same rounded operands) and, in the push-back of
@@ -193,8 +195,6 @@ def interpreter_bf16_dot_ok() -> bool:
 
 def run_sweep(size: str = "small", stream=None) -> bool:
     """Run every case under the interpreter; print one line per case; True when all pass."""
-    from ..progress import Progress
-
     stream = stream or sys.stdout
 
     cases = sweep_cases(size)

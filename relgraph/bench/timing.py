@@ -10,6 +10,9 @@ import time
 
 import numpy as np
 
+from ..compiler import compile
+from ..explainer import Explainer
+
 TORCHVISION = ("resnet18", "resnet50", "vgg16")  # models zennit can be compared on (with their canonizers)
 
 
@@ -27,9 +30,6 @@ def time_call(fn, repeats: int, warmup: int = 2) -> list[float]:
 def cpu_explainer_vs_forward(model: str, rule: str, batch: int, repeats: int) -> dict:
     """Median seconds of onnxruntime's CPU explainer and of the model's own forward pass, same batch."""
     import onnxruntime as ort
-
-    from ..compiler import compile
-    from ..explainer import Explainer
 
     with tempfile.TemporaryDirectory() as tmp:
         result = compile(model, rule=rule, output=os.path.join(tmp, "explainer.onnx"))

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from .. import plot
 from ..errors import RelgraphError
+from ..explainer import is_explainer, read_onnx
 from ..files import check_output, replacing
 from .data import Dataset, is_token_data, load_dataset, load_token_data
 from .images import RANDOM, Evaluation, Scorer, default_patch, evaluate
@@ -100,8 +102,6 @@ def cmd_evaluate(args) -> None:
     if args.json:
         _write_json(args.json, report)
     if args.plot or args.heatmaps:
-        from .. import plot
-
         if not plot.available():
             print(f"note: plots need matplotlib: pip install 'relgraph[eval]' (skipped "
                   f"{', '.join(p for p in (args.plot, args.heatmaps) if p)})")
@@ -170,8 +170,6 @@ def _evaluate_tokens_command(args, model, explainers) -> None:
             "ablation": "token embedding set to zero", "random_orders": args.random_orders, "seed": args.seed,
             "methods": sources})
     if args.plot:
-        from .. import plot
-
         if not plot.available():
             print(f"note: plots need matplotlib: pip install 'relgraph[eval]' (skipped {args.plot})")
             return
@@ -221,8 +219,6 @@ def _check_options(args, outputs) -> None:
 
 
 def _is_explainer(path: str) -> bool:
-    from ..explainer import is_explainer, read_onnx
-
     return is_explainer(read_onnx(path, weights=False))
 
 
@@ -248,8 +244,6 @@ def _dataset(args, model, explainers) -> Dataset:
 
 def _labelled(explainers: list[str], taken: dict) -> dict[str, str]:
     """Explainers by their rule name, or their file name where two share one."""
-    from ..explainer import read_onnx
-
     out = {}
     for path in explainers:
         meta = {p.key: p.value for p in read_onnx(path, weights=False).metadata_props}

@@ -9,8 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from onnx.utils import Extractor
 
+from ..compiler import compile
 from ..errors import RelgraphError
+from ..explainer import Explainer
+from ..export import save
+from ..patterns import fit_patterns
+from ..rules import RULE_NAMES
 from .data import load_dataset
 from .images import RANDOM
 
@@ -23,16 +29,12 @@ TRAIN_FILES = ("train_x.npy", "train.npz")     # training data beside a model, f
 
 def forward_of(explainer_path: str):
     """The classifier inside an explainer: the subgraph from its input to its logits."""
-    from onnx.utils import Extractor
-
     proto = onnx.load(explainer_path)
     meta = {p.key: p.value for p in proto.metadata_props}
     return Extractor(proto).extract_model([meta["relgraph.input"]], [meta["relgraph.logits"]])
 
 
 def check_methods(methods: list[str]) -> None:
-    from ..rules import RULE_NAMES
-
     for m in methods:
         if m != RANDOM and m not in RULE_NAMES:
             raise RelgraphError(f"unknown method '{m}' (known: {', '.join(RULE_NAMES)}, {RANDOM})")
@@ -58,9 +60,6 @@ def compile_methods(model_path: str, methods: list[str], folder: str, *, bounds,
     Pattern methods fit two-component patterns (Kindermans et al.'s best estimator, S_a±) on ``train``;
     without training data they are left out with a note unless the user asked for them.
     """
-    from ..compiler import compile
-    from ..export import save
-
     paths, patterns = {}, None
     for method in methods:
         if method == RANDOM:
@@ -84,8 +83,6 @@ def compile_methods(model_path: str, methods: list[str], folder: str, *, bounds,
 
 
 def _fit_patterns(model_path: str, train: str, notes: list) -> dict:
-    from ..patterns import fit_patterns
-
     data = load_dataset(train).x
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -97,8 +94,6 @@ def _fit_patterns(model_path: str, train: str, notes: list) -> dict:
 
 def token_relevance_of(explainer_path: str, ids: np.ndarray, mask: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """A token explainer's relevance per token, [N, S]."""
-    from ..explainer import Explainer
-
     explainer = Explainer(explainer_path, spinning=False)
     if not explainer.tokens:
         raise RelgraphError(f"{explainer_path} does not explain token ids; the data are token ids")
@@ -107,8 +102,6 @@ def token_relevance_of(explainer_path: str, ids: np.ndarray, mask: np.ndarray, t
 
 
 def relevance_of(explainer_path: str, x: np.ndarray, targets: np.ndarray, batch: int = 256) -> np.ndarray:
-    from ..explainer import Explainer
-
     explainer = Explainer(explainer_path, spinning=False)
     if explainer.input_shape[1:] != list(x.shape[1:]):
         raise RelgraphError(f"{explainer_path} expects inputs {explainer.input_shape}, the data are "
