@@ -212,7 +212,7 @@ def layers_of(onnx_path, batch: int) -> list[Layer]:
     """The canonical layers of an ONNX model (after relgraph's canonicalization: BatchNorm folded into its
     convolution), each ReLU merged into the layer that produces its input."""
     sys.path.insert(0, str(REPO_ROOT))
-    from relgraph.compiler import prepare
+    from relgraph.frontend import prepare
     from relgraph.graph import const_array
 
     model, _ = prepare(str(onnx_path))
@@ -350,7 +350,7 @@ def markdown(resnet: list[Layer], linear: list[Layer], batch: int, linear_batch:
         "is on paper until a GPU measures it (`relgraph bench` on a GPU).",
         "",
         f"Produced by `{command}` (the model: torchvision `resnet50(weights=None)` exported to ONNX, opset 17, "
-        "then `relgraph.compiler.prepare`: BatchNorm folded into the convolutions).",
+        "then `relgraph.frontend.prepare`: BatchNorm folded into the convolutions).",
         "",
         "## Model",
         "",

@@ -3,7 +3,7 @@ pooling's route without indices and the residual sum's ε split.
 
 All ops take and return contiguous torch tensors (CUDA on a GPU, CPU under ``TRITON_INTERPRET=1``),
 accumulate in fp32, accept fp16/bf16 matmul operands (x, W), and return fp32. Every op takes ``out=``
-(preallocated outputs). ``kernels.reference`` holds float64 numpy references of every op.
+(preallocated outputs). ``relgraph.kernels.reference`` holds float64 numpy references of every op.
 """
 
 from .conv import conv2d

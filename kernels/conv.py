@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from relgraph.errors import RelgraphError
+from ..errors import RelgraphError
 
 from .gemm import PRECISIONS, epilogue
 from .launch import KernelSpec, check, dummy, launch, operand_dtype, outputs

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from relgraph.errors import RelgraphError
+from ..errors import RelgraphError
 
 from .conv import GEOMETRY_PARAMS, conv_shape, grid_2d, transposed_weight_tile, window_tile
 from .epsilon_matmul import MODES
@@ -90,7 +90,7 @@ def epsilon_conv2d(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, den: torch
                    want_s: bool = False, precision: str = "ieee", out=None):
     """rx = x ⊙ convT(r ⊘ d, W) for x [N, C, H, W], W [K, C/g, R, S], r and den [N, K, P, Q] (fp32).
 
-    d as in :func:`kernels.epsilon_linear`; the geometry as in :func:`kernels.conv2d` (the transposed
+    d as in :func:`relgraph.kernels.epsilon_linear`; the geometry as in :func:`relgraph.kernels.conv2d` (the transposed
     convolution lands on x's shape, which implies ONNX's output_padding). Returns rx (x's shape, fp32),
     or (rx, s) with s = r ⊘ d when ``want_s``. ``out``: preallocated rx, or (rx, s).
     """

@@ -2,7 +2,7 @@
 
 Every op describes its kernel once, as a :class:`KernelSpec` (argument types, constexpr switches, the
 flag combinations worth compiling ahead of time). The host wrappers launch through :func:`launch`, and
-:mod:`kernels.registry` derives the ahead-of-time specializations from the same description, so what
+:mod:`relgraph.kernels.registry` derives the ahead-of-time specializations from the same description, so what
 runs and what is compiled ahead of time cannot drift apart.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import triton
 
-from relgraph.errors import RelgraphError
+from ..errors import RelgraphError
 
 CONFIGS_FILE = Path(__file__).with_name("configs.json")
 LAUNCH_KEYS = ("num_warps", "num_stages")  # the rest of a configuration is block sizes

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from relgraph.errors import RelgraphError
+from ..errors import RelgraphError
 
 from .conv import (GEOMETRY_PARAMS, conv_shape, grid_2d, output_offsets, output_tile, patch_tile,
                    transposed_weight_tile, weight_tile, window_tile)
@@ -324,7 +324,7 @@ def lrp_parts_linear_back(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, z_p
 
 def lrp_parts_conv2d(x: torch.Tensor, w: torch.Tensor, *, stride=(1, 1), pads=(0, 0, 0, 0), dilation=(1, 1),
                      groups: int = 1, x_nonneg: bool = False, precision: str = "ieee", out=None):
-    """:func:`lrp_parts_linear` for a convolution (geometry as :func:`kernels.conv2d`): (z_pos, z_neg)
+    """:func:`lrp_parts_linear` for a convolution (geometry as :func:`relgraph.kernels.conv2d`): (z_pos, z_neg)
     [N, K, P, Q] fp32."""
     op = "lrp_parts_conv2d"
     dtype = operand_dtype(op, x, w)
@@ -346,7 +346,7 @@ def lrp_parts_conv2d_back(x: torch.Tensor, w: torch.Tensor, r: torch.Tensor, z_p
                           out=None):
     """:func:`lrp_parts_linear_back` for a convolution: rx (x's shape, fp32) from r, z_pos, z_neg
     [N, K, P, Q] and b⁺, b⁻ [K], pushed back through the transposed convolution (a gather, as in
-    :func:`kernels.epsilon_conv2d`); with ``want_s`` also the shares s_a, s_b [N, K, P, Q]."""
+    :func:`relgraph.kernels.epsilon_conv2d`); with ``want_s`` also the shares s_a, s_b [N, K, P, Q]."""
     op = "lrp_parts_conv2d_back"
     dtype = operand_dtype(op, x, w)
     shape = relevance_shape(op, x, w, r, stride, pads, dilation, groups)

@@ -42,7 +42,7 @@ EPSILON_SUM = KernelSpec(
 def epsilon_sum(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor, den: torch.Tensor, *, mode: str = "den",
                 epsilon: float = 0.0, out=None):
     """(ra, rb) = (a ⊙ r ⊘ d, b ⊙ r ⊘ d) for a, b, r, den of one shape (fp32); d as in
-    :func:`kernels.epsilon_linear` ("den", "stab" on den = z = a + b, "shift" on den = relu(z)).
+    :func:`relgraph.kernels.epsilon_linear` ("den", "stab" on den = z = a + b, "shift" on den = relu(z)).
     ``out``: preallocated (ra, rb)."""
     op = "epsilon_sum"
     shape = tuple(a.shape)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from relgraph.errors import RelgraphError
+from ..errors import RelgraphError
 
 from .launch import KernelSpec, check, launch, outputs
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relgraph.errors import RelgraphError
+from ..errors import RelgraphError
 
 from .conv import CONV2D
 from .epsilon_conv import EPSILON_CONV2D

@@ -6,10 +6,9 @@
     >>> out["logits"], out["relevance"], out["bias_relevance"]
 """
 
-__version__ = "0.1.0"
-
-from .compiler import compile  # noqa: E402
-from .errors import RelgraphError, UnsupportedOpsError  # noqa: E402
-from .explainer import Explainer, open_explainer  # noqa: E402
+from .compiler import compile
+from .errors import RelgraphError, UnsupportedOpsError
+from .explainer import Explainer, open_explainer
+from .version import __version__
 
 __all__ = ["compile", "Explainer", "open_explainer", "RelgraphError", "UnsupportedOpsError", "__version__"]

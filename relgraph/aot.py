@@ -15,8 +15,12 @@ worker processes started without it (also what spreads the work over the cores).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
+import io
 import json
+import multiprocessing
 import os
 import re
 import subprocess
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import TRITON_STACK, RelgraphError, require
+from .progress import Progress
 
 # Targets this triton wheel's ptxas compiles for (Ampere, Ada, Hopper), name → compute capability.
 TARGETS = {"sm_80": 80, "sm_86": 86, "sm_89": 89, "sm_90": 90}
@@ -99,8 +104,6 @@ def plan_steps(explainer_dir) -> list[tuple[str, str, dict]]:
 
 def report(sources: list[Source], targets: list[str], *, jobs: int | None = None, progress=True) -> list[KernelUsage]:
     """Compile every specialization of ``sources`` for every target, in ``jobs`` worker processes."""
-    from .progress import Progress
-
     jobs = max(1, jobs or os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=_spawn(), initializer=_worker_init) as pool:
         listings = {s: pool.submit(_list, s) for s in sources}
@@ -120,8 +123,6 @@ def report(sources: list[Source], targets: list[str], *, jobs: int | None = None
 
 
 def _spawn():
-    import multiprocessing
-
     return multiprocessing.get_context("spawn")  # fresh interpreters: no inherited TRITON_INTERPRET state
 
 
@@ -227,7 +228,7 @@ def _worker_init() -> None:
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas -v, the spill figures, printed on each fresh compile
     root = str(Path(__file__).resolve().parent.parent)
-    if root not in sys.path:  # the kernels package and test modules live beside relgraph/
+    if root not in sys.path:  # the modules --specs names (tests/, bench/) live beside relgraph/
         sys.path.insert(0, root)
 
 
@@ -238,14 +239,12 @@ def _specializations(source: Source) -> list:
 
 
 def _load(source: Source) -> list:
-    import importlib.util
-
     if source[0] == "sweep":
-        import kernels
+        from . import kernels
 
         return list(kernels.sweep())
     if source[0] == "plan":
-        import kernels
+        from . import kernels
 
         found = []
         for op, dtype, flags in plan_steps(source[1]):
@@ -275,9 +274,6 @@ def _list(source: Source) -> list[str]:
 
 
 def _compile(source: Source, index: int, target: str) -> KernelUsage:
-    import contextlib
-    import io
-
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

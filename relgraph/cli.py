@@ -11,12 +11,28 @@ import importlib
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
+import onnx
 
+from .compiler import compile
 from .errors import RelgraphError, UnsupportedOpsError
+from .explainer import Explainer, open_explainer
 from .files import NpyRows, NpzRows, check_output, replacing
+from .frontend import prepare
+from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow, read_image
+from .lowering.commands import cmd_compile_triton, cmd_inspect_triton
+from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes, unfolded_shape
+from .patterns import QUALITY_NOTE, collect_statistics, patterns_from, quality, save_patterns
+from .portability import compare_runtimes
+from .preprocess import model_classes
+from .rules import COMPOSITES, KIND_RULES, RULE_NAMES, RULES, RuleParams, kind_of, load_rule_map, resolve, supported_ops
+from .rules.registry import CHECKS
 from .runtimes import add_runtime_argument
+from .text import TEXT_OUTPUTS, TextEncoder, caption, explain_text, render_html, render_png
+from .triton_repo import export_triton
+from .version import __version__
 
 
 def main(argv=None) -> int:
@@ -46,9 +62,6 @@ INPUT_SHAPE_HELP = ("fix an input's dynamic dimensions, e.g. input=Nx3x224x224 (
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
-    from .rules import RULE_NAMES
-
     p = argparse.ArgumentParser(prog="relgraph", description="Compile ONNX models into relevance explainers.")
     p.add_argument("--version", action="version", version=f"relgraph {__version__}")
     sub = p.add_subparsers(metavar="COMMAND")
@@ -161,13 +174,9 @@ _COMMAND_MODULES: tuple[str, ...] = ("serve", "evaluate", "aot", "bench", "datas
 
 
 def cmd_compile(args):
-    from .compiler import compile
-
     if args.target != "onnx":
         if args.tokenizer is not None:
             raise RelgraphError("--tokenizer applies to --target onnx; store the tokenizer in an ONNX explainer")
-        from .lowering.commands import cmd_compile_triton
-
         return cmd_compile_triton(args)
     if args.dtype != "fp32":
         raise RelgraphError("--dtype applies to --target triton; an ONNX explainer computes in fp32")
@@ -187,10 +196,6 @@ def cmd_compile(args):
 
 def cmd_fit_patterns(args):
     """Fit, save and optionally measure: the sums are collected once, for both estimators when --quality."""
-    import warnings
-
-    from .patterns import collect_statistics, patterns_from, save_patterns
-
     if args.quality and not args.holdout:
         raise RelgraphError("--quality needs --holdout DATA: ρ is measured on data the patterns were not fitted on")
     if args.quality and not os.path.exists(args.holdout):
@@ -211,8 +216,6 @@ def cmd_fit_patterns(args):
 
 
 def _print_quality(args, pattern_sets):
-    from .patterns import QUALITY_NOTE, quality
-
     rows = quality(args.model, args.holdout, pattern_sets, batch_size=args.batch_size)
     labels = ["S_x", "S_w", *pattern_sets]
     print(f"\nρ(S) = 1 − max_v corr(y, vᵀ(x − S(x))) per layer, mean over neurons (higher is better); "
@@ -241,8 +244,6 @@ def load_input(path: str, scale: float, sample=None) -> np.ndarray:
     if path.lower().endswith(".npy"):
         return _load_npy(path)
     if path.lower().endswith(IMAGE_EXTENSIONS):
-        from .heatmap import read_image
-
         pixels = read_image(path)
         if sample and len(sample) >= 2 and None not in sample[-2:] and list(pixels.shape[:2]) != list(sample[-2:]):
             raise RelgraphError(f"the image is {pixels.shape[0]}×{pixels.shape[1]}, the model takes "
@@ -283,9 +284,6 @@ LISTED_SAMPLES = 20  # per-sample lines printed; a bigger batch ends in one line
 def cmd_explain(args):
     """Explain in chunks of --batch-size samples, each written out as it comes (.npy, .npz), or kept for the
     heatmap strip (.png, the first MAX_TILES samples): memory follows the chunk, not the batch."""
-    from .explainer import open_explainer
-    from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow
-
     if args.text is not None:
         if args.input is not None:
             raise RelgraphError("give INPUT or --text, not both")
@@ -349,11 +347,6 @@ def _print_samples(start: int, out: dict, n: int) -> None:
 
 def _explain_text(args):
     """--text: each text's tokens and their relevance on stdout; -o writes them shaded (.html or .png)."""
-    from .explainer import open_explainer
-    from .heatmap import encode_png
-    from .preprocess import model_classes
-    from .text import TEXT_OUTPUTS, TextEncoder, caption, explain_text, render_html, render_png
-
     ext = os.path.splitext(args.output)[1].lower() if args.output else None
     if args.output is not None:
         if ext not in TEXT_OUTPUTS:
@@ -382,17 +375,10 @@ def _explain_text(args):
 
 
 def cmd_inspect(args):
-    from .compiler import prepare
-    from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes, unfolded_shape
-    from .rules import RULES, kind_of, load_rule_map, resolve, RuleParams
-    from .rules.registry import CHECKS
-
     if args.target != "onnx":
         if args.input_shapes:
             raise RelgraphError("--input-shape applies when inspecting a model (--target onnx); a compiled "
                                 "explainer has its shapes")
-        from .lowering.commands import cmd_inspect_triton
-
         return cmd_inspect_triton(args)
     composite = load_rule_map(args.rule_map, RuleParams()) if args.rule_map else resolve(args.rule, RuleParams())
     model, skipped = prepare(args.model, args.input_shapes)
@@ -428,10 +414,7 @@ def cmd_inspect(args):
 
 def cmd_check(args):
     """Per-layer account: R_in (at the node's outputs) = R_out (to its inputs) + R_bias + leak."""
-    import onnx
-    import onnxruntime as ort
-
-    from .explainer import Explainer
+    import onnxruntime as ort  # the [cpu] or [gpu] extra
 
     explainer = Explainer(args.explainer)  # a triton folder: its ONNX explainer
     x = explainer.prepare(_explainer_input(explainer, args.input, args.scale))
@@ -475,8 +458,6 @@ def cmd_check(args):
 
 
 def _print_runtimes(path, x, target):
-    from .portability import compare_runtimes
-
     rows = compare_runtimes(path, x, target)
     print(f"{'runtime':12} {'device':36} {'seconds':>8}   relative L2 (max |difference|) against onnxruntime")
     for row in rows:
@@ -493,8 +474,6 @@ def _print_runtimes(path, x, target):
 
 
 def cmd_export_triton(args):
-    from .triton_repo import export_triton
-
     folder = export_triton(args.explainer, args.repo, name=args.name, max_batch=args.max_batch,
                            overwrite=args.force)
     print(f"wrote {folder} (config.pbtxt, 1/model.onnx); serve with: "
@@ -502,8 +481,6 @@ def cmd_export_triton(args):
 
 
 def cmd_rules(args):
-    from .rules import COMPOSITES, KIND_RULES, supported_ops
-
     print("rules and composites:", ", ".join(COMPOSITES))
     for kind, rules in KIND_RULES.items():
         print(f"  {kind:11} {', '.join(rules)}")

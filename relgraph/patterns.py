@@ -14,7 +14,7 @@ The two estimators learned from data, with the bias taken as a constant that doe
 
 A pattern has its layer's weight shape ([out, in] for Gemm, [Cout, Cin, k…] for Conv). PatternNet
 back-projects the output along the patterns (R_x = R ⋆ᵀ A), PatternAttribution along W ⊙ A (the rules
-live in :mod:`relgraph.rules.patterns`). Patterns are saved as .npz: one array per layer (node) name —
+live in :mod:`relgraph.rules.patternnet`). Patterns are saved as .npz: one array per layer (node) name —
 a₊ for the two-component estimator, whose a₋ is stored as ``<name>::negative`` — and ``__estimator__``.
 
 The quality of an estimator (Eq. 1) is how little of y a linear read-out can still find in the
@@ -29,6 +29,7 @@ second moments of x and the first moments of each regime (:func:`quality`).
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,8 +66,6 @@ def fit_patterns(model_path, data, estimator: str = "linear", batch_size: int = 
 def collect_statistics(model_path, data, *, two_component: bool, batch_size: int = 64, progress: bool = True,
                        providers=None) -> dict[str, LayerStats]:
     """Stream ``data`` through the model's statistics graph (:mod:`relgraph.statistics`)."""
-    import warnings
-
     runner = StatisticsRunner(model_path, two_component=two_component, providers=providers)
     for note in runner.skipped:
         warnings.warn(note, stacklevel=3)

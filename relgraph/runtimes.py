@@ -21,6 +21,7 @@ import importlib.util
 
 import numpy as np
 import onnx
+from onnx.reference import ReferenceEvaluator
 
 from .errors import RelgraphError
 
@@ -147,8 +148,6 @@ class ReferenceSession(Session):
     runtime = "reference"
 
     def __init__(self, path):
-        from onnx.reference import ReferenceEvaluator
-
         try:
             proto = onnx.load(path)
             self.evaluator = ReferenceEvaluator(proto)

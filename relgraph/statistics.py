@@ -1,6 +1,6 @@
 """Streaming layer statistics for the signal estimators of :mod:`relgraph.patterns`.
 
-The canonical model (:func:`relgraph.compiler.prepare`) becomes a *statistics graph*: the forward path up
+The canonical model (:func:`relgraph.frontend.prepare`) becomes a *statistics graph*: the forward path up
 to every affine layer, plus per-batch sums over that layer's samples. onnxruntime runs it one batch at a
 time and numpy accumulates the sums in float64, so memory is bounded by the batch, not the data set.
 
@@ -29,16 +29,21 @@ from __future__ import annotations
 
 import itertools
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from .errors import RelgraphError
+from .frontend import prepare
 from .graph import Builder, attr, const_array, dims, static_dims, to_proto
+from .passes.relevance import explained_values, relevance_nodes
 from .progress import Progress
+from .rules.linear import _check_affine, conv_pads
 
 FLOAT, DOUBLE = ir.DataType.FLOAT, ir.DataType.DOUBLE
 
@@ -160,9 +165,6 @@ def affine_layers(model: ir.Model) -> tuple[ir.Value, list[AffineLayer], list[st
 
     Raises for affine layers no pattern rule covers (MatMul, non-canonical Gemm), all of them at once.
     """
-    from .passes.relevance import explained_values, relevance_nodes
-    from .rules.linear import _check_affine, conv_pads
-
     x, logits = explained_values(model)
     layers, skipped, unsupported = [], [], []
     for node in relevance_nodes(model.graph, x, logits):
@@ -356,8 +358,6 @@ class StatisticsRunner:
 
     def __init__(self, model_path, *, two_component: bool, gram: bool = False, layer_filter=None,
                  providers=None):
-        from .compiler import prepare
-
         model, _ = prepare(model_path)
         x, layers, self.skipped = affine_layers(model)
         if len(model.graph.inputs) - len([v for v in model.graph.inputs if v.is_initializer()]) != 1:
@@ -409,10 +409,6 @@ class StatisticsRunner:
         providers = providers or ["CPUExecutionProvider"]
         if proto.ByteSize() < 1_900_000_000:
             return ort.InferenceSession(proto.SerializeToString(), options, providers=providers)
-        import tempfile
-
-        import onnx
-
         self._folder = tempfile.TemporaryDirectory(prefix="relgraph-statistics-")
         path = os.path.join(self._folder.name, "statistics.onnx")
         onnx.save_model(proto, path, save_as_external_data=True, location="statistics.onnx.data")

@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve()
 
 @dataclass(frozen=True)
 class Spec:
-    """The fields the AOT report reads from ``kernels.Specialization``."""
+    """The fields the AOT report reads from ``relgraph.kernels.Specialization``."""
 
     family: str
     fn: object
@@ -124,7 +124,7 @@ def test_cubin_figures_agree_with_ptxas():
 
 
 def test_standard_sweep_has_no_spills():
-    """Every specialization of kernels.sweep(), for sm_80 and sm_90: compiled, sane, no spills."""
+    """Every specialization of relgraph.kernels.sweep(), for sm_80 and sm_90: compiled, sane, no spills."""
     rows = aot.report(aot.sources_for(), ["sm_80", "sm_90"], progress=False)
     names = {r.kernel for r in rows}
     assert len(rows) == 2 * len(names) and len(names) >= 8

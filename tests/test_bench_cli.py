@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
+from relgraph import kernels
 from relgraph import bench
 from relgraph.cli import main
 

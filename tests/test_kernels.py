@@ -1,7 +1,7 @@
 """The Triton kernels against float64 references (under the interpreter when there is no GPU).
 
 Every run writes into outputs poisoned with NaN, so an element a kernel fails to write shows up. Shapes
-are small and ragged (not multiples of the blocks). References: ``kernels.reference`` (float64 numpy),
+are small and ragged (not multiples of the blocks). References: ``relgraph.kernels.reference`` (float64 numpy),
 torch autograd for the transposed convolution, relgraph's own rule groups (``groups_for``) for γ and αβ,
 onnxruntime's pooling indices for max pooling's route, and onnxruntime running a compiled ε explainer.
 """
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import kernels
+from relgraph import kernels
 import relgraph
-from kernels import reference as ref
+from relgraph.kernels import reference as ref
 from relgraph.errors import RelgraphError
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

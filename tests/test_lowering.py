@@ -151,7 +151,7 @@ def test_pooling_and_residual_sum_are_kernel_steps(folders, rule):
 
 
 def test_plan_round_trips_and_names_real_specializations(folders, model_path):
-    kernel_registry = pytest.importorskip("kernels.registry")
+    kernel_registry = pytest.importorskip("relgraph.kernels.registry")
     for rule in RULES:
         path = Path(folders[rule]) / PLAN_FILE
         plan = Plan.load(path)

@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass
 
 from ..errors import RelgraphError, require
+from ..explainer import Explainer
 from ..progress import Progress
 from . import sources as _sources
 from . import store
+from .pipeline import connect, run
 
 DATASET_STACK = ("ray", "pyarrow")
 
@@ -34,8 +36,6 @@ class Result:
 
 def plan(explainer_path: str, data: str, *, block_rows: int, batch_size: int, target, store_size):
     """The explainer's reading spec, the sources, the blocks and the manifest of a run (no Ray)."""
-    from ..explainer import Explainer
-
     explainer = Explainer(explainer_path)  # a triton folder: its ONNX explainer
     explainer.targets(target, 1)  # a class out of range is a one-line error here, not in every actor
     spec = _sources.spec_of(explainer)
@@ -77,8 +77,6 @@ def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int
     todo = [(i, b) for i, b in enumerate(blocks) if i not in done]
     computed = 0
     if todo:
-        from .pipeline import connect, run
-
         connect(address, num_cpus=workers * cpus_per_worker + 1)
         rows = sum(stop - begin for _, b in todo for *_, begin, stop in b)
         with Progress(rows, "explaining", min_total=1 if progress else rows + 1) as bar:

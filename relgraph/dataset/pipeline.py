@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from ..errors import RelgraphError
+from ..explainer import Explainer
 from . import store
 from .sources import Spec, read_segment
 
@@ -129,8 +130,6 @@ class ExplainWorker:
 
     def __init__(self, path: str, out: str, batch_size: int, target: int | None, store_size, threads: int,
                  gpus: float):
-        from ..explainer import Explainer
-
         kwargs = {} if os.path.isdir(path) else {"threads": threads, "spinning": False}
         if gpus and not os.path.isdir(path):
             kwargs["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import onnx
 
+from ..compiler import compile
 from ..errors import TRITON_STACK, RelgraphError, require
 from ..explainer import read_explainer
+from ..export import save
 from ..files import check_output
 from .plan import Plan, Step, lower
 
@@ -56,8 +58,6 @@ def compile_triton(model_path, output=None, *, overwrite: bool = False, dtype: s
     """Compile ``model_path`` for the triton target: the ONNX explainer (``relgraph.compile`` with
     ``options``), then its launch plan; both are written to the folder ``output`` (default
     ``MODEL.<rule>.triton`` beside the model), which must not exist unless ``overwrite``."""
-    from ..compiler import compile
-
     require(TRITON_STACK, "the triton target")
     start = time.perf_counter()
     if write:
@@ -76,8 +76,6 @@ def compile_triton(model_path, output=None, *, overwrite: bool = False, dtype: s
     result = compile(model_path, write=False, target="triton", **options)
     plan = lower(result.proto, dtype=dtype)
     if write:
-        from ..export import save
-
         os.makedirs(output, exist_ok=True)
         save(result.proto, os.path.join(output, EXPLAINER_FILE), overwrite=True)
         plan.save(os.path.join(output, PLAN_FILE))

@@ -15,6 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..errors import RelgraphError
+from ..progress import Progress
 from .plan import Plan
 
 INTERPRETER_HINT = ("the triton backend needs a CUDA GPU; on the CPU run its kernels in Triton's interpreter: "
@@ -79,7 +80,6 @@ class Executor:
         """Outputs by name (torch tensors on the executor's device) for ``feeds`` (name → array)."""
         import torch
 
-        from ..progress import Progress
         from .kernel_ops import TritonKernels
 
         unknown = set(feeds) - set(self.plan.inputs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from ..errors import TRITON_STACK, RelgraphError, require
 from ..explainer import Explainer
+from . import load
+from .executor import Executor, read_constants
 
 
 class TritonExplainer(Explainer):
@@ -23,9 +25,6 @@ class TritonExplainer(Explainer):
 
     def __init__(self, path, *, kernels: str = "triton", device=None, threads=None, spinning=True,
                  providers=None, runtime: str = "onnxruntime"):
-        from . import load
-        from .executor import Executor, read_constants
-
         require(TRITON_STACK, "the triton backend")
         if runtime != "onnxruntime":
             raise RelgraphError(f"the triton backend runs its launch plan; --runtime {runtime} applies to ONNX "

@@ -1,4 +1,4 @@
-"""The kernel steps of a launch plan: each kernel op, launched through :mod:`kernels` or, as a reference,
+"""The kernel steps of a launch plan: each kernel op, launched through :mod:`relgraph.kernels` or, as a reference,
 computed with torch ops.
 
 Both forms take the step's inputs in the kernel's argument order and return its outputs:
@@ -161,13 +161,11 @@ def _push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, channel_ax
 
 
 class TritonKernels:
-    """The Triton launches of :mod:`kernels` (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
+    """The Triton launches of :mod:`relgraph.kernels` (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
 
     def __init__(self):
-        # from the modules, not the package: an editable install made before kernels/__init__.py existed
-        # maps ``kernels`` as a namespace package, whose top level is empty
         try:
-            from kernels import conv, epsilon_conv, epsilon_matmul, gemm, lrp_parts, pointwise, pooling
+            from ..kernels import conv, epsilon_conv, epsilon_matmul, gemm, lrp_parts, pointwise, pooling
         except ImportError as exc:
             raise RelgraphError(f"the triton backend needs triton and the kernels package: {exc}") from None
         self.k = SimpleNamespace(linear=gemm.linear, conv2d=conv.conv2d, epsilon_linear=epsilon_matmul.epsilon_linear,

@@ -7,6 +7,7 @@ import resource
 import sys
 
 from ..errors import RelgraphError, require
+from ..explainer import open_explainer
 from ..runtimes import add_runtime_argument
 
 SERVE_STACK = ("uvicorn", "h11", "starlette", "python_multipart", "prometheus_client")
@@ -62,8 +63,6 @@ def providers_for(device: str) -> list[str]:
 
 def load_explainer(args):
     """The explainer the server runs, from the command line (the one place it is constructed)."""
-    from ..explainer import open_explainer
-
     if args.runtime != "onnxruntime":
         if args.device == "cuda":
             raise RelgraphError(f"--device cuda applies to onnxruntime; {args.runtime} runs on the CPU here")

@@ -14,10 +14,10 @@ import time
 
 import uvicorn
 
-from .. import __version__
 from ..errors import RelgraphError
 from ..preprocess import model_classes, model_preprocess
 from ..text import TextEncoder
+from ..version import __version__
 from .app import ROUTES, create_app
 from .batching import Batcher
 from .metrics import Metrics

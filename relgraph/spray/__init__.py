@@ -32,7 +32,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..dataset import store
+from ..dataset.pipeline import downsample
 from ..errors import RelgraphError, require
+from . import report as _report
 
 FEATURES = ("pixels", "histogram")
 HISTOGRAM_BINS = 40
@@ -80,8 +83,6 @@ def heatmaps_2d(relevance: np.ndarray) -> np.ndarray:
 
 def features(relevance: np.ndarray, kind: str = "pixels", size=(32, 32)) -> np.ndarray:
     """Step 1: one unit-norm feature vector per heatmap (see the module docstring)."""
-    from ..dataset.pipeline import downsample
-
     r = heatmaps_2d(relevance)
     n = len(r)
     if kind == "pixels":
@@ -204,16 +205,12 @@ def analyse(relevance: np.ndarray, ids, label: int, *, kind: str = "pixels", siz
 
 def load(out: str, *, columns=("id", "target", "relevance")):
     """ids, targets and relevance [N, ...] from an explain-dataset output."""
-    from ..dataset import store
-
     table = store.read_output(out, columns=list(columns))
     return table["id"].to_pylist(), table["target"].to_numpy(), store.tensor(table["relevance"])
 
 
 def spray_dataset(out: str, report: str, *, classes="all", force: bool = False, plots: bool = True, **options):
     """SpRAy per class of an explain-dataset output; writes ``report``/spray.json, PNGs and index.html."""
-    from . import report as _report
-
     require(SPRAY_STACK, "spray", "dataset")
     target = os.path.join(report, "spray.json")
     if os.path.exists(target) and not force:
@@ -235,7 +232,7 @@ def spray_dataset(out: str, report: str, *, classes="all", force: bool = False, 
     with open(target, "w") as f:
         json.dump({str(c): r.as_json() for c, r in results.items()}, f)
     if plots:
-        _report.write(report, results, relevance_of={c: relevance[targets == c] for c in results})
+        _report.write(report, results, maps_of={c: heatmaps_2d(relevance[targets == c]) for c in results})
     return results
 
 

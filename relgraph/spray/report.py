@@ -14,14 +14,14 @@ from ..plot import _pyplot
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 
 
-def write(report: str, results: dict, relevance_of: dict) -> str:
-    """All figures and the page; returns the page's path."""
+def write(report: str, results: dict, maps_of: dict) -> str:
+    """All figures and the page; returns the page's path. ``maps_of``: class → its heatmaps [N, H, W]."""
     sections = []
     for c, r in results.items():
         files = (f"class{c}_eigenvalues.png", f"class{c}_embedding.png", f"class{c}_prototypes.png")
         eigenvalues(os.path.join(report, files[0]), r)
         embedding(os.path.join(report, files[1]), r)
-        prototypes(os.path.join(report, files[2]), r, relevance_of[c])
+        prototypes(os.path.join(report, files[2]), r, maps_of[c])
         sizes = ", ".join(f"cluster {k}: {p['size']}" for k, p in r.prototypes.items())
         sections.append(f"<h2>class {c}</h2><p>{len(r.ids)} heatmaps; the eigengap chose <b>k = {r.k}</b> "
                         f"({html.escape(sizes)})</p>" + "".join(f'<img src="{f}" alt="{f}">' for f in files))
@@ -71,12 +71,9 @@ def embedding(path: str, r) -> None:
     plt.close(fig)
 
 
-def prototypes(path: str, r, relevance: np.ndarray) -> None:
+def prototypes(path: str, r, maps: np.ndarray) -> None:
     """One row per cluster: the mean heatmap, then the most central samples (each scaled to its own max)."""
-    from . import heatmaps_2d
-
     plt = _pyplot()
-    maps = heatmaps_2d(relevance)
     cols = 1 + max(len(p["central"]) for p in r.prototypes.values())
     fig, axes = plt.subplots(r.k, cols, figsize=(1.3 * cols, 1.4 * r.k + 0.3), dpi=110, squeeze=False)
     for c, p in r.prototypes.items():
