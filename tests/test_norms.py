@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 import relgraph
-from relgraph.compiler import prepare
+from relgraph.frontend import prepare
 from relgraph.passes import FoldGroupNormPass, InferShapesPass
 from relgraph.lowering import compile_triton
 from relgraph.lowering.explainer import TritonExplainer

@@ -30,7 +30,7 @@ from torch import nn
 from zennit.composites import EpsilonGammaBox, EpsilonPlusFlat
 
 import relgraph
-from relgraph.compiler import prepare
+from relgraph.frontend import prepare
 from relgraph.errors import RelgraphError
 
 try:

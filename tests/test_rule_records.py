@@ -32,8 +32,9 @@ def _rel_l2(got, want) -> float:
     return float(np.linalg.norm(got - want) / np.linalg.norm(want))
 
 
-def _explain(tmp_path, nodes, inits, rule_map: str, target, ints=None):
-    """Relevance and logits of the model ``nodes`` (float initializers ``inits``, int64 ones ``ints``)."""
+def _explain(tmp_path, nodes, inits, rule_map: str, target, ints=None, compiled=None):
+    """Relevance and logits of the model ``nodes`` (float initializers ``inits``, int64 ones ``ints``);
+    ``compiled``, a list, receives the compile result."""
     path = save_model(tmp_path / "m.onnx", nodes, inits, [6], 3)
     model = onnx.load(path)
     model.graph.initializer.extend(onnx.numpy_helper.from_array(np.asarray(v, np.int64), k)
@@ -41,6 +42,8 @@ def _explain(tmp_path, nodes, inits, rule_map: str, target, ints=None):
     onnx.save(model, path)
     (tmp_path / "map.toml").write_text(rule_map)
     out = relgraph.compile(path, rule_map=str(tmp_path / "map.toml"), output=str(tmp_path / "e.onnx"))
+    if compiled is not None:
+        compiled.append(out)
     return relgraph.Explainer(out.path).explain(X, target)
 
 
@@ -67,9 +70,9 @@ def test_pad_with_a_negative_value_is_not_proven_nonnegative(tmp_path, value):
              helper.make_node("Pad", ["a1", "pads", "value"], ["p1"], mode="constant"),
              helper.make_node("Gemm", ["p1", "W2", "B2"], ["logits"], transB=1, name="fc2")]
     inits = {"W1": W1, "B1": B1, "W2": W2, "B2": B2, "value": np.array(value)}
-    target = np.array([0, 1, 2, 0])
+    target, compiled = np.array([0, 1, 2, 0]), []
     res = _explain(tmp_path, nodes, inits, 'base = "epsilon"\n[op_types]\nGemm = "gamma"\n', target,
-                   ints={"pads": [0, 1, 0, 1]})
+                   ints={"pads": [0, 1, 0, 1]}, compiled=compiled)
 
     _, a1 = _first_layer()
     padded = np.pad(a1, ((0, 0), (1, 1)), constant_values=value)
@@ -78,6 +81,8 @@ def test_pad_with_a_negative_value_is_not_proven_nonnegative(tmp_path, value):
     r_x, _ = ref.gamma(X, ref.gemm_matrix(W1), B1, r_pad[:, 1:-1], 0.25)
     assert _rel_l2(res["logits"], logits) < 1e-5
     assert _rel_l2(res["relevance"], r_x) < 1e-4
+    # the proof fires where it holds: fc2's γ step drops the x⁻ terms exactly when the pad keeps x ≥ 0
+    assert set(compiled[0].plan.functions) == {"GammaGemmOnNonnegative" if value >= 0 else "GammaGemm", "GammaGemm"}
 
 
 def test_bias_add_under_gradient_does_not_keep_zeros(tmp_path):
@@ -139,6 +144,53 @@ def test_every_rule_that_cannot_run_is_named_before_the_walk(tmp_path):
     message = str(caught.value)
     assert "\n" not in message
     for part in ("'zbox' for Gemm 'fc1': needs input bounds", "'pattern' for Gemm 'fc2': needs fitted patterns",
-                 "rule 'uniform' (name glob 'ratio') does not apply to Div 'ratio'"):
+                 "rule 'uniform' (name glob 'ratio') does not apply to Div 'ratio' (a product op: gradient, gate)"):
         assert part in message, message
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_lrp_zero_before_a_relu_divides_by_z(tmp_path):
+    """LRP-0 (ε = 0) on a layer whose output feeds a ReLU: the ReLU's output may stand in for z only with an
+    ε > 0 (y + ε); at ε = 0, y is 0 wherever z ≤ 0 and the quotient would be 0/0."""
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["z1"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["z1"], ["a1"]),
+             helper.make_node("Gemm", ["a1", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
+    w2 = W2[:, :5]
+    target = np.array([1, 2, 0, 1])
+    res = _explain(tmp_path, nodes, {"W1": W1, "B1": B1, "W2s": w2, "B2": B2}, 'base = "zero"\n', target)
+    z1, a1 = _first_layer()
+    assert (z1 < 0).any()
+    logits = a1 @ w2.T + B2
+    r_a1, _ = ref.epsilon(a1, ref.gemm_matrix(w2), B2, _target_logits(logits, target), 0.0)
+    r_x, _ = ref.epsilon(X, ref.gemm_matrix(W1), B1, r_a1, 0.0)
+    assert np.isfinite(res["relevance"]).all()
+    assert _rel_l2(res["relevance"], r_x) < 1e-4
+
+
+def test_an_op_check_names_its_node(tmp_path):
+    """A node the op's check refuses (a constant divided by an activation) is listed with the reason."""
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["z1"], transB=1, name="fc1"),
+             helper.make_node("Sigmoid", ["z1"], ["a1"]),
+             helper.make_node("Div", ["one", "a1"], ["r"], name="reciprocal"),
+             helper.make_node("Gemm", ["r", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
+    inits = {"W1": W1, "B1": B1, "one": np.ones(5), "W2s": W2[:, :5], "B2": B2}
+    with pytest.raises(relgraph.RelgraphError, match="Div 'reciprocal'.*a reciprocal"):
+        _explain(tmp_path, nodes, inits, 'base = "epsilon"\n', np.zeros(4, np.int64))
+
+
+def test_layer_norm_with_its_statistics_outputs_explains_the_same(tmp_path):
+    """Invariance: a LayerNormalization that also returns its mean and inverse deviation (unused) computes the
+    same function as one that does not, and gets the same relevance: the rule reads the normalized output."""
+    def nodes(outputs):
+        return [helper.make_node("Gemm", ["x", "W1", "B1"], ["z1"], transB=1, name="fc1"),
+                helper.make_node("LayerNormalization", ["z1", "gamma", "beta"], outputs, axis=-1, name="ln"),
+                helper.make_node("Relu", ["n1"], ["a1"]),
+                helper.make_node("Gemm", ["a1", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
+    inits = {"W1": W1, "B1": B1, "gamma": RNG.normal(size=5), "beta": RNG.normal(size=5), "W2s": W2[:, :5],
+             "B2": B2}
+    target = np.array([0, 2, 1, 2])
+    plain = _explain(tmp_path, nodes(["n1"]), inits, 'base = "epsilon"\n', target)
+    (tmp_path / "e.onnx").unlink()
+    with_stats = _explain(tmp_path, nodes(["n1", "mean", "inv_std"]), inits, 'base = "epsilon"\n', target)
+    assert _rel_l2(with_stats["relevance"], plain["relevance"]) < 1e-6
+    assert np.allclose(with_stats["bias_relevance"], plain["bias_relevance"], rtol=1e-5, atol=1e-6)

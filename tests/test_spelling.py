@@ -21,7 +21,7 @@ import torch
 from onnx import numpy_helper
 
 import relgraph
-from relgraph.compiler import prepare
+from relgraph.frontend import prepare
 from relgraph.graph import to_proto
 
 try:
