@@ -16,19 +16,18 @@ import warnings
 import numpy as np
 import onnx
 
-from .compiler import compile
+from .compiler import compile, composite_for
 from .errors import RelgraphError, UnsupportedOpsError
 from .explainer import Explainer, open_explainer
 from .files import NpyRows, NpzRows, check_output, replacing
 from .frontend import prepare
 from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow, read_image
 from .lowering.commands import cmd_compile_triton, cmd_inspect_triton
-from .passes.relevance import OUTPUT_OPS, explained_values, first_layers, relevance_nodes, unfolded_shape
+from .passes.relevance import choose_rule, explained_values, first_layers, relevance_nodes, unsupported
 from .patterns import QUALITY_NOTE, collect_statistics, patterns_from, quality, save_patterns
 from .portability import compare_runtimes
 from .preprocess import model_classes
-from .rules import COMPOSITES, KIND_RULES, RULE_NAMES, RULES, RuleParams, kind_of, load_rule_map, resolve, supported_ops
-from .rules.registry import CHECKS
+from .rules import COMPOSITES, KIND_RULES, RULE_NAMES, RULES, kind_of, supported_ops
 from .runtimes import add_runtime_argument
 from .text import TEXT_OUTPUTS, TextEncoder, caption, explain_text, render_html, render_png
 from .triton_repo import export_triton
@@ -61,6 +60,20 @@ INPUT_SHAPE_HELP = ("fix an input's dynamic dimensions, e.g. input=Nx3x224x224 (
                     "dynamic; the batch axis always is); repeat for several inputs")
 
 
+def _add_rule_arguments(p: argparse.ArgumentParser) -> None:
+    """The rule and its parameters, as ``compile`` and ``inspect`` both read them (``composite_for``)."""
+    p.add_argument("--rule", default="epsilon", metavar="RULE", help=f"one of: {', '.join(RULE_NAMES)}")
+    p.add_argument("--rule-map", metavar="FILE", help="TOML rule map (overrides --rule)")
+    p.add_argument("--epsilon", type=float, default=1e-6)
+    p.add_argument("--gamma", type=float, default=0.25)
+    p.add_argument("--alpha", type=float, default=2.0)
+    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--bounds", type=float, nargs=2, metavar=("LOW", "HIGH"), help="input range for z^B")
+    p.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
+    p.add_argument("--formulation", choices=("r", "q"), default="r",
+                   help="q: compile LRP-0 as Q = R/a propagation (no division by z)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="relgraph", description="Compile ONNX models into relevance explainers.")
     p.add_argument("--version", action="version", version=f"relgraph {__version__}")
@@ -68,22 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="compile MODEL into an explainer .onnx")
     c.add_argument("model")
-    c.add_argument("--rule", default="epsilon", metavar="RULE", help=f"one of: {', '.join(RULE_NAMES)}")
-    c.add_argument("--rule-map", metavar="FILE", help="TOML rule map (overrides --rule)")
+    _add_rule_arguments(c)
     c.add_argument("-o", "--output", help="output path (default: MODEL.<rule>.onnx beside the model)")
-    c.add_argument("--epsilon", type=float, default=1e-6)
-    c.add_argument("--gamma", type=float, default=0.25)
-    c.add_argument("--alpha", type=float, default=2.0)
-    c.add_argument("--beta", type=float, default=1.0)
-    c.add_argument("--bounds", type=float, nargs=2, metavar=("LOW", "HIGH"), help="input range for z^B")
     c.add_argument("--bias-relevance", choices=("total", "per-layer"), default="total")
     c.add_argument("--baseline", help="deeplift: 'zeros' (default) or a .npy input to compare to")
-    c.add_argument("--formulation", choices=("r", "q"), default="r",
-                   help="q: compile LRP-0 as Q = R/a propagation (no division by z)")
     c.add_argument("--input", dest="input_name", help="name of the input to explain (default: the first)")
     c.add_argument("--input-shape", dest="input_shapes", action="append", metavar="NAME=DIMS",
                    help=INPUT_SHAPE_HELP)
-    c.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
     c.add_argument("--position", default="last", metavar="last|K",
                    help="sequence logits [N, S, V] (a language model): the position explained (default: last)")
     c.add_argument("--embedding-relevance", action="store_true",
@@ -133,8 +137,7 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="show node → op → rule, and unsupported nodes")
     i.add_argument("model")
-    i.add_argument("--rule", default="epsilon")
-    i.add_argument("--rule-map", metavar="FILE")
+    _add_rule_arguments(i)
     i.add_argument("--input-shape", dest="input_shapes", action="append", metavar="NAME=DIMS",
                    help=INPUT_SHAPE_HELP)
     i.add_argument("--target", default="onnx", metavar="{onnx,triton}",
@@ -380,36 +383,39 @@ def cmd_inspect(args):
             raise RelgraphError("--input-shape applies when inspecting a model (--target onnx); a compiled "
                                 "explainer has its shapes")
         return cmd_inspect_triton(args)
-    composite = load_rule_map(args.rule_map, RuleParams()) if args.rule_map else resolve(args.rule, RuleParams())
+    composite, _ = composite_for(args.rule, args.rule_map, epsilon=args.epsilon, gamma=args.gamma, alpha=args.alpha,
+                                 beta=args.beta, bounds=args.bounds, patterns=args.patterns,
+                                 formulation=args.formulation)
     model, skipped = prepare(args.model, args.input_shapes)
     x, logits = explained_values(model)
     nodes = relevance_nodes(model.graph, x, logits)
     firsts = first_layers([n for n in nodes if n.op_type in RULES], x)
-    unsupported = []
+    missing, refused = [], []
     print(f"input {x.name} {list(x.shape)} → logits {logits.name} {list(logits.shape)}; rule {composite.name}")
     print(f"{'node':48} {'op':20} {'kind':11} rule")
-    for node in nodes:
-        why = None
-        if node.op_type not in RULES:
-            why = "only at the model output" if node.op_type in OUTPUT_OPS else \
-                unfolded_shape(node) if node.op_type == "Shape" else "no rule"
-        elif CHECKS.get(node.op_type):
-            why = CHECKS[node.op_type](node)
-        if why:
-            unsupported.append((node.op_type, node.name, why))
-            print(f"{node.name[:48]:48} {node.op_type:20} {'-':11} UNSUPPORTED: {why}")
+    for node in nodes:  # what compile checks before its walk (relgraph.passes.relevance), node by node
+        why = unsupported(node)
+        if why is not None:
+            missing.append((node.op_type, node.name, why))
+            print(f"{node.name[:48]:48} {node.op_type:20} {'-':11} UNSUPPORTED: {why or 'no rule'}")
             continue
-        kind = kind_of(node)
-        rule = composite.choose(node, kind, node.name in firsts).rule
-        print(f"{node.name[:48]:48} {node.op_type:20} {kind:11} {rule}{' (first layer)' if node.name in firsts else ''}")
+        kind, (choice, why) = kind_of(node), choose_rule(node, composite, node.name in firsts)
+        if why:
+            refused.append(why)
+            print(f"{node.name[:48]:48} {node.op_type:20} {kind:11} REFUSED: {why}")
+            continue
+        first = " (first layer)" if node.name in firsts else ""
+        print(f"{node.name[:48]:48} {node.op_type:20} {kind:11} {choice.rule}{first}")
     for note in skipped:
         print(f"note: {note}")
     if any(not isinstance(d, int) for d in list(x.shape)[1:]):
         spec = "x".join(["N"] + [str(d) if isinstance(d, int) else "?" for d in list(x.shape)[1:]])
         print(f"note: input '{x.name}' has dynamic dimensions: layers that need static shapes (strided "
               f"convolutions, pooling, slices) compile once --input-shape {x.name}={spec} fixes them (numbers for ?)")
-    if unsupported:
-        raise UnsupportedOpsError(unsupported, RULES)
+    if missing:
+        raise UnsupportedOpsError(missing, supported_ops())
+    if refused:
+        raise RelgraphError("; ".join(refused))
 
 
 def cmd_check(args):

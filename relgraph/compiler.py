@@ -57,6 +57,31 @@ def parse_position(position) -> int:
         raise RelgraphError(f"--position must be 'last' or an integer, got '{position}'") from None
 
 
+def composite_for(rule: str = "epsilon", rule_map=None, *, epsilon: float = 1e-6, gamma: float = 0.25,
+                  alpha: float = 2.0, beta: float = 1.0, bounds=None, patterns=None, formulation: str = "r"):
+    """(the composite, its label) for a named ``rule`` or a TOML ``rule_map``, with the rule parameters
+    checked: what ``compile`` and ``relgraph inspect`` both apply."""
+    for name, value in (("epsilon", epsilon), ("gamma", gamma), ("alpha", alpha), ("beta", beta),
+                        *((("bounds", b) for b in bounds) if bounds is not None else ())):
+        if not math.isfinite(value):
+            raise RelgraphError(f"--{name} must be a finite number, got {value}")
+    params = RuleParams(epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
+    if bounds is not None:
+        low, high = bounds
+        if not low < high:
+            raise RelgraphError(f"bounds must satisfy LOW < HIGH, got {low} {high}")
+        params = replace(params, low=low, high=high)
+    if patterns is not None:
+        params = replace(params, patterns=_load_patterns(patterns))
+    composite = load_rule_map(rule_map, params) if rule_map else resolve(rule, params)
+    label = Path(rule_map).stem if rule_map else rule
+    if formulation not in ("r", "q"):
+        raise RelgraphError(f"--formulation must be 'r' or 'q', got '{formulation}'")
+    if formulation == "q":
+        composite, label = to_q_formulation(composite), f"{label}-q"
+    return composite, label
+
+
 def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
             gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
@@ -90,30 +115,14 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     start = time.perf_counter()
     if bias_relevance not in ("total", "per-layer"):
         raise RelgraphError(f"--bias-relevance must be 'total' or 'per-layer', got '{bias_relevance}'")
-    for name, value in (("epsilon", epsilon), ("gamma", gamma), ("alpha", alpha), ("beta", beta),
-                        *((("bounds", b) for b in bounds) if bounds is not None else ())):
-        if not math.isfinite(value):
-            raise RelgraphError(f"--{name} must be a finite number, got {value}")
-    params = RuleParams(epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
-    if bounds is not None:
-        low, high = bounds
-        if not low < high:
-            raise RelgraphError(f"bounds must satisfy LOW < HIGH, got {low} {high}")
-        params = replace(params, low=low, high=high)
-    if patterns is not None:
-        params = replace(params, patterns=_load_patterns(patterns))
-    composite = load_rule_map(rule_map, params) if rule_map else resolve(rule, params)
-    label = Path(rule_map).stem if rule_map else rule
+    composite, label = composite_for(rule, rule_map, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta,
+                                     bounds=bounds, patterns=patterns, formulation=formulation)
     if baseline is not None:
         if composite.baseline is None:
             raise RelgraphError(f"--baseline applies to rules that compare to a baseline (deeplift), not '{label}'")
         composite.baseline = _load_baseline(baseline)
     if target not in ("onnx", "triton"):
         raise RelgraphError(f"target must be 'onnx' or 'triton', got '{target}'")
-    if formulation not in ("r", "q"):
-        raise RelgraphError(f"--formulation must be 'r' or 'q', got '{formulation}'")
-    if formulation == "q":
-        composite, label = to_q_formulation(composite), f"{label}-q"
     if write:
         output = output or default_output(model_path, label)
         files = [f for f in (rule_map, baseline, patterns) if isinstance(f, (str, os.PathLike))]
@@ -138,7 +147,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     metadata = {
         "relgraph.version": __version__,
         "relgraph.rule": composite.name,
-        "relgraph.params": {k: v for k, v in vars(params).items() if k != "patterns"},
+        "relgraph.params": {k: v for k, v in vars(composite.params).items() if k != "patterns"},
         "relgraph.input": plan.fed.name,
         "relgraph.tokens": plan.tokens is not None,
         **({"relgraph.vocabulary": vocabulary} if plan.tokens is not None else {}),

@@ -382,3 +382,36 @@ def test_without_pillow_images_are_one_line_naming_the_extra(explainer, tmp_path
         assert_one_line_error(proc.returncode, proc.stderr, "needs Pillow", "pip install 'relgraph[cpu]'")
         assert "sample 0" not in proc.stdout  # refused before any work
     assert not list(tmp_path.iterdir())
+
+
+def _inspected_rules(out: str) -> dict:
+    """Node name → rule from ``relgraph inspect``'s table (columns: node, op, kind, rule)."""
+    rows = out.splitlines()[2:]
+    return {r.split()[0]: r.split()[3] for r in rows if len(r.split()) >= 4 and not r.startswith("note:")}
+
+
+@pytest.mark.parametrize("rule", ["epsilon-plus-flat", "epsilon-gamma-box", "gradient"])
+def test_inspect_and_compile_agree_on_rules(rule):
+    """inspect shows, node by node, the rule compile applies."""
+    bounds = (-1.0, 1.0) if rule.endswith("box") else None
+    code, out, err = run("inspect", MODEL, "--rule", rule, *(["--bounds", "-1", "1"] if bounds else []))
+    assert code == 0, err
+    result = relgraph.compile(str(MODEL), rule=rule, write=False, bounds=bounds)
+    assert _inspected_rules(out) == {name: c.rule for name, c in result.plan.choices.items()}
+
+
+def test_inspect_and_compile_refuse_the_same_nodes(tmp_path):
+    """Coverage is one function: both commands list the same unsupported nodes, in the same line, and the
+    same rules that cannot run (z^B without bounds)."""
+    path = tmp_path / "m.onnx"
+    _unsupported_model(path)
+    inspect = run("inspect", path)
+    compiled = run("compile", path, "-o", tmp_path / "e.onnx")
+    assert inspect[0] == compiled[0] == 2
+    assert inspect[2].strip().splitlines()[-1] == compiled[2].strip().splitlines()[-1]
+    assert "weird_sin" in compiled[2] and "weird_cos" in compiled[2]
+    inspect = run("inspect", MODEL, "--rule", "epsilon-gamma-box")
+    compiled = run("compile", MODEL, "--rule", "epsilon-gamma-box", "-o", tmp_path / "e.onnx")
+    assert inspect[0] == compiled[0] == 2
+    assert inspect[2].strip() == compiled[2].strip() and "needs input bounds" in compiled[2]
+    assert not (tmp_path / "e.onnx").exists()

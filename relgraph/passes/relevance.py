@@ -181,20 +181,32 @@ def unfolded_shape(node: ir.Node) -> str:
     return f"the shape operand of {what} did not fold to a constant: dynamic dimensions? --input-shape fixes them"
 
 
+def unsupported(node: ir.Node) -> str | None:
+    """Why no rule covers ``node`` ("" when its op has none and nothing more is known), or None when one does:
+    an op without rules, or a node its op's check refuses (an attribute, a non-constant weight)."""
+    if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
+        return "only at the model output" if node.op_type in OUTPUT_OPS else \
+            unfolded_shape(node) if node.op_type == "Shape" else ""
+    check = CHECKS.get(node.op_type)
+    return check(node) if check else None
+
+
 def validate(nodes: list[ir.Node]) -> None:
-    problems = []
-    for node in nodes:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in RULES:
-            why = "only at the model output" if node.op_type in OUTPUT_OPS and node.op_type not in RULES else \
-                unfolded_shape(node) if node.op_type == "Shape" else ""
-            problems.append((node.op_type, node.name, why))
-            continue
-        check = CHECKS.get(node.op_type)
-        why = check(node) if check else None
-        if why:
-            problems.append((node.op_type, node.name, why))
+    """Every node covered, or one error that lists every node that is not, with the supported ops."""
+    problems = [(node.op_type, node.name, why) for node in nodes if (why := unsupported(node)) is not None]
     if problems:
         raise UnsupportedOpsError(problems, supported_ops())
+
+
+def choose_rule(node: ir.Node, composite: Composite, first: bool):
+    """(the composite's ``Choice`` for ``node``, None) when the rule can run there, else (None or the
+    choice, why not)."""
+    try:
+        choice = composite.choose(node, kind_of(node), first)
+    except RelgraphError as exc:
+        return None, str(exc)
+    why = rule_for(node, choice.rule).problem(node, choice.params)
+    return choice, why and f"rule '{choice.rule}' for {node.op_type} '{node.name}': {why}"
 
 
 def choose_rules(nodes: list[ir.Node], composite: Composite, firsts: set[str]) -> dict:
@@ -202,17 +214,11 @@ def choose_rules(nodes: list[ir.Node], composite: Composite, firsts: set[str]) -
     and what its record ``requires``: bounds, a fitted pattern); otherwise one error that names every node."""
     choices, problems = {}, []
     for node in nodes:
-        try:
-            choice = choices[node.name] = composite.choose(node, kind_of(node), node.name in firsts)
-        except RelgraphError as exc:
-            problems.append(str(exc))
-            continue
-        why = rule_for(node, choice.rule).problem(node, choice.params)
+        choices[node.name], why = choose_rule(node, composite, node.name in firsts)
         if why:
-            problems.append(f"rule '{choice.rule}' for {node.op_type} '{node.name}': {why}")
+            problems.append(why)
     if problems:
-        more = f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})" if len(problems) > 1 else ""
-        raise RelgraphError(problems[0] + more)
+        raise RelgraphError("; ".join(problems))
     return choices
 
 
