@@ -27,7 +27,7 @@ from .passes.relevance import choose_rule, explained_values, first_layers, relev
 from .patterns import QUALITY_NOTE, collect_statistics, patterns_from, quality, save_patterns
 from .portability import compare_runtimes
 from .preprocess import model_classes
-from .rules import COMPOSITES, KIND_RULES, RULE_NAMES, RULES, kind_of, supported_ops
+from .rules import COMPOSITES, KIND_RULES, RULE_NAMES, RULES, RuleParams, kind_of, supported_ops
 from .runtimes import add_runtime_argument
 from .text import TEXT_OUTPUTS, TextEncoder, caption, explain_text, render_html, render_png
 from .triton_repo import export_triton
@@ -64,10 +64,10 @@ def _add_rule_arguments(p: argparse.ArgumentParser) -> None:
     """The rule and its parameters, as ``compile`` and ``inspect`` both read them (``composite_for``)."""
     p.add_argument("--rule", default="epsilon", metavar="RULE", help=f"one of: {', '.join(RULE_NAMES)}")
     p.add_argument("--rule-map", metavar="FILE", help="TOML rule map (overrides --rule)")
-    p.add_argument("--epsilon", type=float, default=1e-6)
-    p.add_argument("--gamma", type=float, default=0.25)
-    p.add_argument("--alpha", type=float, default=2.0)
-    p.add_argument("--beta", type=float, default=1.0)
+    p.add_argument("--epsilon", type=float, default=RuleParams.epsilon)
+    p.add_argument("--gamma", type=float, default=RuleParams.gamma)
+    p.add_argument("--alpha", type=float, default=RuleParams.alpha)
+    p.add_argument("--beta", type=float, default=RuleParams.beta)
     p.add_argument("--bounds", type=float, nargs=2, metavar=("LOW", "HIGH"), help="input range for z^B")
     p.add_argument("--patterns", metavar="FILE", help="patternnet, patternattribution: patterns from fit-patterns")
     p.add_argument("--formulation", choices=("r", "q"), default="r",

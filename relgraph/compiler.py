@@ -57,8 +57,9 @@ def parse_position(position) -> int:
         raise RelgraphError(f"--position must be 'last' or an integer, got '{position}'") from None
 
 
-def composite_for(rule: str = "epsilon", rule_map=None, *, epsilon: float = 1e-6, gamma: float = 0.25,
-                  alpha: float = 2.0, beta: float = 1.0, bounds=None, patterns=None, formulation: str = "r"):
+def composite_for(rule: str = "epsilon", rule_map=None, *, epsilon: float = RuleParams.epsilon,
+                  gamma: float = RuleParams.gamma, alpha: float = RuleParams.alpha, beta: float = RuleParams.beta,
+                  bounds=None, patterns=None, formulation: str = "r"):
     """(the composite, its label) for a named ``rule`` or a TOML ``rule_map``, with the rule parameters
     checked: what ``compile`` and ``relgraph inspect`` both apply."""
     for name, value in (("epsilon", epsilon), ("gamma", gamma), ("alpha", alpha), ("beta", beta),
@@ -82,8 +83,9 @@ def composite_for(rule: str = "epsilon", rule_map=None, *, epsilon: float = 1e-6
     return composite, label
 
 
-def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = 1e-6,
-            gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0, bounds=None, rule_map=None,
+def compile(model_path, rule: str = "epsilon", output: str | None = None, *, epsilon: float = RuleParams.epsilon,
+            gamma: float = RuleParams.gamma, alpha: float = RuleParams.alpha, beta: float = RuleParams.beta,
+            bounds=None, rule_map=None,
             bias_relevance: str = "total", input_name: str | None = None, overwrite: bool = False,
             formulation: str = "r", baseline=None, patterns=None, write: bool = True,
             target: str = "onnx", keep_functions: bool = False, input_shapes=None, position="last",

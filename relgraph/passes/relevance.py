@@ -386,7 +386,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
                   absorbs=lambda v: id(v) in sharing,
                   conserving=composite.output_init == "logit" and composite.formulation == "r")
         result = rule_for(node, choice.rule).fn(env)
-        assert len(result) in (len(node.inputs), len(node.inputs) + 1), \
+        assert len(result) == len(node.inputs) or (len(result) == len(node.inputs) + 1 and result[-1] is not None), \
             f"rule {choice.rule} for {node.op_type} returned {len(result)} relevances for {len(node.inputs)} inputs"
         # blame the bias: what flows into a constant input (a bias, a run-time constant added in; one value per
         # sample) and into the constant-one input an op implies (an extra last entry) is bias relevance
