@@ -194,3 +194,29 @@ def test_layer_norm_with_its_statistics_outputs_explains_the_same(tmp_path):
     with_stats = _explain(tmp_path, nodes(["n1", "mean", "inv_std"]), inits, 'base = "epsilon"\n', target)
     assert _rel_l2(with_stats["relevance"], plain["relevance"]) < 1e-6
     assert np.allclose(with_stats["bias_relevance"], plain["bias_relevance"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_rule_outside_the_eps_family_cannot_be_declared_stabilized():
+    """The registry refuses a record whose facts contradict the rule's name (γ does not divide by stab(z))."""
+    from relgraph.rules.registry import AFFINE, defrule
+
+    with pytest.raises(AssertionError, match="the ε family"):
+        defrule("Gemm", AFFINE, "gamma", stabilized=True)
+
+
+def test_eps_step_before_a_relu_reads_the_relu_output(tmp_path):
+    """At ε > 0, fc1's denominator is the ReLU's output + ε (its relevance vanishes where z ≤ 0): one sign
+    test in the explainer, the output layer's, instead of two; the numbers are those of stab(z)."""
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["z1"], transB=1, name="fc1"),
+             helper.make_node("Relu", ["z1"], ["a1"]),
+             helper.make_node("Gemm", ["a1", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
+    w2, target, compiled = W2[:, :5], np.array([1, 0, 2, 2]), []
+    res = _explain(tmp_path, nodes, {"W1": W1, "B1": B1, "W2s": w2, "B2": B2},
+                   'base = "epsilon"\n[params]\nepsilon = 0.25\n', target, compiled=compiled)
+    signs = [n for n in onnx.load(compiled[0].path).graph.node if n.op_type == "GreaterOrEqual"]
+    assert len(signs) == 1
+    z1, a1 = _first_layer()
+    logits = a1 @ w2.T + B2
+    r_a1, _ = ref.epsilon(a1, ref.gemm_matrix(w2), B2, _target_logits(logits, target), 0.25)
+    r_x, _ = ref.epsilon(X, ref.gemm_matrix(W1), B1, r_a1, 0.25)
+    assert _rel_l2(res["relevance"], r_x) < 1e-4
