@@ -73,10 +73,10 @@ class Rule:
     kind: str
     name: str
     fn: RuleFn
-    multiplies_input: bool = False
-    keeps_zeros: bool = False
-    stabilized: bool = False
-    requires: Callable[[ir.Node, "RuleParams"], str | None] | None = None
+    multiplies_input: bool
+    keeps_zeros: bool
+    stabilized: bool
+    requires: Callable[[ir.Node, "RuleParams"], str | None] | None
 
     def problem(self, node: ir.Node, params: "RuleParams") -> str | None:
         return self.requires(node, params) if self.requires is not None else None
