@@ -26,12 +26,15 @@ def changed_lines(diff: str) -> str:
                       if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
 
 
-def replay(diff: str, test_command: str) -> bool:
-    """Apply one mutant to the working tree, run the tests, restore; True when the tests fail (killed)."""
+def replay(diff: str, test_command: str) -> str:
+    """Apply one mutant to the working tree, run the tests, restore: "killed", "SURVIVES", or "gone" where the
+    mutated code is no longer there."""
     patch = diff.split("\n", 1)[1]  # below cosmic-ray's "--- mutation diff ---" line
-    subprocess.run(["git", "apply", "-"], input=patch, text=True, check=True)
+    if subprocess.run(["git", "apply", "-"], input=patch, text=True, capture_output=True).returncode != 0:
+        return "gone"
     try:
-        return subprocess.run(test_command, shell=True, capture_output=True).returncode != 0
+        failed = subprocess.run(test_command, shell=True, capture_output=True).returncode != 0
+        return "killed" if failed else "SURVIVES"
     finally:
         subprocess.run(["git", "checkout", "--", "relgraph"], check=True)
 
@@ -46,8 +49,8 @@ def main() -> None:
         with open(args.replay, "rb") as f:
             command = tomllib.load(f)["cosmic-ray"]["test-command"]
     for i, diff in enumerate(survivors(args.session), 1):
-        verdict = "" if command is None else ("killed  " if replay(diff, command) else "SURVIVES")
-        print(i, verdict, changed_lines(diff))
+        verdict = "" if command is None else f"{replay(diff, command):8}"
+        print(i, verdict, changed_lines(diff), flush=True)
 
 
 if __name__ == "__main__":
