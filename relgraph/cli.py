@@ -191,10 +191,10 @@ def cmd_compile(args):
                      keep_functions=args.keep_functions, input_shapes=args.input_shapes, position=args.position,
                      embedding_relevance=args.embedding_relevance, tokenizer=args.tokenizer)
     rules = {}
-    for rule in result.plan.rules().values():
+    for rule in result.relevance.rules().values():
         rules[rule] = rules.get(rule, 0) + 1
     summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
-    print(f"wrote {result.path} ({len(result.plan.nodes)} nodes explained: {summary}; {result.seconds:.2f} s)")
+    print(f"wrote {result.path} ({len(result.relevance.nodes)} nodes explained: {summary}; {result.seconds:.2f} s)")
 
 
 def cmd_fit_patterns(args):

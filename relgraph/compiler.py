@@ -32,7 +32,7 @@ class CompileResult:
     path: str | None
     skeleton: onnx.ModelProto  # the explainer with its weights set aside (``weights.py``)
     weights: dict
-    plan: object
+    relevance: object
     skipped: list
     seconds: float
 
@@ -112,7 +112,7 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
     .npz file from ``relgraph fit-patterns`` or the dict :func:`relgraph.patterns.fit_patterns` returns.
 
     Returns the written path (default: ``MODEL.<rule>.onnx`` beside the model), the ModelProto, the
-    relevance plan (node → rule) and what canonicalization skipped.
+    relevance pass's decisions (node → rule) and what canonicalization skipped.
     """
     start = time.perf_counter()
     if bias_relevance not in ("total", "per-layer"):
@@ -131,38 +131,38 @@ def compile(model_path, rule: str = "epsilon", output: str | None = None, *, eps
         check_output(output, [model_path, *files], overwrite=overwrite)
     tokenizer_text = read_tokenizer(tokenizer) if tokenizer is not None else None
     model, skipped = prepare(model_path, input_shapes)
-    plan = build_relevance(model, composite, input_name=input_name,
+    relevance = build_relevance(model, composite, input_name=input_name,
                            per_layer_bias=bias_relevance == "per-layer", residual_shares=target == "onnx",
                            position=parse_position(position), embedding_relevance=embedding_relevance)
-    if embedding_relevance and plan.tokens is None:
-        raise RelgraphError(f"--embedding-relevance applies to models fed token ids; input '{plan.input.name}' "
+    if embedding_relevance and relevance.tokens is None:
+        raise RelgraphError(f"--embedding-relevance applies to models fed token ids; input '{relevance.input.name}' "
                             "is the explained value itself")
-    vocabulary = plan.input.producer().inputs[0].shape[0] if plan.tokens is not None else None
+    vocabulary = relevance.input.producer().inputs[0].shape[0] if relevance.tokens is not None else None
     if tokenizer_text is not None:
-        if plan.tokens is None:
-            raise RelgraphError(f"--tokenizer applies to models fed token ids; input '{plan.input.name}' is the "
+        if relevance.tokens is None:
+            raise RelgraphError(f"--tokenizer applies to models fed token ids; input '{relevance.input.name}' is the "
                                 "explained value itself")
         check_vocabulary(tokenizer_text, vocabulary, os.fspath(tokenizer))
-    if patterns is not None and not any(c.rule in PATTERN_RULES for c in plan.choices.values()):
+    if patterns is not None and not any(c.rule in PATTERN_RULES for c in relevance.choices.values()):
         raise RelgraphError(f"--patterns applies to the pattern rules (patternnet, patternattribution), "
                             f"not '{label}'")
     metadata = {
         "relgraph.version": __version__,
         "relgraph.rule": composite.name,
         "relgraph.params": {k: v for k, v in vars(composite.params).items() if k != "patterns"},
-        "relgraph.input": plan.fed.name,
-        "relgraph.tokens": plan.tokens is not None,
-        **({"relgraph.vocabulary": vocabulary} if plan.tokens is not None else {}),
+        "relgraph.input": relevance.fed.name,
+        "relgraph.tokens": relevance.tokens is not None,
+        **({"relgraph.vocabulary": vocabulary} if relevance.tokens is not None else {}),
         **({TOKENIZER_KEY: tokenizer_text} if tokenizer_text is not None else {}),
-        "relgraph.logits": plan.logits_output,
+        "relgraph.logits": relevance.logits_output,
         "relgraph.output_init": composite.output_init,
-        "relgraph.rules": plan.rules(),
+        "relgraph.rules": relevance.rules(),
     }
     form = "functions" if keep_functions or target == "triton" else "portable"
-    proto, aside = explainer_proto(model, plan, metadata, form=form)
+    proto, aside = explainer_proto(model, relevance, metadata, form=form)
     if write:
         save(proto, output, overwrite=overwrite, aside=aside)
-    return CompileResult(output if write else None, proto, aside, plan, skipped, time.perf_counter() - start)
+    return CompileResult(output if write else None, proto, aside, relevance, skipped, time.perf_counter() - start)
 
 
 def _load_patterns(patterns) -> dict:

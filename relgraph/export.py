@@ -35,7 +35,7 @@ from .weights import (INLINE_LIMIT, check_skeleton, restore_weights, skeleton_pr
 FORMS = ("portable", "functions")
 
 
-def explainer_proto(model, plan, metadata: dict, *, form: str = "portable") -> tuple[onnx.ModelProto, dict]:
+def explainer_proto(model, relevance, metadata: dict, *, form: str = "portable") -> tuple[onnx.ModelProto, dict]:
     """The explainer of ``model`` (forward + relevance IR) in ``form`` (see the module docstring), as a skeleton
     and its weights set aside (``weights.py``): :func:`save` writes them, :func:`full_proto` joins them."""
     if form not in FORMS:
@@ -47,10 +47,10 @@ def explainer_proto(model, plan, metadata: dict, *, form: str = "portable") -> t
     proto, aside = skeleton_proto(model)
     proto.ir_version = EXPORT_IR_VERSION
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-    if plan.functions:
+    if relevance.functions:
         if not any(o.domain == DOMAIN for o in proto.opset_import):
             proto.opset_import.append(onnx.helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
-        proto.functions.extend(function_proto(name, opset) for name in plan.functions)
+        proto.functions.extend(function_proto(name, opset) for name in relevance.functions)
     if form == "portable":
         proto = portable(proto)
     metadata = {**metadata, "relgraph.form": form}

@@ -397,7 +397,7 @@ def test_inspect_and_compile_agree_on_rules(rule):
     code, out, err = run("inspect", MODEL, "--rule", rule, *(["--bounds", "-1", "1"] if bounds else []))
     assert code == 0, err
     result = relgraph.compile(str(MODEL), rule=rule, write=False, bounds=bounds)
-    assert _inspected_rules(out) == {name: c.rule for name, c in result.plan.choices.items()}
+    assert _inspected_rules(out) == {name: c.rule for name, c in result.relevance.choices.items()}
 
 
 def test_inspect_and_compile_refuse_the_same_nodes(tmp_path):

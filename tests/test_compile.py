@@ -83,13 +83,13 @@ def test_rule_map_precedence(tmp_path):
         '[op_types]\nConv = { rule = "gamma", gamma = 0.5 }\n[names]\n"/6/*" = "zplus"\n'
     )
     res = relgraph.compile(MODEL, rule_map=str(rmap), output=str(tmp_path / "o.onnx"))
-    rules = res.plan.rules()
+    rules = res.relevance.rules()
     assert rules["/0/Conv"] == "flat"          # first layer beats op type
     assert rules["/3/Conv"] == "gamma"         # op type
     assert rules["/6/Conv"] == "zplus"         # name glob beats op type
     assert rules["/9/Gemm"] == "epsilon"       # base
-    assert res.plan.choices["/3/Conv"].params.gamma == 0.5
-    assert res.plan.choices["/9/Gemm"].params.epsilon == 0.01
+    assert res.relevance.choices["/3/Conv"].params.gamma == 0.5
+    assert res.relevance.choices["/9/Gemm"].params.epsilon == 0.01
 
 
 def test_compile_time_and_canonical_form(tmp_path):

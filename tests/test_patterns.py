@@ -417,7 +417,7 @@ def test_explainer_matches_numpy_backward(tmp_path, seed, geometry, estimator, r
     x = data(6, seed + 50)
     target = np.arange(6) % 5
     res = relgraph.compile(path, rule=rule, output=str(tmp_path / "e.onnx"), patterns=str(npz))
-    assert set(res.plan.rules().values()) == {"gradient", "pattern" if rule == "patternnet" else "pattern-attribution"}
+    assert set(res.relevance.rules().values()) == {"gradient", "pattern" if rule == "patternnet" else "pattern-attribution"}
     got = relgraph.Explainer(res.path).explain(x, target)
     want = backward(model, x, target, {k: v for k, v in pats.items() if "::" not in k}, rule == "patternattribution")
     np.testing.assert_allclose(got["relevance"], want, rtol=0, atol=1e-4 * np.abs(want).max())

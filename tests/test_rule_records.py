@@ -82,7 +82,7 @@ def test_pad_with_a_negative_value_is_not_proven_nonnegative(tmp_path, value):
     assert _rel_l2(res["logits"], logits) < 1e-5
     assert _rel_l2(res["relevance"], r_x) < 1e-4
     # the proof fires where it holds: fc2's γ step drops the x⁻ terms exactly when the pad keeps x ≥ 0
-    assert set(compiled[0].plan.functions) == {"GammaGemmOnNonnegative" if value >= 0 else "GammaGemm", "GammaGemm"}
+    assert set(compiled[0].relevance.functions) == {"GammaGemmOnNonnegative" if value >= 0 else "GammaGemm", "GammaGemm"}
 
 
 def test_bias_add_under_gradient_does_not_keep_zeros(tmp_path):

@@ -242,7 +242,7 @@ def test_vit_gamma_rule_map(exported, tmp_path):
     result = relgraph.compile(path, rule_map=str(rule_map), output=str(tmp_path / "vit.gamma.onnx"))
     from relgraph.rules import kind_of
 
-    layers = [(kind_of(n), result.plan.choices[n.name].rule) for n in result.plan.nodes
+    layers = [(kind_of(n), result.relevance.choices[n.name].rule) for n in result.relevance.nodes
               if n.op_type in ("MatMul", "Gemm")]
     assert {rule for kind, rule in layers if kind == "bilinear"} == {"uniform"}
     assert {rule for kind, rule in layers if kind == "affine"} == {"gamma"}

@@ -47,7 +47,7 @@ def default_output_dir(model_path, label: str) -> str:
 class TritonCompileResult:
     path: str | None        # the output folder
     proto: onnx.ModelProto  # the ONNX explainer
-    plan: object            # the relevance plan (node → rule), as relgraph.compile returns it
+    relevance: object       # the relevance pass's decisions (node → rule), as relgraph.compile returns them
     launch_plan: Plan
     skipped: list
     seconds: float
@@ -79,7 +79,7 @@ def compile_triton(model_path, output=None, *, overwrite: bool = False, dtype: s
         os.makedirs(output, exist_ok=True)
         save(result.proto, os.path.join(output, EXPLAINER_FILE), overwrite=True)
         plan.save(os.path.join(output, PLAN_FILE))
-    return TritonCompileResult(output if write else None, result.proto, result.plan, plan, result.skipped,
+    return TritonCompileResult(output if write else None, result.proto, result.relevance, plan, result.skipped,
                                time.perf_counter() - start)
 
 

@@ -16,9 +16,9 @@ def cmd_compile_triton(args) -> None:
                             rule_map=args.rule_map, bias_relevance=args.bias_relevance,
                             input_name=args.input_name, formulation=args.formulation, baseline=args.baseline,
                             patterns=args.patterns, dtype=args.dtype, input_shapes=args.input_shapes)
-    rules = Counter(result.plan.rules().values())
+    rules = Counter(result.relevance.rules().values())
     summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
-    print(f"wrote {result.path}/ (explainer.onnx, plan.json; {len(result.plan.nodes)} nodes explained: "
+    print(f"wrote {result.path}/ (explainer.onnx, plan.json; {len(result.relevance.nodes)} nodes explained: "
           f"{summary}; {result.seconds:.2f} s)")
     print(plan_summary(result.launch_plan))
 

@@ -42,8 +42,9 @@ from ..rules.registry import (AFFINE, CHECKS, NONNEGATIVE, PRESERVES, Share, rul
 OUTPUT_OPS = ("Softmax", "LogSoftmax")
 
 @dataclass
-class RelevancePlan:
-    """What the walk decided, for ``relgraph inspect`` and the explainer's metadata."""
+class Relevance:
+    """What the relevance pass decided and built: the rule of each node, the trace of relevance values, the
+    model-local functions called (for the CLI's summary, ``relgraph check`` and the explainer's metadata)."""
 
     input: ir.Value
     logits: ir.Value
@@ -332,7 +333,7 @@ def sharing_values(nodes, choices: dict) -> set[int]:
 
 def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | None = None,
                     per_layer_bias: bool = False, residual_shares: bool = True, position=-1,
-                    embedding_relevance: bool = False) -> RelevancePlan:
+                    embedding_relevance: bool = False) -> Relevance:
     """The relevance graph for ``composite``. ``residual_shares``: let residual sums hand ε layers their
     share unmultiplied (``Share``; fewer ops on onnxruntime, while the triton target fuses the sign test
     of stab(z) into its kernels and keeps the ``relgraph.EpsilonSum`` calls).
@@ -351,11 +352,11 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         raise RelgraphError(f"input '{x.name}' has type {x.dtype}; relgraph explains float32 models")
     nodes = relevance_nodes(graph, x, logits)
     validate(nodes)
-    plan = RelevancePlan(x, logits, nodes, first_layers=first_layers(nodes, x), tokens=tokens)
-    plan.choices = choose_rules(nodes, composite, plan.first_layers)
+    walk = Relevance(x, logits, nodes, first_layers=first_layers(nodes, x), tokens=tokens)
+    walk.choices = choose_rules(nodes, composite, walk.first_layers)
 
-    rectified = rectified_outputs(nodes, plan.choices, vanishing_values(nodes, plan.choices, logits, composite))
-    sharing = sharing_values(nodes, plan.choices) if residual_shares else set()
+    rectified = rectified_outputs(nodes, walk.choices, vanishing_values(nodes, walk.choices, logits, composite))
+    sharing = sharing_values(nodes, walk.choices) if residual_shares else set()
     b = Builder(graph)
     proven = nonnegative_values(graph)
     reference = _baseline_forward(b, graph, nodes, x, composite.baseline) if composite.baseline is not None else {}
@@ -377,11 +378,11 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
             Rs = [_sum(b, R) for R in incoming]
         if all(R is None for R in Rs):
             continue
-        choice = plan.choices[node.name]
+        choice = walk.choices[node.name]
         b.prefix = f"relevance/{node.name}"
         b.layout = layout_of(node.outputs[0], layouts, x)
         env = Env(b, node, Rs, choice.rule, choice.params, lambda v: id(v) in proven,
-                  first_layer=node.name in plan.first_layers, formulation=composite.formulation,
+                  first_layer=node.name in walk.first_layers, formulation=composite.formulation,
                   baseline=lambda v: reference.get(id(v)), rectified=rectified.get(node.name), shared=shared,
                   absorbs=lambda v: id(v) in sharing,
                   conserving=composite.output_init == "logit" and composite.formulation == "r")
@@ -402,7 +403,7 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         bias = _sum(b, node_bias)
         if bias is not None:
             biases.append((node, bias))
-        plan.trace.append({
+        walk.trace.append({
             "node": node.name, "op": node.op_type, "rule": choice.rule,
             "out": [_traced(incoming[0][0])] if shared else [_traced(R) for R in Rs],
             "in": [_traced(R) for v, R in zip(node.inputs, result) if v is not None and not is_fixed(v)],
@@ -431,13 +432,13 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
         for node, v in biases:
             _add_output(graph, b.op("Identity", v), f"bias_relevance/{node.name}", ir.Shape([x.shape[0]]))
     if logits.is_graph_output():
-        plan.logits_output = logits.name
+        walk.logits_output = logits.name
     else:
-        plan.logits_output = _free_name(graph, "logits")
-        _add_output(graph, b.op("Identity", logits), plan.logits_output, logits.shape)
-    model.metadata_props["relgraph.trace"] = json.dumps(plan.trace)
-    plan.functions = sorted(b.functions)
-    return plan
+        walk.logits_output = _free_name(graph, "logits")
+        _add_output(graph, b.op("Identity", logits), walk.logits_output, logits.shape)
+    model.metadata_props["relgraph.trace"] = json.dumps(walk.trace)
+    walk.functions = sorted(b.functions)
+    return walk
 
 
 def _baseline_forward(b: Builder, graph: ir.Graph, nodes, x: ir.Value, baseline) -> dict:
