@@ -29,7 +29,7 @@ def changed_lines(diff: str) -> str:
 def replay(diff: str, test_command: str) -> str:
     """Apply one mutant to the working tree, run the tests, restore: "killed", "SURVIVES", or "gone" where the
     mutated code is no longer there."""
-    patch = diff.split("\n", 1)[1]  # below cosmic-ray's "--- mutation diff ---" line
+    patch = diff.split("\n", 1)[1].rstrip("\n") + "\n"  # below cosmic-ray's "--- mutation diff ---" line
     if subprocess.run(["git", "apply", "-"], input=patch, text=True, capture_output=True).returncode != 0:
         return "gone"
     try:
