@@ -199,13 +199,13 @@ class Env:
     rule: str
     params: RuleParams
     nonnegative: Callable[[ir.Value], bool]
-    first_layer: bool = False
-    formulation: str = "r"  # "q": the relevance graph carries Q = R/a (LRP-0 rephrased); gradient rules report biases
-    baseline: Callable[[ir.Value], ir.Value | None] = lambda v: None  # a value's counterpart on the baseline
-    rectified: ir.Value | None = None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
-    shared: bool = False  # R is the share q of z in a residual sum, R_z = z ⊙ q (see ``Share``)
-    absorbs: Callable[[ir.Value], bool] = lambda v: False  # whether v's producer takes a ``Share`` of v
-    conserving: bool = False  # R starts at the target logit and is accounted: constants' shares are biases
+    first_layer: bool
+    formulation: str  # "q": the relevance graph carries Q = R/a (LRP-0 rephrased); gradient rules report biases
+    baseline: Callable[[ir.Value], ir.Value | None]  # a value's counterpart on the baseline's forward pass
+    rectified: ir.Value | None  # the ReLU output y = max(z, 0), when the graph proves R_z = 0 wherever z ≤ 0
+    shared: bool  # R is the share q of z in a residual sum, R_z = z ⊙ q (see ``Share``)
+    absorbs: Callable[[ir.Value], bool]  # whether v's producer takes a ``Share`` of v
+    conserving: bool  # R starts at the target logit and is accounted: constants' shares are biases
 
     @property
     def epsilon(self) -> float:
