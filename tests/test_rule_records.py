@@ -220,3 +220,27 @@ def test_eps_step_before_a_relu_reads_the_relu_output(tmp_path):
     r_a1, _ = ref.epsilon(a1, ref.gemm_matrix(w2), B2, _target_logits(logits, target), 0.25)
     r_x, _ = ref.epsilon(X, ref.gemm_matrix(W1), B1, r_a1, 0.25)
     assert _rel_l2(res["relevance"], r_x) < 1e-4
+
+
+def test_eps_layers_feeding_a_residual_sum_take_their_share(tmp_path):
+    """Two ε layers summed (a residual connection): the sum hands each its share q = R ⊘ stab(z₁ + z₂)
+    unmultiplied (``Share``), and each layer divides z ⊙ q by stab(z) without a sign test. The numbers are
+    the plain ε split followed by each layer's ε step."""
+    w1b, b1b = RNG.normal(size=(5, 6)), RNG.normal(size=5) * 0.5
+    nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["z1"], transB=1, name="fc1"),
+             helper.make_node("Gemm", ["x", "W1b", "B1b"], ["z2"], transB=1, name="fc1b"),
+             helper.make_node("Add", ["z1", "z2"], ["s"], name="residual"),
+             helper.make_node("Relu", ["s"], ["a"]),
+             helper.make_node("Gemm", ["a", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
+    w2, target, eps = W2[:, :5], np.array([2, 1, 0, 0]), 0.25
+    res = _explain(tmp_path, nodes, {"W1": W1, "B1": B1, "W1b": w1b, "B1b": b1b, "W2s": w2, "B2": B2},
+                   f'base = "epsilon"\n[params]\nepsilon = {eps}\n', target)
+    x = X.astype(np.float64)
+    z1, z2 = x @ W1.T + B1, x @ w1b.T + b1b
+    a = np.maximum(z1 + z2, 0)
+    logits = a @ w2.T + B2
+    r_a, _ = ref.epsilon(a, ref.gemm_matrix(w2), B2, _target_logits(logits, target), eps)
+    q = r_a / ref.stab(z1 + z2, 1e-6)  # the sum's norm rule: the fixed stabilizer
+    r_x = ref.epsilon(x, ref.gemm_matrix(W1), B1, z1 * q, eps)[0] + ref.epsilon(x, ref.gemm_matrix(w1b), b1b, z2 * q,
+                                                                                  eps)[0]
+    assert _rel_l2(res["relevance"], r_x) < 1e-4
