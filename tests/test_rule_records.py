@@ -130,21 +130,25 @@ def test_records_are_consistent():
 
 
 def test_every_rule_that_cannot_run_is_named_before_the_walk(tmp_path):
-    """z^B without bounds, a pattern rule without patterns and the uniform rule on a quotient: one error,
-    raised before anything is emitted, naming each node; no explainer file is written."""
+    """z^B without bounds, a pattern rule without patterns, the uniform rule on a quotient and a gate on a
+    scaling: one error, raised before anything is emitted, naming each node and the rules that apply there;
+    no explainer file is written."""
     nodes = [helper.make_node("Gemm", ["x", "W1", "B1"], ["z1"], transB=1, name="fc1"),
              helper.make_node("Relu", ["z1"], ["a1"]),
              helper.make_node("Div", ["a1", "a1"], ["q"], name="ratio"),
              helper.make_node("Mul", ["a1", "q"], ["g"], name="gated"),
-             helper.make_node("Gemm", ["g", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
-    inits = {"W1": W1, "B1": B1, "W2s": W2[:, :5], "B2": B2}
-    rule_map = ('base = "epsilon"\n[names]\n"fc1" = "zbox"\n"fc2" = "pattern"\n"ratio" = "uniform"\n')
+             helper.make_node("Mul", ["g", "half"], ["h"], name="scaled"),
+             helper.make_node("Gemm", ["h", "W2s", "B2"], ["logits"], transB=1, name="fc2")]
+    inits = {"W1": W1, "B1": B1, "half": np.array(0.5), "W2s": W2[:, :5], "B2": B2}
+    rule_map = ('base = "epsilon"\n[names]\n"fc1" = "zbox"\n"fc2" = "pattern"\n"ratio" = "uniform"\n'
+                '"scaled" = "gate"\n')
     with pytest.raises(relgraph.RelgraphError) as caught:
         _explain(tmp_path, nodes, inits, rule_map, np.zeros(4, np.int64))
     message = str(caught.value)
     assert "\n" not in message
     for part in ("'zbox' for Gemm 'fc1': needs input bounds", "'pattern' for Gemm 'fc2': needs fitted patterns",
-                 "rule 'uniform' (name glob 'ratio') does not apply to Div 'ratio' (a product op: gradient, gate)"):
+                 "rule 'uniform' (name glob 'ratio') does not apply to Div 'ratio' (a product op: gradient, gate)",
+                 "does not apply to Mul 'scaled' (a scale op: gradient, norm, epsilon, normalized, zero)"):
         assert part in message, message
     assert not (tmp_path / "e.onnx").exists()
 
