@@ -9,13 +9,13 @@ the script counts the FLOPs and the HBM bytes of each kernel launch, in two sche
   forward ``Conv → Relu``; relevance ``den = y + ε → s = R ⊘ den → ConvTranspose(s, W) → R_x = x ⊙ ·`` and the
   bias share ``⟨b, Σ_pq s⟩``. Where no ReLU follows, stab(z) = z + ε·(z ≥ 0 ? 1 : −1) is three ops
   (``GreaterOrEqual``, ``Where``, ``Add``), as ``relgraph/graph.py`` emits it.
-- **fused**: the kernels of ``kernels/``: the forward GEMM / implicit-GEMM convolution with bias and ReLU in its
+- **fused**: the kernels of ``relgraph/kernels/``: the forward GEMM / implicit-GEMM convolution with bias and ReLU in its
   epilogue (it writes y only: the ε step divides by y + ε, mode ``shift``, or by stab(z) where no ReLU follows,
   mode ``stab``), and one ε kernel that reads R, den, W and x and writes R_x (plus s for the bias share, as
   ``want_s``). Max pooling's relevance is ``maxpool2d_back`` (reads x and R, writes R_x: no indices), its
   forward a values-only max pool; a residual add's relevance is ``epsilon_sum`` (reads a, b, R, den, writes
   R_a, R_b), its forward the Add and ReLU the plan runs as torch ops. Global average pooling has no kernel
-  in ``kernels/``: it is counted as one single-pass elementwise kernel per pass, marked † in the tables.
+  in ``relgraph/kernels/``: it is counted as one single-pass elementwise kernel per pass, marked † in the tables.
 
 Traffic is the compulsory traffic: every tensor a kernel touches is read or written once (perfect reuse of
 tiles in L2/shared memory, the same assumption in both columns). Each kernel's time is
@@ -85,7 +85,7 @@ class Layer:
     op: str
     shape: str
     kernels: dict = field(default_factory=dict)  # (pass, schedule) -> list[Kernel]
-    no_kernel: bool = False  # no kernel in kernels/ yet: "fused" is a single-pass estimate
+    no_kernel: bool = False  # no kernel in relgraph/kernels/ yet: "fused" is a single-pass estimate
 
     def flops(self, pass_: str, schedule: str) -> int:
         return sum(k.flops for k in self.kernels[pass_, schedule])
@@ -374,14 +374,14 @@ def markdown(resnet: list[Layer], linear: list[Layer], batch: int, linear_batch:
         "- Unfused: the explainer's ONNX op sequence, one kernel per op (forward `Conv`, `Relu`; relevance "
         "stab(z) (`y + ε` after a ReLU, else `GreaterOrEqual`, `Where`, `Add`), `Div`, the transposed "
         "`ConvTranspose`/`MatMul`, `Mul` by x, and the bias share `ReduceSum` + `MatMul`).",
-        "- Fused: `kernels/`' traffic: the forward GEMM/implicit-GEMM convolution with the bias and ReLU "
+        "- Fused: `relgraph/kernels/`' traffic: the forward GEMM/implicit-GEMM convolution with the bias and ReLU "
         "epilogue writes y only; one ε kernel reads R, den (y after a ReLU, mode `shift`; z otherwise, mode "
         "`stab`), W, x and writes R_x and s (`want_s`, for the bias share, whose reduction is counted in both "
         "schedules). Max pooling: a values-only pool forward (the unfused explainer pools once more inside "
         "`relgraph.MaxPoolRoute` for the int64 indices it scatters over); relevance `maxpool2d_back` reads x "
         "and R and writes R_x. Residual add: forward `Add` and `Relu` as the plan's torch ops in both "
         "schedules; relevance `epsilon_sum` reads a, b, R, den and writes R_a, R_b. † marks layers without a "
-        "kernel in `kernels/` (global average pool): their fused figure is one single-pass elementwise kernel, "
+        "kernel in `relgraph/kernels/` (global average pool): their fused figure is one single-pass elementwise kernel, "
         "an estimate of what a pointwise lowering gives.",
         "- ΣR rows: a tensor read by two layers (a residual block's input) receives the sum of their "
         "relevances: one Add, the same in both schedules.",

@@ -1,8 +1,9 @@
 """The package's layout: what a wheel installs, and imports without cycles.
 
 - The wheel built from this checkout holds the Triton kernels as ``relgraph/kernels/`` (sources and
-  ``configs.json``, the autotune configurations they read) and no top-level package but ``relgraph``: a
-  top-level ``kernels`` would clash with the PyPI package of that name.
+  ``configs.json``, the autotune configurations they read) and no top-level package but ``relgraph``; nor
+  does the checkout's root hold another package (tests run from it, with it on ``sys.path``). A top-level
+  ``kernels`` would clash with the PyPI package of that name, which transformers probes for and imports.
 - Module-level imports between relgraph's modules form no cycle: the graph of ``import`` / ``from … import``
   statements at module level (read with ``ast``, not by importing) has no strongly connected component of
   more than one module. A package that imports its own submodules is no cycle; a submodule that imports
@@ -25,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _modules() -> dict[str, tuple[Path, bool]]:
     """Module name → (file, is a package's __init__), for every module under relgraph/ (kernels included)."""
     found = {}
-    files = [Path(folder, f) for folder, _, names in os.walk(ROOT / "relgraph", followlinks=True) for f in names]
-    for path in sorted(p for p in files if p.suffix == ".py"):  # followlinks: relgraph/kernels is a link
+    files = [Path(folder, f) for folder, _, names in os.walk(ROOT / "relgraph") for f in names]
+    for path in sorted(p for p in files if p.suffix == ".py"):
         parts = path.relative_to(ROOT).with_suffix("").parts
         is_package = parts[-1] == "__init__"
         found[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
@@ -112,6 +113,11 @@ def test_module_level_imports_have_no_cycle():
     assert cycles(edges) == []
 
 
+def test_the_checkout_root_holds_no_package_but_relgraph():
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == {"relgraph"}
+
+
 def test_wheel_installs_the_kernels_as_relgraph_kernels(tmp_path):
     pytest.importorskip("setuptools")
     source = tmp_path / "src"
@@ -119,8 +125,7 @@ def test_wheel_installs_the_kernels_as_relgraph_kernels(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "relgraph", source / "relgraph", symlinks=True, ignore=ignore)
-    shutil.copytree(ROOT / "kernels", source / "kernels", ignore=ignore)
+    shutil.copytree(ROOT / "relgraph", source / "relgraph", ignore=ignore)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
     if done.returncode and "No module named pip" in done.stderr:
@@ -131,6 +136,6 @@ def test_wheel_installs_the_kernels_as_relgraph_kernels(tmp_path):
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"relgraph"}
     kernels = {n[len("relgraph/kernels/"):] for n in names if n.startswith("relgraph/kernels/")}
-    expected = {p.name for p in (ROOT / "kernels").iterdir() if p.suffix in (".py", ".json")}
+    expected = {p.name for p in (ROOT / "relgraph" / "kernels").iterdir() if p.suffix in (".py", ".json")}
     assert "configs.json" in expected and "__init__.py" in expected
     assert kernels == expected

@@ -35,7 +35,7 @@ def _all_configs() -> dict:
 
 
 def configs(family: str) -> list[dict]:
-    """The autotune configurations of ``family`` (an op name), from ``kernels/configs.json``."""
+    """The autotune configurations of ``family`` (an op name), from ``relgraph/kernels/configs.json``."""
     table = _all_configs()
     if family not in table or family.startswith("_"):
         raise KeyError(f"no kernel family '{family}' in {CONFIGS_FILE.name}")
