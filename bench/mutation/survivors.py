@@ -35,8 +35,8 @@ def replay(diff: str, test_command: str) -> str:
     try:
         failed = subprocess.run(test_command, shell=True, capture_output=True).returncode != 0
         return "killed" if failed else "SURVIVES"
-    finally:
-        subprocess.run(["git", "checkout", "--", "relgraph"], check=True)
+    finally:  # take back exactly the mutant: nothing else in the working tree is touched
+        subprocess.run(["git", "apply", "-R", "-"], input=patch, text=True, check=True)
 
 
 def main() -> None:
