@@ -106,9 +106,10 @@ def captum_modified_gradient(model, method: str, x: np.ndarray, target, dtype=to
 def _torchvision(tmp_path_factory, name, model, side):
     folder = tmp_path_factory.mktemp(name)
     path = tm.export(model, torch.zeros(1, 3, side, side), folder / f"{name}.onnx", False)
-    explainers = {method: relgraph.Explainer(relgraph.compile(
-        path, rule=method, output=str(folder / f"{name}.{method}.onnx"), overwrite=True).path)
-        for method in CAPTUM_METHODS}
+    explainers = {}
+    for method in CAPTUM_METHODS:
+        with tm.compiled(path, rule=method) as result:  # the session holds the model: the file can go
+            explainers[method] = relgraph.Explainer(result.path)
     return model, explainers, side
 
 

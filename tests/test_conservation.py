@@ -41,9 +41,8 @@ def resnet18(tmp_path_factory):
 
 
 def _check(path, rule, x, target):
-    out_path = str(path).replace(".onnx", f".{rule}.onnx")
-    result = relgraph.compile(path, rule=rule, output=out_path, overwrite=True, epsilon=1e-6, bounds=BOUNDS)
-    out = relgraph.Explainer(result.path).explain(x, target=target)
+    with tm.compiled(path, rule=rule, epsilon=1e-6, bounds=BOUNDS) as result:
+        out = relgraph.Explainer(result.path).explain(x, target=target)
     logit = out["logits"][np.arange(len(x)), out["target"]]
     total = tm.per_sample(out["relevance"]).sum(1) + out["bias_relevance"]
     error = np.abs(total - logit) / np.abs(logit)
@@ -69,8 +68,8 @@ def test_bias_relevance_is_not_zero(resnet18):
     """The biases (folded BatchNorm shifts) take a real share: conservation is not vacuous."""
     x = tm.random_input((2, 3, 64, 64), 2, *BOUNDS)
     path = resnet18["legacy"]
-    result = relgraph.compile(path, rule="epsilon", output=str(path).replace(".onnx", ".eps.onnx"), overwrite=True)
-    out = relgraph.Explainer(result.path).explain(x)
+    with tm.compiled(path, rule="epsilon") as result:
+        out = relgraph.Explainer(result.path).explain(x)
     logit = out["logits"][np.arange(len(x)), out["target"]]
     assert np.all(np.abs(out["bias_relevance"]) > 1e-3 * np.abs(logit))
 
@@ -95,10 +94,9 @@ def test_residual_shares_equal_the_fused_form(resnet18, form):
     x = tm.random_input((2, 3, 64, 64), 4, *BOUNDS)
     path, outs, sign_tests = resnet18[form], {}, {}
     for target in ("onnx", "triton"):
-        result = relgraph.compile(path, rule="epsilon", output=str(path).replace(".onnx", f".{target}.onnx"),
-                                  overwrite=True, target=target)
-        outs[target] = relgraph.Explainer(result.path).explain(x)
-        graph = onnx.inliner.inline_local_functions(onnx.load(result.path)).graph
+        with tm.compiled(path, rule="epsilon", target=target) as result:
+            outs[target] = relgraph.Explainer(result.path).explain(x)
+            graph = onnx.inliner.inline_local_functions(onnx.load(result.path)).graph
         sign_tests[target] = sum(n.op_type == "GreaterOrEqual" for n in graph.node)
     for key in ("relevance", "bias_relevance"):
         assert np.all(tm.relative_error(outs["onnx"][key], outs["triton"][key]) < 1e-5), key

@@ -61,9 +61,8 @@ def zennit_relevance(model: nn.Module, composite, x: np.ndarray, target: np.ndar
 
 def relgraph_relevance(path, rule: str, x: np.ndarray, target: np.ndarray, **params):
     """relgraph's relevance divided by the target logit, and the logits."""
-    out_path = str(path).replace(".onnx", f".{rule}.onnx")
-    result = relgraph.compile(path, rule=rule, output=out_path, overwrite=True, **params)
-    out = relgraph.Explainer(result.path).explain(x, target=target)
+    with tm.compiled(path, rule=rule, **params) as result:
+        out = relgraph.Explainer(result.path).explain(x, target=target)
     logit = out["logits"][np.arange(len(x)), out["target"]]
     return out["relevance"] / logit.reshape((-1,) + (1,) * (x.ndim - 1)), out["logits"]
 

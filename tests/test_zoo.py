@@ -126,8 +126,8 @@ def _explain(zoo, name, form, rule):
     """(model, input, predicted class, the explainer's outputs) for ``rule``."""
     model, path, x = zoo(name, form)
     target = _predicted(model, x)
-    result = relgraph.compile(path, rule=rule, output=str(path).replace(".onnx", f".{rule}.onnx"), overwrite=True)
-    return model, x, target, relgraph.Explainer(result.path).explain(x, target=target)
+    with tm.compiled(path, rule=rule) as result:
+        return model, x, target, relgraph.Explainer(result.path).explain(x, target=target)
 
 
 @pytest.mark.parametrize("name, form", CASES)

@@ -18,7 +18,10 @@ tensor relgraph explains (the input of a final Softmax when the model has one).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+import relgraph
 
 INPUT, OUTPUT = "input", "logits"
 IR_VERSION = 10
@@ -68,6 +73,20 @@ def export(model: nn.Module, x: torch.Tensor, path, dynamo: bool) -> Path:
     proto.ir_version = IR_VERSION
     onnx.save(proto, str(path))
     return path
+
+
+@contextlib.contextmanager
+def compiled(path, **options):
+    """Compile ``path`` with ``options`` into a temporary folder beside it; yield the result, then delete it.
+
+    An explainer is as large as its model (half a gigabyte for VGG-16, more with a composite's copies of
+    the weights); the comparison tests compile dozens, so none outlives its test.
+    """
+    folder = tempfile.mkdtemp(prefix=".explainers.", dir=Path(path).parent)
+    try:
+        yield relgraph.compile(str(path), output=str(Path(folder) / Path(path).name), **options)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def op_types(path) -> set[str]:
