@@ -169,6 +169,18 @@ BODIES = {
         "\n   q = Pow (d, two)\n   v = ReduceMean <axes = [-3, -2, -1]> (q)\n   eps = Constant <value = float {1e-5}> ()"
         "\n   e = Add (v, eps)\n   s = Sqrt (e)\n   a = Div (d, s)",
     ]),
+    # a LayerNorm over the channels of NCHW (γ, β per channel): the op between transposes, and a Keras
+    # LayerNormalization as tf2onnx writes it once its transpose optimizer has moved the graph to NCHW (Keras 2:
+    # x·inv + (β − μ·inv), the mean over axis 1)
+    "layer-norm-channels": ("LayerNormalization", [
+        "   tg = Constant <value = float[4] {0.8, 1.3, 0.6, 1.1}> ()\n   tb = Constant <value = float[4] {0.2, -0.1, 0.0, 0.3}> ()"
+        "\n   ht = Transpose <perm = [0, 2, 3, 1]> (h)\n   nt = LayerNormalization <axis = -1, epsilon = 0.001> (ht, tg, tb)"
+        "\n   a = Transpose <perm = [0, 3, 1, 2]> (nt)",
+        CHANNEL_PARAMS + "\n   eps = Constant <value = float {0.001}> ()\n   m = ReduceMean <axes = [1]> (h)"
+        "\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [1]> (q)\n   e = Add (v, eps)"
+        "\n   s = Sqrt (e)\n   ri = Reciprocal (s)\n   i = Mul (ri, cg)\n   xi = Mul (h, i)\n   mi = Mul (m, i)"
+        "\n   ci = Sub (cb, mi)\n   a = Add (xi, ci)",
+    ]),
     # normalized per sample and channel over H, W: the op, a LayerNorm from axis 2 with γ, β per channel, and the
     # same written out (the statistics over the trailing axes 2, 3)
     "instance-norm": ("LayerNormalization", [
@@ -425,7 +437,8 @@ def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
 # the spellings of these fold to one op sequence; GELU's and SiLU's written-out products (and the unnamed
 # gate) stay products, recognised as gates by the relevance pass
 FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
-          "layer-norm-chw", "instance-norm", "group-norm", "batchnorm", "softsign", "softmax-inner"}
+          "layer-norm-chw", "layer-norm-channels", "instance-norm", "group-norm", "batchnorm", "softsign",
+          "softmax-inner"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))
@@ -604,10 +617,6 @@ NOT_LAYER_NORMS = {
         "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   n = Div (d, s)"
         "\n   a = Add (n, d)",
         "is also used outside the normalization"),
-    "over the channels, not the trailing axes": (
-        "   m = ReduceMean <axes = [1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [1]> (q)"
-        "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   a = Div (d, s)",
-        "not the trailing axes"),
     "ε added to σ": (
         "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [-1]> (q)"
         "\n   eps = Constant <value = float {0.001}> ()\n   s = Sqrt (v)\n   e = Add (s, eps)\n   a = Div (d, e)",

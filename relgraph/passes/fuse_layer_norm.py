@@ -2,7 +2,8 @@
 
     y = γ ⊙ (x − μ) / √(var + ε) + β,   μ = mean(x),   var = mean((x − μ)²)  or  mean(x²) − μ²
 
-over the same static trailing axes (from ``axis`` to the last), becomes LayerNormalization(x, γ, β, axis, ε).
+over the same static axes becomes LayerNormalization(x, γ, β, axis, ε): over the trailing axes (from ``axis``
+to the last) as it is, over others with those axes moved last by a Transpose and back by another.
 
 Spellings: torch's legacy export below opset 17 (ReduceMean, Sub, Pow 2, ReduceMean, Add ε, Sqrt, Div, Mul γ,
 Add β; without γ and β for ``elementwise_affine=False``); tf2onnx's Keras 2 LayerNormalization through
@@ -24,7 +25,7 @@ product), or explained op by op with a relevance that depends on the spelling; t
 and the LN rule (σ fixed) of :mod:`relgraph.rules.normalization`.
 
 Skipped (``skipped`` names the mean): a variance of the centered value that is found but over axes that are
-not the static trailing axes, an output that is not of the LayerNorm form, or an intermediate value used
+not static, an output that is not of the LayerNorm form, or an intermediate value used
 outside the normalization. The graph is then unchanged.
 """
 
@@ -247,12 +248,8 @@ class FuseLayerNormPass(ReportingPass):
             heapq.heapify(heap)
         if not match.variance or match.epsilon is None:
             return None
-        x = match.x
-        shape = dims(x)
-        k = len(shape) - len(axes)
-        if axes != list(range(k, len(shape))):
-            return f"the mean is over axes {axes}, not the trailing axes"
-        if None in shape[k:]:
+        shape = dims(match.x)
+        if any(shape[a] is None for a in axes):
             return "the normalized axes are not static"
         candidates = [n for n in region if _is_layer_norm(match.reps[id(n.outputs[0])])]
         if not candidates:
@@ -261,7 +258,8 @@ class FuseLayerNormPass(ReportingPass):
         for node in reversed(candidates):
             why = _closed(node, region)
             if not why:
-                return _emit(graph, node.outputs[0], x, k, match.reps[id(node.outputs[0])], match.epsilon)
+                return _emit(graph, node.outputs[0], match.x, axes, match.reps[id(node.outputs[0])],
+                             match.epsilon)
         return why
 
 
@@ -287,27 +285,39 @@ def _closed(node: ir.Node, region: list) -> str:
     return ""
 
 
-def _parameter(c, shape: list, k: int, dtype) -> np.ndarray | None:
-    """γ or β for LayerNormalization: of the normalized shape when it varies along those axes only, else as
-    broadcast to x's rank (None when it does not broadcast to x without growing it)."""
+def _parameter(c, shape: list, perm: list[int], k: int, dtype) -> np.ndarray | None:
+    """γ or β for LayerNormalization of x transposed by ``perm``: of the normalized shape when it varies along
+    those axes only, else as broadcast to x's rank (None when it does not broadcast to x without growing it)."""
     c = np.asarray(c, np.float64)
     c = c.reshape((1,) * (len(shape) - c.ndim) + c.shape)
     for i, (n, d) in enumerate(zip(c.shape, shape)):
         if n != 1 and (i == 0 or n != d):
             return None
+    c, shape = c.transpose(perm), [shape[p] for p in perm]
     if all(n == 1 for n in c.shape[:k]):
         return np.ascontiguousarray(np.broadcast_to(c.reshape(c.shape[k:]), shape[k:])).astype(dtype)
-    return c.reshape(c.shape[1:]).astype(dtype)
+    return np.ascontiguousarray(c.reshape(c.shape[1:])).astype(dtype)
 
 
-def _emit(graph: ir.Graph, y: ir.Value, x: ir.Value, k: int, rep: dict, epsilon: float) -> str:
+def _emit(graph: ir.Graph, y: ir.Value, x: ir.Value, axes: list[int], rep: dict, epsilon: float) -> str:
+    """LayerNormalization normalizes the trailing axes; a norm over others (tf2onnx moves a Keras norm over
+    channels to axis 1 of NCHW) is written Transpose → LayerNormalization → Transpose, axes moved last."""
     shape = dims(x)
+    k = len(shape) - len(axes)
+    perm = [i for i in range(len(shape)) if i not in axes] + axes
     dtype = x.type.dtype.numpy() if x.type is not None else np.float32
-    gamma = _parameter(rep[XR], shape, k, dtype)
-    beta = _parameter(rep[ONE], shape, k, dtype) if ONE in rep else None
+    gamma = _parameter(rep[XR], shape, perm, k, dtype)
+    beta = _parameter(rep[ONE], shape, perm, k, dtype) if ONE in rep else None
     if gamma is None or (ONE in rep and beta is None):
         return "γ or β does not broadcast to x without growing it or varying along the batch"
     emit = Emitter(graph, y.producer())
+    moved = perm != sorted(perm)
+    if moved:
+        x = emit("Transpose", x, perm=perm)
+        x.shape = ir.Shape([x.shape[p] for p in perm])
     inputs = [x, emit.constant(gamma)] + ([emit.constant(beta)] if beta is not None else [])
-    emit.replace(y, emit("LayerNormalization", *inputs, axis=k, epsilon=epsilon))
+    out = emit("LayerNormalization", *inputs, axis=k, epsilon=epsilon)
+    if moved:
+        out = emit("Transpose", out, perm=[perm.index(i) for i in range(len(perm))])
+    emit.replace(y, out)
     return ""
