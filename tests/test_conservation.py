@@ -7,6 +7,8 @@ folded, residual sums, max and average pooling) in both export forms.
 """
 
 import numpy as np
+import onnx
+import onnx.inliner
 import pytest
 import torch
 from onnx import helper
@@ -83,14 +85,30 @@ def test_epsilon_conserves_every_op_model(tmp_path, form):
     _check(path, "epsilon", x, tm.pick_targets(tm.reference_logits(model, x), 3))
 
 
+@pytest.mark.parametrize("opset, form", [(11, "legacy"), (20, "legacy"), (23, "dynamo")])
+def test_old_and_new_opsets(tmp_path, opset, form):
+    """The op zoo exported at opset 11 (hard swish as x·HardSigmoid(x), Clip's bounds as inputs, the output
+    Softmax of opset < 13, upgraded on the way in) and at 20 and 23: torch's logits, torch's float64 gradient,
+    ε conservation, and an explainer at the model's opset or above."""
+    model = tm.small(tm.ConvZoo, seed=0)
+    path = tm.export(model, torch.zeros(1, *tm.ConvZoo.input_shape), tmp_path / f"conv_zoo_{opset}.onnx",
+                     FORMS[form], opset=opset)
+    x = tm.random_input((3, *tm.ConvZoo.input_shape), 4)
+    target = tm.pick_targets(tm.reference_logits(model, x), 4)
+    with tm.compiled(path, rule="gradient") as result:
+        out = relgraph.Explainer(result.path).explain(x, target=target)
+        explainer_opset = next(o.version for o in onnx.load(result.path).opset_import if o.domain in ("", "ai.onnx"))
+    assert explainer_opset >= opset
+    assert np.all(tm.relative_error(out["logits"], tm.reference_logits(model, x)) < 1e-5)
+    assert np.all(tm.relative_error(out["relevance"], tm.reference_gradient(model, x, target)) < 1e-4)
+    _check(path, "epsilon", x, target)
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_residual_shares_equal_the_fused_form(resnet18, form):
     """On the onnx target the ε layers that feed a residual sum take their share q unmultiplied and divide
     by (|z| + ε) ⊘ |z|; the triton target keeps R_z = z ⊙ q and stab(z) with its sign test. Same relevance,
     same bias relevance, fewer sign tests."""
-    import onnx
-    import onnx.inliner
-
     x = tm.random_input((2, 3, 64, 64), 4, *BOUNDS)
     path, outs, sign_tests = resnet18[form], {}, {}
     for target in ("onnx", "triton"):

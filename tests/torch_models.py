@@ -42,8 +42,9 @@ LEGACY_OPSET, DYNAMO_OPSET = 17, 18
 # ------------------------------------------------------------------------------------------------ export
 
 
-def export(model: nn.Module, x: torch.Tensor, path, dynamo: bool) -> Path:
-    """Export ``model`` (switched to eval mode) to ONNX at ``path``; returns the path.
+def export(model: nn.Module, x: torch.Tensor, path, dynamo: bool, opset: int | None = None) -> Path:
+    """Export ``model`` (switched to eval mode) to ONNX at ``path``, at ``opset`` (default: the form's);
+    returns the path.
 
     ``x`` is an example input; its batch axis becomes dynamic (the example is widened to a batch of two
     so that tracing cannot specialise on a batch of one).
@@ -55,7 +56,7 @@ def export(model: nn.Module, x: torch.Tensor, path, dynamo: bool) -> Path:
         warnings.simplefilter("ignore")
         if dynamo:
             program = torch.onnx.export(
-                model, (example,), dynamo=True, opset_version=DYNAMO_OPSET, optimize=True,
+                model, (example,), dynamo=True, opset_version=opset or DYNAMO_OPSET, optimize=True,
                 input_names=[INPUT], output_names=[OUTPUT], verbose=False,
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
@@ -64,7 +65,7 @@ def export(model: nn.Module, x: torch.Tensor, path, dynamo: bool) -> Path:
             # TrainingMode.PRESERVE keeps BatchNormalization (in inference mode, the model being in eval
             # mode); the default would fold it into the convolutions during export.
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=LEGACY_OPSET,
+                model, (example,), str(path), dynamo=False, opset_version=opset or LEGACY_OPSET,
                 training=torch.onnx.TrainingMode.PRESERVE,
                 input_names=[INPUT], output_names=[OUTPUT],
                 dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
