@@ -1,4 +1,4 @@
-"""torchvision's other classifiers, checked as VGG-16 and ResNet-18 are.
+"""torchvision's other classifiers and timm's HRNet, PoolFormer and ResNeSt, checked as VGG-16 and ResNet-18 are.
 
 For each architecture (random weights, randomized BatchNorm statistics, small inputs) and export form:
 
@@ -22,6 +22,7 @@ import copy
 import numpy as np
 import onnx
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -69,26 +70,37 @@ ZOO = {
     "inception_v3": (96, ("legacy",)),
     "resnext50_32x4d": (64, ("legacy",)),
     "convnext_tiny": (64, ("legacy",)),  # its dynamo export computes an as_strided view at run time
+    # timm: HRNet (parallel resolutions fused by nearest upsampling, Resize), PoolFormer (GroupNorm of one
+    # group, exported as InstanceNormalization between reshapes; pooling minus its input as the token mixer),
+    # ResNeSt (split attention: a Softmax over the radix inside the network)
+    "timm/hrnet_w18_small": (64, ("legacy",)),
+    "timm/poolformer_s12": (64, ("legacy",)),
+    "timm/resnest14d": (64, ("legacy",)),
 }
 CASES = [(name, form) for name, (_, forms) in ZOO.items() for form in forms]
-# zennit has no rule for LayerNormalization: ConvNeXt's composites are checked against no one
-ZENNIT_CASES = [(name, form) for name, form in CASES if name != "convnext_tiny"]
+# zennit has no rule for LayerNormalization, nor canonizers for timm's blocks: the composites of ConvNeXt and
+# the timm models are checked against no one
+ZENNIT_CASES = [(name, form) for name, form in CASES if name != "convnext_tiny" and not name.startswith("timm/")]
 
 
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     if name == "densenet121":
         model = _densenet121()
+    elif name.startswith("timm/"):
+        model = tm.randomize_batchnorm(timm.create_model(name.removeprefix("timm/"), pretrained=False,
+                                                         num_classes=10), 0)
     else:
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
         model = tm.randomize_batchnorm(getattr(torchvision.models, name)(weights=None, **kwargs), 0)
-    with torch.no_grad():  # ConvNeXt: LayerNorm affine parameters and layer scales away from their init
+    with torch.no_grad():  # ConvNeXt, PoolFormer: norms' affine parameters and layer scales away from their init
         for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
+            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0.0, 0.1)
-            if hasattr(m, "layer_scale"):
-                m.layer_scale.uniform_(0.5, 1.0)
+            for scale in ("layer_scale", "scale"):  # torchvision's CNBlock, timm's LayerScale2d
+                if isinstance(getattr(m, scale, None), nn.Parameter):
+                    getattr(m, scale).uniform_(0.5, 1.0)
     return tm.randomize_biases(model, 0).eval()
 
 
@@ -110,8 +122,9 @@ def zoo(tmp_path_factory):
         if (name, form) not in _CACHE:
             side = ZOO[name][0]
             model = _CACHE.setdefault(name, build(name))
-            folder = tmp_path_factory.mktemp(name)
-            path = tm.export(model, torch.zeros(1, 3, side, side), folder / f"{name}_{form}.onnx", form == "dynamo")
+            stem = name.replace("/", "_")
+            folder = tmp_path_factory.mktemp(stem)
+            path = tm.export(model, torch.zeros(1, 3, side, side), folder / f"{stem}_{form}.onnx", form == "dynamo")
             _CACHE[name, form] = (model, path, tm.random_input((2, 3, side, side), 11, LOW, HIGH))
         return _CACHE[name, form]
     yield get
