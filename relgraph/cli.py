@@ -176,20 +176,23 @@ _COMMAND_MODULES: tuple[str, ...] = ("serve", "evaluate", "aot", "bench", "datas
 # ------------------------------------------------------------------------------------------- commands
 
 
+def compile_options(args) -> dict:
+    """What ``compile`` passes to the compiler, for either target: the rules, the input and the token options."""
+    return dict(rule=args.rule, epsilon=args.epsilon, gamma=args.gamma, alpha=args.alpha, beta=args.beta,
+                bounds=args.bounds, rule_map=args.rule_map, bias_relevance=args.bias_relevance,
+                input_name=args.input_name, formulation=args.formulation, baseline=args.baseline,
+                patterns=args.patterns, input_shapes=args.input_shapes, position=args.position,
+                embedding_relevance=args.embedding_relevance, tokenizer=args.tokenizer)
+
+
 def cmd_compile(args):
     if args.target != "onnx":
-        if args.tokenizer is not None:
-            raise RelgraphError("--tokenizer applies to --target onnx; store the tokenizer in an ONNX explainer")
-        return cmd_compile_triton(args)
+        return cmd_compile_triton(args, compile_options(args))
     if args.dtype != "fp32":
         raise RelgraphError("--dtype applies to --target triton; an ONNX explainer computes in fp32")
 
-    result = compile(args.model, rule=args.rule, output=args.output, epsilon=args.epsilon, gamma=args.gamma,
-                     alpha=args.alpha, beta=args.beta, bounds=args.bounds, rule_map=args.rule_map,
-                     bias_relevance=args.bias_relevance, input_name=args.input_name, overwrite=args.force,
-                     formulation=args.formulation, baseline=args.baseline, patterns=args.patterns,
-                     keep_functions=args.keep_functions, input_shapes=args.input_shapes, position=args.position,
-                     embedding_relevance=args.embedding_relevance, tokenizer=args.tokenizer)
+    result = compile(args.model, output=args.output, overwrite=args.force, keep_functions=args.keep_functions,
+                     **compile_options(args))
     rules = {}
     for rule in result.relevance.rules().values():
         rules[rule] = rules.get(rule, 0) + 1

@@ -295,6 +295,8 @@ RNG = np.random.default_rng(0)
 X = RNG.standard_normal((2, 3, 7, 6)).astype(np.float32)
 
 OP_CASES = {
+    "range": ("Range", {"start": np.array(0.5, np.float32), "limit": np.array(4.0, np.float32),
+                        "delta": np.array(0.75, np.float32)}, 1, {}),
     "maxpool asymmetric pads, ceil mode, indices": (
         "MaxPool", {"x": X}, 2, dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1)),
     "maxpool dilated": ("MaxPool", {"x": X}, 2, dict(kernel_shape=[2, 2], dilations=[2, 1], pads=[1, 1, 1, 1])),

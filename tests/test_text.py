@@ -26,7 +26,7 @@ onnxruntime = pytest.importorskip("onnxruntime")
 import relgraph  # noqa: E402
 from relgraph.cli import main  # noqa: E402
 from relgraph.errors import RelgraphError  # noqa: E402
-from relgraph.explainer import Explainer  # noqa: E402
+from relgraph.explainer import Explainer, open_explainer  # noqa: E402
 from relgraph.heatmap import read_png  # noqa: E402
 from relgraph.text import NEGATIVE, POSITIVE, TOKENIZER_KEY, TextEncoder, explain_text  # noqa: E402
 
@@ -145,6 +145,23 @@ def test_api_per_token_relevance(files):
     unmasked = direct(files["explainer"], ids, np.ones_like(mask), target)
     k = lengths[2]
     assert np.abs(unmasked["relevance"][2, :k] - items[2].relevance).max() > 1e-3 * np.abs(items[2].relevance).max()
+
+
+def test_triton_target_keeps_the_tokenizer(files, tmp_path):
+    """``compile --target triton --tokenizer``: the folder's explainer holds the tokenizer, and its launch plan
+    (Triton's interpreter here) explains texts as the ONNX explainer does."""
+    folder = tmp_path / "bert.triton"
+    run = run_cli("compile", files["onnx"], "--rule", "attnlrp", "--epsilon", LIMIT, "--tokenizer",
+                  files["tokenizer"], "--target", "triton", "-o", folder)
+    assert run.returncode == 0, run.stderr
+    explainer = open_explainer(folder)
+    assert type(explainer).__name__ == "TritonExplainer"
+    assert explainer.metadata[TOKENIZER_KEY] == open(files["tokenizer"]).read()
+    target = np.array([0, 2, 1])
+    want = explain_text(Explainer(files["explainer"]), TEXTS, target)
+    for got, expected in zip(explain_text(explainer, TEXTS, target), want):
+        assert got.tokens == expected.tokens
+        np.testing.assert_allclose(got.relevance, expected.relevance, rtol=1e-4, atol=1e-6)
 
 
 TOKEN_LINE = re.compile(r"^\s+(\d+) (.+?)\s+([+-]\S+)$")

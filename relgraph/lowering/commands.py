@@ -9,13 +9,11 @@ from ..explainer import is_explainer, read_onnx
 from . import check_target, compile_triton, is_plan_dir, load
 
 
-def cmd_compile_triton(args) -> None:
+def cmd_compile_triton(args, options: dict) -> None:
+    """``compile --target triton``; ``options`` are the compiler's, as for the ONNX target."""
     check_target(args.target)
-    result = compile_triton(args.model, args.output, overwrite=args.force, rule=args.rule, epsilon=args.epsilon,
-                            gamma=args.gamma, alpha=args.alpha, beta=args.beta, bounds=args.bounds,
-                            rule_map=args.rule_map, bias_relevance=args.bias_relevance,
-                            input_name=args.input_name, formulation=args.formulation, baseline=args.baseline,
-                            patterns=args.patterns, dtype=args.dtype, input_shapes=args.input_shapes)
+    result = compile_triton(args.model, args.output, overwrite=args.force, dtype=args.dtype,
+                            **options)
     rules = Counter(result.relevance.rules().values())
     summary = ", ".join(f"{n}×{r}" for r, n in sorted(rules.items()))
     print(f"wrote {result.path}/ (explainer.onnx, plan.json; {len(result.relevance.nodes)} nodes explained: "

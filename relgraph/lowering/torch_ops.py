@@ -261,6 +261,13 @@ def size(inputs, attrs):
     return torch.tensor(inputs[0].numel(), dtype=torch.int64, device=inputs[0].device)
 
 
+@op("Range")
+def range_(inputs, attrs):
+    """start, start + delta, … up to limit (excluded), of the inputs' type: position ids over a dynamic sequence."""
+    start, limit, delta = (v.reshape(()) for v in inputs)
+    return torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+
 @op("Reshape")
 def reshape(inputs, attrs):
     x, target = inputs[0], ints(inputs[1])
