@@ -52,6 +52,30 @@ def tokenizer_json(vocab: dict) -> str:
     return tk.to_str()
 
 
+CORPUS = ["abc abd bcd cab dab", "bad cad dcba abcd", "the dab and the cab", "aabb ccdd abab cdcd"] * 20
+
+
+def trained_tokenizer(kind: str) -> str:
+    """A real subword tokenizer trained on a small corpus to fit the model's 50 ids: BERT's WordPiece (its
+    normalizer, pre-tokenizer and ``##`` continuations) or BPE, [CLS] … [SEP] around the text."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+    special = list(SPECIAL)
+    if kind == "wordpiece":
+        tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+        tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordPieceTrainer(vocab_size=ref.VOCAB, special_tokens=special)
+    else:
+        tk = Tokenizer(models.BPE(unk_token="[UNK]"))
+        tk.pre_tokenizer = pre_tokenizers.Whitespace()
+        trainer = trainers.BpeTrainer(vocab_size=ref.VOCAB, special_tokens=special)
+    tk.train_from_iterator(CORPUS, trainer)
+    tk.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                      special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tk.to_str()
+
+
 def by_hand(texts) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """ids and mask [N, SEQ] from the vocabulary dict: [CLS] words [SEP], cut to SEQ keeping [SEP], padded with 0."""
     ids, mask, lengths = np.zeros((len(texts), SEQ), np.int64), np.zeros((len(texts), SEQ), np.int64), []
@@ -162,6 +186,40 @@ def test_triton_target_keeps_the_tokenizer(files, tmp_path):
     for got, expected in zip(explain_text(explainer, TEXTS, target), want):
         assert got.tokens == expected.tokens
         np.testing.assert_allclose(got.relevance, expected.relevance, rtol=1e-4, atol=1e-6)
+
+
+# "Dabba abcd": WordPiece lowercases and splits dab ##ba; this BPE keeps the case ("D" is unknown) and merges
+# ab, ba; each piece is shown as its span of the text as written
+@pytest.mark.parametrize("kind, shown", [("wordpiece", ["[CLS]", "Dab", "ba", "abcd", "[SEP]"]),
+                                         ("bpe", ["[CLS]", "D", "ab", "ba", "abcd", "[SEP]"])])
+def test_subword_tokenizers(files, tmp_path, kind, shown):
+    """A trained WordPiece or BPE tokenizer: the ids are the tokenizers library's own (cut to the model's
+    sequence, padded), a word split into pieces shows each piece as its span of the text, and the relevance per
+    token is the explainer's on those ids."""
+    import tokenizers
+
+    path = tmp_path / f"{kind}.json"
+    path.write_text(trained_tokenizer(kind))
+    explainer = Explainer(relgraph.compile(files["onnx"], rule="attnlrp", epsilon=LIMIT, tokenizer=str(path),
+                                           output=str(tmp_path / f"{kind}.onnx")).path)
+    texts = ["Dabba abcd", "the cab and the dab bad cad abab", "zz"]
+    library = tokenizers.Tokenizer.from_file(str(path))
+    library.enable_truncation(SEQ)
+    library.enable_padding(length=SEQ, pad_id=0)
+    expected = library.encode_batch(texts)
+    encoded = TextEncoder.of(explainer).encode(texts)
+    np.testing.assert_array_equal(encoded.input_ids, [e.ids for e in expected])
+    np.testing.assert_array_equal(encoded.attention_mask, [e.attention_mask for e in expected])
+    assert encoded.tokens[0] == shown
+    unknown = encoded.tokens[2][1:-1]  # out of the alphabet: [UNK], shown as written
+    assert "".join(unknown) == "zz" and set(encoded.input_ids[2, 1:1 + len(unknown)]) == {SPECIAL["[UNK]"]}
+    assert expected[1].ids[-1] == 3  # cut to the sequence, [SEP] kept
+    target = np.array([1, 0, 2])
+    want = direct(explainer.path, encoded.input_ids, encoded.attention_mask, target)
+    for n, item in enumerate(explain_text(explainer, texts, target)):
+        k = len(item.tokens)
+        assert k == sum(expected[n].attention_mask)
+        np.testing.assert_allclose(item.relevance, want["relevance"][n, :k], rtol=1e-6, atol=1e-9)
 
 
 TOKEN_LINE = re.compile(r"^\s+(\d+) (.+?)\s+([+-]\S+)$")
