@@ -172,6 +172,14 @@ def static_dims(value: ir.Value, what: str = "") -> list[int]:
 # ---------------------------------------------------------------------------------------------- builder
 
 
+def stabilized(op, z, epsilon, minus_epsilon, zero):
+    """stab(z) = z + ε·s, s = +1 where z ≥ 0 and −1 where z < 0 (sign(0) = +1), as ``op(op_type, *inputs)`` writes
+    it: Add(z, Where(GreaterOrEqual(z, 0), ε, −ε)). The one ONNX spelling of the stabilizer, for the builder and
+    for the model-local functions' text alike; the lowering recognises it to fuse the division into a kernel
+    (``lowering/plan.py``)."""
+    return op("Add", z, op("Where", op("GreaterOrEqual", z, zero), epsilon, minus_epsilon))
+
+
 class Builder:
     """Appends nodes to a graph and returns their outputs: ``b.op("Mul", x, y)``.
 
@@ -234,9 +242,7 @@ class Builder:
         """stab(z) = z + ε·s with s = +1 where z ≥ 0 and −1 where z < 0 (so sign(0) = +1)."""
         if epsilon == 0:
             return z
-        signed = self.op("Where", self.op("GreaterOrEqual", z, self.scalar(0.0)),
-                         self.scalar(epsilon), self.scalar(-epsilon))
-        return self.op("Add", z, signed)
+        return stabilized(self.op, z, self.scalar(epsilon), self.scalar(-epsilon), self.scalar(0.0))
 
     def total(self, values) -> ir.Value | None:
         """Σ values, left to right (None for none)."""

@@ -388,7 +388,8 @@ def _expand_calls(g: _Graph) -> None:
 
 
 def _denominator(den: str, g: _Graph, producers: dict):
-    """(mode, value, ε) for the stabilized denominator ``den`` (see the module docstring)."""
+    """(mode, value, ε) for the stabilized denominator ``den`` (see the module docstring): z + ε, or the one
+    spelling of stab(z) that :func:`relgraph.graph.stabilized` writes, else the denominator as it is."""
     add = producers.get(den)
     if add is None or add.kind != "torch" or add.op != "Add":
         return "den", den, 0.0

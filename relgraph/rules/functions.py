@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import onnx
 import onnx.parser
 
+from ..graph import stabilized
+
 DOMAIN = "relgraph"
 DOMAIN_VERSION = 1
 
@@ -196,6 +198,9 @@ class _Body:
         self.lines.append(f"    {name} = {expr}")
         return name
 
+    def op(self, op_type: str, *inputs: str) -> str:
+        return self(f"{op_type} ({', '.join(inputs)})")
+
 
 def parts_function_proto(function: LocalFunction, opset: int) -> onnx.FunctionProto:
     rule, op, unit, nonneg = function.rule, function.op, function.unit_stride, function.nonnegative
@@ -238,10 +243,8 @@ def parts_function_proto(function: LocalFunction, opset: int) -> onnx.FunctionPr
         consts += ["    alpha = Constant <value_float: float = @alpha> ()",
                    "    beta = Constant <value_float: float = @beta> ()"]
 
-    def stab(z):  # z + ε·sign(z), sign(0) = +1
-        ge = v(f"GreaterOrEqual ({z}, zero)")
-        signed = v(f"Where ({ge}, eps, {v('Neg (eps)')})")
-        return v(f"Add ({z}, {signed})")
+    def stab(z):
+        return stabilized(v.op, z, "eps", v("Neg (eps)"), "zero")
 
     wp, wn = v("Relu (W)"), v("Min (W, zero)")
     xp = "x" if nonneg else v("Relu (x)")
