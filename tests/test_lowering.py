@@ -516,3 +516,21 @@ def test_shape_inference_failure_is_an_error_not_a_torch_fallback():
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(RelgraphError, match="shape inference failed"):
         lower(proto)
+
+
+def test_inspect_says_why_a_step_is_not_a_kernel(tmp_path, capsys):
+    """A 1-d convolution's ε call is expanded into torch ops, each saying the kernel takes 2-d filters; every
+    torch step of the plan carries a reason, and ``inspect --target triton`` prints it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(24, 3))
+    path = export(model, torch.zeros(1, 2, 8), tmp_path / "conv1d.onnx", dynamo=False)
+    plan = compile_triton(path, write=False, rule="epsilon").launch_plan
+    torch_steps = [s for s in plan.steps if s.kind == "torch"]
+    assert torch_steps and all(s.why for s in torch_steps)
+    unfused = [s for s in torch_steps if "not fused into epsilon_conv2d" in s.why]
+    assert unfused and all("its weight has rank 3; the kernel takes a 2-d filter bank" in s.why for s in unfused)
+    assert {s.op for s in plan.kernel_steps()} >= {"epsilon_linear", "linear"}  # the dense layer still fuses
+    assert Plan.from_json(plan.to_json()).steps[0].why == plan.steps[0].why  # kept in plan.json
+    assert main(["inspect", str(path), "--target", "triton", "--rule", "epsilon"]) == 0
+    listing = capsys.readouterr().out
+    assert "not fused into epsilon_conv2d: its weight has rank 3" in listing

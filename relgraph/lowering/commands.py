@@ -39,11 +39,12 @@ def cmd_inspect_triton(args) -> None:
         plan = load(args.model)[0]
     else:
         plan = compile_triton(args.model, write=False, rule=args.rule, rule_map=args.rule_map).launch_plan
-    print(f"{'#':>4}  {'step':58} replaces")
+    print(f"{'#':>4}  {'step':58} replaces [why not a kernel]")
     for k, step in enumerate(plan.prelude):
         print(f"{'p' + str(k):>4}  {step.describe():58} {', '.join(step.nodes)} (once, on weights)")
     for k, step in enumerate(plan.steps):
-        print(f"{k:>4}  {step.describe():58} {', '.join(step.nodes)}")
+        why = f"  [{step.why}]" if step.why else ""
+        print(f"{k:>4}  {step.describe():58} {', '.join(step.nodes)}{why}")
     print(plan_summary(plan))
     for spec in plan.specializations():
         flags = ", ".join(f"{k}={v}" for k, v in spec["flags"].items())

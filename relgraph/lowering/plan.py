@@ -53,7 +53,7 @@ class Step:
     ``attrs``: the ONNX attributes (torch) or the kernel's runtime arguments (geometry, ε). ``flags``: the
     kernel's constexpr switches, which with ``dtype`` name the compiled specialization. ``inputs`` may hold
     "" for an absent optional input. ``nodes``: the explainer nodes the step replaces. ``free``: values
-    no later step reads.
+    no later step reads. ``why``: for a torch step, why no kernel runs it.
     """
 
     kind: str
@@ -66,6 +66,7 @@ class Step:
     nodes: list = field(default_factory=list)
     free: list = field(default_factory=list)
     domain: str = ""
+    why: str = ""
 
     def to_json(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if v not in ({}, [], None, "")}
@@ -291,16 +292,16 @@ def _inline(call: Step, fn: onnx.FunctionProto) -> list[Step]:
     return steps
 
 
-def _epsilon_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | None:
-    """The ε call as a kernel step in mode "den" (``_fuse_stabilizers`` refines it), or None when its
-    operands do not fit a kernel (a batched MatMul weight, a 1-d or 3-d convolution)."""
+def _epsilon_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | str:
+    """The ε call as a kernel step in mode "den" (``_fuse_stabilizers`` refines it), or why its operands do
+    not fit a kernel (a batched MatMul weight, a 1-d or 3-d convolution)."""
     x, w, den, r = call.inputs
     op = function.kernel
     want_rank = 2 if op == "epsilon_linear" else 4
     if w not in g.initializers or g.ranks.get(w) != want_rank:
-        return None
+        return _misfit("weight", w, want_rank, g)
     if op == "epsilon_conv2d" and g.ranks.get(x) != 4:
-        return None
+        return _misfit("input", x, 4, g)
     if function.unit_stride:
         # the call carries the transpose's geometry; the forward pads are p = d·(k − 1) − back_pad
         kernel = list(g.initializers[w].dims[2:])
@@ -317,15 +318,18 @@ def _epsilon_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | No
                 dtype=None, nodes=list(call.nodes))
 
 
-def _parts_kernels(call: Step, function: LocalFunction, g: _Graph) -> list[Step] | None:
+def _parts_kernels(call: Step, function: LocalFunction, g: _Graph) -> list[Step] | str:
     """The γ / αβ call as split forward + push-back kernel steps (the shares s_a, s_b pruned unless a bias
-    reads them), or None when its operands do not fit the kernels."""
+    reads them), or why its operands do not fit the kernels."""
     rule, linear, nonneg = function.rule, function.op == "Gemm", function.nonnegative
     (x, w, b_pos, b_neg), r = call.inputs[:4], call.inputs[-1]
     rank = 2 if linear else 4
-    if w not in g.initializers or g.ranks.get(w) != rank or g.ranks.get(x) != rank \
-            or b_pos not in g.initializers or b_neg not in g.initializers:
-        return None
+    if w not in g.initializers or g.ranks.get(w) != rank:
+        return _misfit("weight", w, rank, g)
+    if g.ranks.get(x) != rank:
+        return _misfit("input", x, rank, g)
+    if b_pos not in g.initializers or b_neg not in g.initializers:
+        return "the bias is computed at run time, not a constant"
     has_bias = bool(np.any(numpy_helper.to_array(g.initializers[b_pos]))
                     or np.any(numpy_helper.to_array(g.initializers[b_neg])))
     name = call.nodes[0] or call.outputs[0]
@@ -343,12 +347,12 @@ def _parts_kernels(call: Step, function: LocalFunction, g: _Graph) -> list[Step]
     ]
 
 
-def _route_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | None:
+def _route_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | str:
     """A 2-d ``relgraph.MaxPoolRoute`` as a ``maxpool2d_back`` step (any kernel, stride, pads, dilation,
-    ceil_mode), else None (1-d and 3-d pools keep the function's ops)."""
+    ceil_mode), else why not (1-d and 3-d pools keep the function's ops)."""
     x, r = call.inputs
     if g.ranks.get(x) != 4:
-        return None
+        return _misfit("input", x, 4, g)
     attrs = {k: call.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")}
     return Step("kernel", "maxpool2d_back", [x, r], list(call.outputs), attrs, {}, nodes=list(call.nodes))
 
@@ -361,7 +365,17 @@ def _sum_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step:
                 nodes=list(call.nodes))
 
 
-# the fused kernel a model-local function names → its kernel steps, or None where its operands do not fit
+def _misfit(what: str, value: str, rank: int, g: _Graph) -> str:
+    """Why an operand does not fit a kernel: the kernels take constant 2-d weights and 2-d images."""
+    if what == "weight" and value not in g.initializers:
+        return "the weight is computed at run time, not a constant"
+    have = g.ranks.get(value)
+    expected = {2: "a matrix", 4: "a 2-d image batch [N, C, H, W]"}[rank] if what == "input" else \
+        {2: "a matrix", 4: "a 2-d filter bank"}[rank]
+    return f"its {what} has rank {have if have is not None else 'unknown'}; the kernel takes {expected}"
+
+
+# the fused kernel a model-local function names → its kernel steps, or why its operands do not fit
 _KERNEL_STEPS = {"epsilon_linear": _epsilon_kernel, "epsilon_conv2d": _epsilon_kernel,
                  "lrp_parts_linear": _parts_kernels, "lrp_parts_conv2d": _parts_kernels,
                  "maxpool2d_back": _route_kernel, "epsilon_sum": _sum_kernel}
@@ -378,10 +392,14 @@ def _expand_calls(g: _Graph) -> None:
         kernels = _KERNEL_STEPS[function.kernel](s, function, g) if function else None
         if isinstance(kernels, Step):
             kernels = [kernels]
-        if kernels:
+        if kernels and not isinstance(kernels, str):
             return kernels
         if (s.domain, s.op) in g.functions:
-            return [t for inner in _inline(s, g.functions[(s.domain, s.op)]) for t in expand(inner)]
+            inner = [t for step in _inline(s, g.functions[(s.domain, s.op)]) for t in expand(step)]
+            if isinstance(kernels, str):
+                for t in inner:
+                    t.why = t.why or f"{s.op} not fused into {function.kernel}: {kernels}"
+            return inner
         return [s]  # an op of an unknown domain: reported by the coverage check
 
     g.steps = [t for s in g.steps for t in expand(s)]
@@ -417,15 +435,17 @@ def _fuse_stabilizers(g: _Graph) -> None:
             s.flags["mode"], s.attrs["epsilon"] = mode, eps
 
 
-def _forward_kernel(s: Step, g: _Graph, const: set, transposes: list) -> Step | None:
-    """A Conv/Gemm/MatMul with constant weights as a ``conv2d`` / ``linear`` step, else None (weight
-    rewrites it needs go to ``transposes``)."""
+def _forward_kernel(s: Step, g: _Graph, const: set, transposes: list) -> Step | str | None:
+    """A Conv/Gemm/MatMul with constant weights as a ``conv2d`` / ``linear`` step, else why not (None for
+    other ops; weight rewrites it needs go to ``transposes``)."""
     if s.op not in ("Conv", "Gemm", "MatMul") or len(s.inputs) < 2:
         return None
     x, w = s.inputs[0], s.inputs[1]
     bias = s.inputs[2] if len(s.inputs) > 2 else ""
-    if x in const or w not in const or (bias and bias not in const):
-        return None
+    if x in const:
+        return "computed on constants alone"
+    if w not in const or (bias and bias not in const):
+        return "a product of two activations: the kernels take constant weights"
     if s.op == "Conv" and g.ranks.get(x) == 4 and g.ranks.get(w) == 4:
         attrs = {k: s.attrs[k] for k in ("strides", "pads", "dilations", "group", "auto_pad") if k in s.attrs}
         if attrs.get("auto_pad") == "NOTSET":
@@ -445,7 +465,13 @@ def _forward_kernel(s: Step, g: _Graph, const: set, transposes: list) -> Step | 
             const.add(wt)
         return Step("kernel", "linear", [x, wt, ""], list(s.outputs), {}, {"has_bias": False},
                     nodes=list(s.nodes))
-    return None
+    if s.op == "Conv":
+        return _misfit("input", x, 4, g) if g.ranks.get(x) != 4 else _misfit("weight", w, 4, g)
+    if g.ranks.get(w) != 2:
+        return _misfit("weight", w, 2, g)
+    if s.op == "Gemm" and g.ranks.get(x) != 2:
+        return _misfit("input", x, 2, g)
+    return "transposed, scaled or with a bias of another shape: not the kernel's x·Wᵀ + b"
 
 
 def _fuse_forward(g: _Graph) -> None:
@@ -454,6 +480,8 @@ def _fuse_forward(g: _Graph) -> None:
     steps, absorbed, transposes = [], set(), []
     for s in g.steps:
         kernel = _forward_kernel(s, g, const, transposes) if s.kind == "torch" else None
+        if isinstance(kernel, str):
+            s.why, kernel = s.why or kernel, None
         if kernel is not None:
             z = kernel.outputs[0]
             readers = readers_of.get(z, [])
@@ -489,6 +517,17 @@ def _check_coverage(g: _Graph) -> None:
                             f"Torch ops: {', '.join(sorted(TORCH_OPS))}")
 
 
+# ops that torch runs as views of their input, or that compute shapes: no arithmetic on the data
+VIEWS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size")
+
+
+def _why_torch(op: str) -> str:
+    """Why a torch step with no more specific reason is not a kernel."""
+    if op in VIEWS:
+        return "a view or a shape: no arithmetic to fuse"
+    return f"no fused kernel covers {op}: one torch op"
+
+
 def _split_prelude(g: _Graph) -> tuple[list, list]:
     """(steps computed from constants alone, the rest), both in graph order."""
     const = g.constant_names()
@@ -522,6 +561,8 @@ def lower(proto: onnx.ModelProto, *, dtype: str = "fp32") -> Plan:
     for s in g.steps:
         if s.kind == "kernel":
             s.dtype = dtype
+        else:
+            s.why = s.why or _why_torch(s.op)
     prelude, steps = _split_prelude(g)
     constants = sorted({i for s in prelude + steps for i in s.inputs if i in g.initializers}
                        | {o for o in g.outputs if o in g.initializers})
