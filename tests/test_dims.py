@@ -15,10 +15,14 @@ nearest upsampling, adaptive average pooling, Linear. For each model and form:
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from zennit.canonizers import SequentialMergeBatchNorm
+from zennit.rules import Epsilon, Norm
 
 import relgraph
 from relgraph.lowering import compile_triton
@@ -26,7 +30,7 @@ from relgraph.lowering.explainer import TritonExplainer
 
 try:
     import torch_models as tm
-    from test_zennit import COMPOSITES, HIGH, LOW, relgraph_relevance, zennit_relevance, assert_same_relevance
+    from test_zennit import COMPOSITES, HIGH, LOW, assert_same_relevance, relgraph_relevance, zennit_relevance
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import torch_models as tm
     from tests.test_zennit import (COMPOSITES, HIGH, LOW, assert_same_relevance, relgraph_relevance,
@@ -155,3 +159,71 @@ def test_epsilon_conserves(exports, name, form):
     logit = out["logits"][np.arange(len(x)), target]
     total = tm.per_sample(out["relevance"]).sum(1) + out["bias_relevance"]
     np.testing.assert_allclose(total, logit, rtol=1e-2)
+
+
+class FixedSigmaGroupNorm(nn.Module):
+    """GroupNorm whose σ autograd sees as a constant: y = γ ⊙ (h − mean_g h) / σ_g + β with σ_g detached, the
+    same function as ``norm``. Its gradient is the linear map A = diag(γ/σ)(I − M) of the LN rule (σ constant),
+    so zennit's ``Epsilon`` on it is that rule: R_h = h ⊙ Aᵀ(R ⊘ stab(y)). zennit has no rule of its own for
+    GroupNorm (its default, the gradient, differentiates σ too)."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.groups, self.eps = norm.num_groups, norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, h):
+        g = h.reshape(h.shape[0], self.groups, -1)
+        centered = g - g.mean(2, keepdim=True)
+        sigma = (centered.pow(2).mean(2, keepdim=True) + self.eps).sqrt().detach()
+        shape = (1, -1) + (1,) * (h.dim() - 2)
+        return (centered / sigma).reshape(h.shape) * self.weight.reshape(shape) + self.bias.reshape(shape)
+
+
+def zennit_model(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every GroupNorm written as :class:`FixedSigmaGroupNorm` (the same function)."""
+    copied = copy.deepcopy(model)
+    for name, module in list(copied.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(module, child_name, FixedSigmaGroupNorm(child))
+    return copied
+
+
+def zennit_composite(rule: str, shape):
+    """zennit's composite with the BatchNorms merged into the convolutions (``SequentialMergeBatchNorm``, every
+    rank), and rules for the two modules it has none for: ``Norm`` on upsampling (relgraph's ``norm`` on a
+    linear Resize, x ⊙ Aᵀ(R ⊘ stab(Ax)); on nearest upsampling it is the adjoint AᵀR but for the 1e-6
+    stabilizer, as relgraph's) and ``Epsilon`` on the GroupNorm with σ held fixed (the LN rule)."""
+    composite = COMPOSITES[rule](SequentialMergeBatchNorm(), shape)
+    composite.layer_map[:0] = [(nn.Upsample, Norm()), (FixedSigmaGroupNorm, Epsilon())]
+    return composite
+
+
+@pytest.mark.parametrize("rule", ["epsilon-plus-flat", "epsilon-gamma-box"])
+@pytest.mark.parametrize("name, form", CASES)
+def test_composites_match_zennit(exports, name, form, rule):
+    model, path = exports(name, form)
+    x = tm.random_input((3, *model.input_shape), 3, LOW, HIGH)
+    target = tm.reference_logits(model, x).argmax(1)
+    relevance, _ = relgraph_relevance(path, rule, x, target, bounds=(LOW, HIGH))
+    reference = zennit_model(model)
+    expected = zennit_relevance(reference, zennit_composite(rule, x.shape), x, target)
+    assert_same_relevance(relevance, expected,
+                          lambda: zennit_relevance(reference, zennit_composite(rule, x.shape), x, target,
+                                                   torch.float32))
+
+
+@pytest.mark.parametrize("name, form", CASES)
+def test_triton_matches_onnxruntime(exports, tmp_path, name, form):
+    """The launch plan (Triton's interpreter without a GPU) gives the ONNX explainer's outputs under ε."""
+    model, path = exports(name, form)
+    folder = compile_triton(path, tmp_path / "epsilon.triton", rule="epsilon").path
+    reference, lowered = relgraph.Explainer(folder), relgraph.open_explainer(folder)
+    assert isinstance(lowered, TritonExplainer)
+    x = _input(model, 4, n=2)
+    want, got = reference.explain(x), lowered.explain(x)
+    for key in ("logits", "bias_relevance"):
+        scale = max(np.abs(want[key]).max(), 1e-30)
+        np.testing.assert_allclose(got[key] / scale, want[key] / scale, atol=1e-5, err_msg=key)
+    assert tm.relative_error(got["relevance"], want["relevance"]).max() < 1e-4
