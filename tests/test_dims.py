@@ -5,12 +5,17 @@ AvgPool1d, linear and nearest upsampling, adaptive average pooling, Linear. Vide
 Conv3d with stride and padding, BatchNorm3d, ReLU, MaxPool3d, AvgPool3d, GroupNorm on 5-d, trilinear and
 nearest upsampling, adaptive average pooling, Linear. For each model and form:
 
+- canonicalization leaves the ops the rules expect (BatchNorms folded, the GroupNorm a LayerNormalization, every
+  upsampling a Resize, or the gathers torch's dynamo form writes a 1-d linear one with);
 - the explainer's logits equal torch's (relative 1e-5);
 - ``gradient`` equals torch autograd in float64 (relative L2 per sample < 1e-4);
-- ``epsilon`` conserves: Σ relevance + Σ bias relevance = the target logit within 1 %;
-- ``epsilon-plus-flat`` and ``epsilon-gamma-box`` match zennit on the model without the ops zennit has no rule
-  for (see ``test_composites_match_zennit``);
+- ``epsilon`` conserves: Σ relevance + Σ bias relevance = the target logit (relative 1e-3);
+- ``epsilon-plus-flat`` and ``epsilon-gamma-box`` match zennit (float64; relative L2 ≤ 1e-4), given rules for
+  the two modules it has none for (:func:`zennit_composite`);
 - the triton target (Triton's interpreter without a GPU) gives onnxruntime's relevance under ``epsilon``.
+
+GatherNDAsGatherPass, which folds the dynamo form's GatherND to a Gather, keeps the function (onnxruntime before
+and after) and says why it skips the GatherNDs it cannot fold.
 """
 
 from __future__ import annotations
@@ -18,14 +23,20 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
 import pytest
 import torch
+from onnx import helper, numpy_helper
 from torch import nn
 from zennit.canonizers import SequentialMergeBatchNorm
 from zennit.rules import Epsilon, Norm
 
 import relgraph
-from relgraph.lowering import compile_triton
+from relgraph.frontend import prepare
+from relgraph.lowering import compile_triton, load
+from relgraph.passes import GatherNDAsGatherPass, InferShapesPass
 from relgraph.lowering.explainer import TritonExplainer
 
 try:
@@ -82,7 +93,8 @@ class AudioCNN(nn.Module):
 
 
 class VideoCNN(nn.Module):
-    """[N, 3, 4, 8, 8] → Conv3d p1 → BN → ReLU → MaxPool3d k2 → ×2 trilinear → Conv3d s2 p1 → GroupNorm(2, 8)
+    """[N, 3, 4, 8, 8] → Conv3d p1 → BN → ReLU → MaxPool3d k(2, 3, 3) s2 p(0, 1, 1) (windows overlap in space, not
+    in time) → ×2 trilinear → Conv3d s2 p1 → GroupNorm(2, 8)
     → ReLU → AvgPool3d (1, 2, 2) → ×2 nearest → Conv3d → ReLU → adaptive average pool → Linear."""
 
     input_shape = (3, 4, 8, 8)
@@ -91,7 +103,7 @@ class VideoCNN(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv3d(3, 6, 3, padding=1), nn.BatchNorm3d(6), nn.ReLU(),                   # 4x8x8
-            nn.MaxPool3d(2),                                                                # 2x4x4
+            nn.MaxPool3d((2, 3, 3), stride=2, padding=(0, 1, 1)),                           # 2x4x4
             nn.Upsample(scale_factor=2, mode="trilinear"),                                  # 4x8x8
             nn.Conv3d(6, 8, 3, stride=2, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),         # 2x4x4
             nn.AvgPool3d((1, 2, 2)),                                                        # 2x2x2
@@ -132,6 +144,32 @@ def exports(tmp_path_factory):
     return get
 
 
+# what the rules see after canonicalization: the BatchNorms folded into the convolutions, the GroupNorm a
+# LayerNormalization between reshapes, upsampling a Resize of each mode, except the dynamo form's 1-d linear
+# upsampling, written out as two row gathers mixed by constant weights, a + (b − a)·w
+CANONICAL = {
+    ("audio", "legacy"): {"Resize": ["linear", "nearest"], "Gather": 0, "LayerNormalization": 0},
+    ("audio", "dynamo"): {"Resize": ["nearest"], "Gather": 2, "LayerNormalization": 0},
+    ("video", "legacy"): {"Resize": ["linear", "nearest"], "Gather": 0, "LayerNormalization": 1},
+    ("video", "dynamo"): {"Resize": ["linear", "nearest"], "Gather": 0, "LayerNormalization": 1},
+}
+
+
+@pytest.mark.parametrize("name, form", CASES)
+def test_canonical_form(exports, name, form):
+    model, path = exports(name, form)
+    graph = prepare(path)[0].graph
+    ops = [n.op_type for n in graph]
+    expected = CANONICAL[name, form]
+    assert sorted(str(n.attributes["mode"].value) for n in graph if n.op_type == "Resize") == expected["Resize"]
+    assert ops.count("Gather") == expected["Gather"] and "GatherND" not in ops
+    assert ops.count("LayerNormalization") == expected["LayerNormalization"]
+    assert "BatchNormalization" not in ops and "InstanceNormalization" not in ops
+    assert (ops.count("Conv"), ops.count("MaxPool"), ops.count("AveragePool")) == (3, 1, 1)
+    rank = 1 + len(model.input_shape)  # the batch and the input_shape
+    assert all(len(n.inputs[0].shape) == rank for n in graph if n.op_type in ("Conv", "MaxPool", "AveragePool"))
+
+
 def _input(model, seed, n=3):
     return tm.random_input((n, *model.input_shape), seed)
 
@@ -158,7 +196,7 @@ def test_epsilon_conserves(exports, name, form):
         out = relgraph.Explainer(result.path).explain(x, target=target)
     logit = out["logits"][np.arange(len(x)), target]
     total = tm.per_sample(out["relevance"]).sum(1) + out["bias_relevance"]
-    np.testing.assert_allclose(total, logit, rtol=1e-2)
+    np.testing.assert_allclose(total, logit, rtol=1e-3)  # measured 3e-5
 
 
 class FixedSigmaGroupNorm(nn.Module):
@@ -209,21 +247,64 @@ def test_composites_match_zennit(exports, name, form, rule):
     relevance, _ = relgraph_relevance(path, rule, x, target, bounds=(LOW, HIGH))
     reference = zennit_model(model)
     expected = zennit_relevance(reference, zennit_composite(rule, x.shape), x, target)
-    assert_same_relevance(relevance, expected,
+    assert_same_relevance(relevance, expected,  # measured ≤ 2e-5
                           lambda: zennit_relevance(reference, zennit_composite(rule, x.shape), x, target,
-                                                   torch.float32))
+                                                   torch.float32), tolerance=1e-4)
 
 
 @pytest.mark.parametrize("name, form", CASES)
 def test_triton_matches_onnxruntime(exports, tmp_path, name, form):
-    """The launch plan (Triton's interpreter without a GPU) gives the ONNX explainer's outputs under ε."""
+    """The launch plan (Triton's interpreter without a GPU) gives the ONNX explainer's outputs under ε: the dense
+    head on its kernels, the 1-d and 3-d convolutions, pools and max-pool routes as torch steps."""
     model, path = exports(name, form)
     folder = compile_triton(path, tmp_path / "epsilon.triton", rule="epsilon").path
     reference, lowered = relgraph.Explainer(folder), relgraph.open_explainer(folder)
     assert isinstance(lowered, TritonExplainer)
+    plan = load(folder)[0]
+    sums = {"epsilon_sum"} if (name, form) == ("audio", "dynamo") else set()  # a + (b − a)·w, written out
+    assert {s.op for s in plan.kernel_steps()} == {"linear", "epsilon_linear"} | sums
+    assert "ScatterElements" in {s.op for s in plan.steps}  # the max-pool route, expanded
     x = _input(model, 4, n=2)
     want, got = reference.explain(x), lowered.explain(x)
     for key in ("logits", "bias_relevance"):
         scale = max(np.abs(want[key]).max(), 1e-30)
         np.testing.assert_allclose(got[key] / scale, want[key] / scale, atol=1e-5, err_msg=key)
     assert tm.relative_error(got["relevance"], want["relevance"]).max() < 1e-4
+
+
+def _gather_nd_model(indices: np.ndarray, batch_dims: int = 0) -> onnx.ModelProto:
+    """y = GatherND(x, indices) on x [L, N, C] with a dynamic N (the batch behind torch's Transpose)."""
+    graph = helper.make_graph(
+        [helper.make_node("GatherND", ["x", "i"], ["y"], batch_dims=batch_dims)], "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [8, "N", 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(indices.astype(np.int64), "i")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+@pytest.mark.parametrize("shape", [(16, 1), (4, 5, 1)])
+def test_gather_nd_as_gather_keeps_the_function(shape):
+    indices = np.random.default_rng(1).integers(-8, 8, shape)
+    proto = _gather_nd_model(indices)
+    model = ir.from_proto(proto)
+    InferShapesPass()(model)
+    fold = GatherNDAsGatherPass()
+    assert fold(model).modified and not fold.skipped
+    assert [n.op_type for n in model.graph] == ["Gather"]
+    x = tm.random_input((8, 2, 3), 11)
+
+    def run(p):
+        return ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    np.testing.assert_array_equal(run(ir.serde.serialize_model(model)), run(proto))
+
+
+@pytest.mark.parametrize("indices, batch_dims, why", [
+    (np.zeros((4, 2)), 0, "more than one axis"),
+    (np.zeros((2, 4, 1)), 1, "batch_dims"),
+])
+def test_gather_nd_as_gather_skips(indices, batch_dims, why):
+    model = ir.from_proto(_gather_nd_model(indices, batch_dims))
+    fold = GatherNDAsGatherPass()
+    assert not fold(model).modified
+    assert len(fold.skipped) == 1 and why in fold.skipped[0]
