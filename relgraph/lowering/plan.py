@@ -43,6 +43,7 @@ from ..rules.functions import DOMAIN, FUNCTIONS, LocalFunction
 FORMAT = "relgraph.plan/1"
 KERNEL_OPS = ("linear", "conv2d", "epsilon_linear", "epsilon_conv2d", "lrp_parts_linear", "lrp_parts_linear_back",
               "lrp_parts_conv2d", "lrp_parts_conv2d_back", "maxpool2d_back", "epsilon_sum")
+REQUIRED = ("kind", "op", "inputs", "outputs")  # the fields of a Step without a default
 
 
 @dataclass
@@ -69,7 +70,8 @@ class Step:
     why: str = ""
 
     def to_json(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if v not in ({}, [], None, "")}
+        # the fields without a default stay even when empty: a Constant step has no inputs
+        out = {k: v for k, v in asdict(self).items() if k in REQUIRED or v not in ({}, [], None, "")}
         out["attrs"] = {k: _encode(v) for k, v in self.attrs.items()}
         return out
 

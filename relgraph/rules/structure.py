@@ -149,7 +149,7 @@ def _check_gather(node) -> str | None:
     axis = attr(node, "axis", 0) % max(len(data), 1)
     if data[axis] is None:
         return "it gathers along a dynamic axis (the batch axis?)"
-    if np.ndim(const_array(node.inputs[1])) > 0 and None in data[axis + 1:]:
+    if np.ndim(const_array(node.inputs[1])) > 1 and None in data[axis + 1:]:
         return "the data has dynamic dimensions after the gathered axis"
     return None
 
@@ -172,7 +172,8 @@ def gather_adjoint(env: Env):
     onehot = np.zeros((picked.size, data[axis]), np.float32)
     onehot[np.arange(picked.size), picked] = 1.0
     # R: data[:axis] + indices' shape + data[axis + 1:] → data[:axis] + [K] + data[axis + 1:], axis moved last
-    R = b.op("Reshape", env.R, b.ints([0] * axis + [picked.size] + data[axis + 1:]))
+    # (1-d indices: R has that shape already, and its later axes may be dynamic, the batch behind a Transpose)
+    R = env.R if np.ndim(index) == 1 else b.op("Reshape", env.R, b.ints([0] * axis + [picked.size] + data[axis + 1:]))
     last = len(data) - 1
     perm = [a for a in range(len(data)) if a != axis] + [axis]
     moved = b.op("MatMul", b.op("Transpose", R, perm=perm), b.const(onehot))
