@@ -20,6 +20,7 @@ from .fuse_layer_norm import FuseLayerNormPass
 from .fuse_softmax import FuseSoftmaxPass
 from .fuse_softsign import FuseSoftsignPass
 from .gather_nd_as_gather import GatherNDAsGatherPass
+from .lerp_as_resize import LerpAsResizePass
 from .normalize_gemm import NormalizeGemmPass
 from .reduce_sum_as_mean import ReduceSumAsMeanPass
 from .relevance import build_relevance
@@ -28,7 +29,8 @@ from .shapes import InferShapesPass
 __all__ = ["canonicalize", "build_relevance", "BiasAsInputPass", "CleanupPass", "DecomposeGatesPass",
            "DropNoopReshapesPass", "EinsumAsMatMulPass", "FoldBatchNormPass", "FoldConstantsPass", "FoldGroupNormPass",
            "FuseClipPass", "FuseHardSigmoidPass", "FuseHardSwishPass", "FuseLayerNormPass", "FuseSoftmaxPass",
-           "FuseSoftsignPass", "GatherNDAsGatherPass", "NormalizeGemmPass", "InferShapesPass", "ReduceSumAsMeanPass"]
+           "FuseSoftsignPass", "GatherNDAsGatherPass", "LerpAsResizePass", "NormalizeGemmPass", "InferShapesPass",
+           "ReduceSumAsMeanPass"]
 
 
 def canonicalize(model: ir.Model) -> list[str]:
@@ -36,15 +38,16 @@ def canonicalize(model: ir.Model) -> list[str]:
 
     Order matters: constants must be folded before shapes are final, BatchNorm folded before biases are
     made explicit inputs, and shapes inferred again after every pass that creates values. The spelling
-    passes (einsums with a constant as MatMuls, GatherNDs of rows as Gathers, gates, softmaxes, clamps, hard
+    passes (einsums with a constant as MatMuls, GatherNDs of rows as Gathers, lerps of such Gathers as
+    linear Resizes (after the GatherND fold, whose Gathers they read), gates, softmaxes, clamps, hard
     sigmoid, hard swish, no-op reshapes, sums as means, group norms, written-out LayerNorms) read constants and
     shapes, so they run after folding; clamps are folded first, as the hard sigmoid and hard swish read one
     Clip; einsums and softmaxes before the sums, as an einsum may sum an axis and a written-out softmax reads
     one ReduceSum.
     """
     folds, bns, gemms = FoldConstantsPass(), FoldBatchNormPass(), NormalizeGemmPass()
-    spellings = [EinsumAsMatMulPass(), GatherNDAsGatherPass(), DecomposeGatesPass(), FuseSoftmaxPass(),
-                 FuseSoftsignPass(), FuseClipPass(), FuseHardSigmoidPass(), FuseHardSwishPass(),
+    spellings = [EinsumAsMatMulPass(), GatherNDAsGatherPass(), LerpAsResizePass(), DecomposeGatesPass(),
+                 FuseSoftmaxPass(), FuseSoftsignPass(), FuseClipPass(), FuseHardSigmoidPass(), FuseHardSwishPass(),
                  DropNoopReshapesPass(), ReduceSumAsMeanPass(), FoldGroupNormPass(), FuseLayerNormPass()]
     ir.passes.Sequential(
         common.NameFixPass(),
