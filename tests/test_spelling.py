@@ -351,6 +351,56 @@ TAILS = {
 }
 
 
+
+def lerp_neighbours(n_in: int, n_out: int, align_corners: bool):
+    """(left, right, weight) per output position of torch's 1-d linear upsampling: the source coordinate
+    i·(n_in − 1)/(n_out − 1) (align_corners) or (i + ½)·n_in/n_out − ½ clamped at 0, its floor and the next
+    index (clamped at the end), and the fraction between them."""
+    i = np.arange(n_out)
+    src = i * (n_in - 1) / (n_out - 1) if align_corners else np.maximum((i + 0.5) * n_in / n_out - 0.5, 0)
+    left = np.floor(src).astype(np.int64)
+    return left, np.minimum(left + 1, n_in - 1), (src - left).astype(np.float32)
+
+
+def _listed(values) -> str:
+    return ", ".join(map(str, values))
+
+
+def lerp_body(axis: int, align_corners: bool, form: str) -> str:
+    """h [N, 4, 6, 6] upsampled ×2 along ``axis`` (2 or 3) as torch's exports write it: gathers of the left and
+    right neighbours mixed as a + (b − a)·w ("lerp"), the same between a Transpose that moves the axis first
+    and its inverse (torch's dynamo export, "dynamo"), or as (1 − w)·a + w·b ("convex")."""
+    left, right, w = lerp_neighbours(6, 12, align_corners)
+    shape = "12" if axis == 3 else "12, 1"
+    text = (f"   li = Constant <value = int64[12] {{{_listed(left)}}}> ()"
+            f"\n   ri = Constant <value = int64[12] {{{_listed(right)}}}> ()"
+            f"\n   lw = Constant <value = float[{shape}] {{{_listed(repr(float(v)) for v in w)}}}> ()")
+    if form == "dynamo":
+        perm = [axis] + [j for j in range(4) if j != axis]
+        back = [perm.index(j) for j in range(4)]
+        text += (f"\n   ht = Transpose <perm = [{_listed(perm)}]> (h)\n   ta = Gather (ht, li)\n   tb = Gather (ht, ri)"
+                 f"\n   ga = Transpose <perm = [{_listed(back)}]> (ta)"
+                 f"\n   gb = Transpose <perm = [{_listed(back)}]> (tb)")
+    else:
+        text += f"\n   ga = Gather <axis = {axis}> (h, li)\n   gb = Gather <axis = {axis}> (h, ri)"
+    if form == "convex":
+        return text + "\n   om = Sub (one, lw)\n   ma = Mul (ga, om)\n   mb = Mul (lw, gb)\n   a = Add (ma, mb)"
+    return text + "\n   d = Sub (gb, ga)\n   m = Mul (d, lw)\n   a = Add (ga, m)"
+
+
+def resize_body(axis: int, mode: str) -> str:
+    scales = ", ".join("2.0" if j == axis else "1.0" for j in range(4))
+    return (f"   sc = Constant <value = float[4] {{{scales}}}> ()"
+            f"\n   a = Resize <mode = \"linear\", coordinate_transformation_mode = \"{mode}\"> (h, , sc)")
+
+
+# linear upsampling ×2: the Resize, and the gathers and lerp of torch's dynamo export (align_corners False, along
+# the width; True, along the height), folded by LerpAsResizePass
+BODIES["upsample-linear"] = ("Resize", [resize_body(3, "half_pixel")]
+                             + [lerp_body(3, False, form) for form in ("lerp", "dynamo", "convex")])
+BODIES["upsample-linear-corners"] = ("Resize", [resize_body(2, "align_corners")]
+                                     + [lerp_body(2, True, form) for form in ("lerp", "dynamo", "convex")])
+
 def weights(seed: int) -> dict:
     rng = np.random.default_rng(seed)
     return {"W1": rng.normal(0, 0.5, (4, 3, 3, 3)), "B1": rng.normal(0, 0.1, 4),
@@ -438,7 +488,7 @@ def test_output_spellings_give_equal_relevance(tmp_path, case, seed):
 # gate) stay products, recognised as gates by the relevance pass
 FOLDED = {"hardswish", "hard-sigmoid", "squeeze-excitation", "relu6", "relu", "passthrough", "layer-norm",
           "layer-norm-chw", "layer-norm-channels", "instance-norm", "group-norm", "batchnorm", "softsign",
-          "softmax-inner"}
+          "softmax-inner", "upsample-linear", "upsample-linear-corners"}
 
 
 @pytest.mark.parametrize("case", sorted(BODIES))
