@@ -35,6 +35,7 @@ from ..rules.resize import axis_matrix, settings_of
 
 # torch's align_corners=False and =True, and the two other modes whose linear Resize is a convex map
 COORDINATE_MODES = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+MAX_DEPTH = 8
 TOLERANCE = 1e-6  # float32 rounding of the exporter's weights against the float64 matrix
 
 
@@ -52,8 +53,8 @@ def _gather_leaf(v: ir.Value):
     if node is None or node.op_type != "Gather" or node.domain not in STANDARD:
         return None
     indices, source = const_array(node.inputs[1]), node.inputs[0]
-    if indices is None or indices.ndim != 1 or source.shape is None:
-        return None
+    if indices is None or indices.ndim != 1 or source.shape is None or const_array(source) is not None:
+        return None  # a gather of a constant (a position embedding) is itself a constant
     axis = int(attr(node, "axis", 0)) % len(source.shape)
     before = source.producer()
     if after is not None:  # x → Transpose(Q) → Gather → Transpose(P), with Q[P[j]] = j
@@ -69,28 +70,35 @@ def _gather_leaf(v: ir.Value):
     return source, axis, np.asarray(indices, np.int64) % n
 
 
-def linear_terms(v: ir.Value, seen: list) -> list:
+def linear_terms(v: ir.Value, seen: list, depth: int = 0) -> list:
     """``v`` as [(leaf, weight)]: v = Σ weight ⊙ leaf, each leaf a gather of :func:`_gather_leaf` and each weight
     a float64 constant array (broadcast as ONNX broadcasts). Raises NotLinear; ``seen`` collects the gathers
-    met, so that a caller can tell a near miss from an expression that gathers nothing."""
+    met (those under a product of two activations too), so that a caller can tell a near miss from an
+    expression that mixes no gathers. A lerp is a few steps deep: the walk stops at ``MAX_DEPTH``."""
     leaf = _gather_leaf(v)
     if leaf is not None:
         seen.append(leaf)
         return [(leaf, np.ones((), np.float64))]
     node = v.producer()
-    if node is None or node.domain not in STANDARD:
+    if node is None or node.domain not in STANDARD or depth >= MAX_DEPTH:
         raise NotLinear
+    depth += 1
     op, inputs = node.op_type, list(node.inputs)
     if op == "Neg":
-        return [(leaf, -w) for leaf, w in linear_terms(inputs[0], seen)]
+        return [(leaf, -w) for leaf, w in linear_terms(inputs[0], seen, depth)]
     if op in ("Add", "Sub") and len(inputs) == 2:
-        left, right = linear_terms(inputs[0], seen), linear_terms(inputs[1], seen)
+        left, right = linear_terms(inputs[0], seen, depth), linear_terms(inputs[1], seen, depth)
         return left + ([(leaf, -w) for leaf, w in right] if op == "Sub" else right)
     if op == "Mul" and len(inputs) == 2:
         for signal, scale in (inputs, inputs[::-1]):
             k = const_array(scale)
             if k is not None and k.dtype.kind == "f" and const_array(signal) is None:
-                return [(leaf, w * k.astype(np.float64)) for leaf, w in linear_terms(signal, seen)]
+                return [(leaf, w * k.astype(np.float64)) for leaf, w in linear_terms(signal, seen, depth)]
+        for factor in inputs:  # a product of two activations: not linear, but were gathers mixed?
+            try:
+                linear_terms(factor, seen, depth)
+            except NotLinear:
+                pass
     raise NotLinear
 
 
@@ -144,8 +152,8 @@ class LerpAsResizePass(ReportingPass):
                 terms = linear_terms(out, seen)
             except NotLinear:
                 terms = None
-            if not seen:
-                continue
+            if len(seen) < 2:
+                continue  # no mix of gathers (a residual sum, a picked token): nothing to report
             why = "it is no sum of gathers weighted by constants" if terms is None else None
             found = why or interpolation_matrix(terms, out.shape)
             if isinstance(found, tuple):
