@@ -32,16 +32,16 @@ def _listed(values) -> str:
 
 
 def lerp_model(n_in: int, n_out: int, align_corners: bool, weights=None, body: str | None = None,
-               opset: int = 18) -> onnx.ModelProto:
+               opset: int = 18, y_shape: str | None = None) -> onnx.ModelProto:
     """y = a + (b − a)·w, a and b: x [N, 3, n_in] gathered at the left and right neighbours along the last axis
-    (or ``body`` after the constants li, ri, lw)."""
+    (or ``body`` after the constants li, ri, lw; y of shape ``y_shape``)."""
     left, right, w = lerp_neighbours(n_in, n_out, align_corners)
     w = w if weights is None else np.asarray(weights, np.float32)
     body = body or ("   ga = Gather <axis = 2> (x, li)\n   gb = Gather <axis = 2> (x, ri)\n   d = Sub (gb, ga)"
                     "\n   m = Mul (d, lw)\n   y = Add (ga, m)")
     text = f"""
 <ir_version: 10, opset_import: ["" : {opset}]>
-lerp (float[N, 3, {n_in}] x) => (float[N, 3, {n_out}] y) {{
+lerp (float[N, 3, {n_in}] x) => (float[{y_shape or f"N, 3, {n_out}"}] y) {{
    li = Constant <value = int64[{n_out}] {{{_listed(left)}}}> ()
    ri = Constant <value = int64[{n_out}] {{{_listed(right)}}}> ()
    lw = Constant <value = float[{_listed(w.shape)}] {{{_listed(repr(float(v)) for v in w.reshape(-1))}}}> ()
@@ -162,6 +162,17 @@ def test_near_misses_are_left_alone(why):
     assert not fold(model).modified
     assert [n.op_type for n in model.graph] == before and "Resize" not in before
     assert len(fold.skipped) == 1 and why in fold.skipped[0], fold.skipped
+
+
+def test_transposes_that_do_not_undo_each_other_are_no_gather_of_x():
+    """x moved to [L, N, 3], gathered, then to [3, N, 2L]: a lerp, but of a tensor laid out otherwise than x."""
+    body = ("   xt = Transpose <perm = [2, 0, 1]> (x)\n   ta = Gather (xt, li)\n   tb = Gather (xt, ri)"
+            "\n   ga = Transpose <perm = [2, 1, 0]> (ta)\n   gb = Transpose <perm = [2, 1, 0]> (tb)\n   d = Sub (gb, ga)"
+            "\n   m = Mul (d, lw)\n   y = Add (ga, m)")
+    proto = lerp_model(8, 16, False, body=body, y_shape="3, N, 16")
+    model = prepared(proto)
+    assert not LerpAsResizePass()(model).modified
+    assert "Resize" not in [n.op_type for n in model.graph]
 
 
 def test_resize_needs_opset_11():
