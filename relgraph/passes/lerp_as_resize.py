@@ -12,7 +12,8 @@ relevance pass explains the Sub, the Mul and the Add one by one, and the relevan
 The expression is read by what it computes, not by its nodes: from an Add (the root of a chain of Add, Sub,
 Neg and Mul by a constant), every value is a sum of terms wₜ ⊙ Gather(x, iₜ, axis=k), each weight a constant
 that varies along the gathered axis only. So a + (b − a)·w, (1 − w)·a + w·b and w·b − (w − 1)·a all read as
-the same A. A is folded to the linear Resize (half_pixel, pytorch_half_pixel, align_corners or asymmetric
+the same A; an Add that is no lerp (an upsampling plus a skip connection) leaves the Adds inside it to be read
+on their own. A is folded to the linear Resize (half_pixel, pytorch_half_pixel, align_corners or asymmetric
 coordinates, scale n_out / n_in) whose own matrix, built by onnx's reference Resize as the rules build it,
 equals A to float32 rounding of the exporter's weights.
 
@@ -102,7 +103,7 @@ def linear_terms(v: ir.Value, seen: list, depth: int = 0) -> list:
     raise NotLinear
 
 
-def interpolation_matrix(terms: list, out_shape) -> tuple[ir.Value, int, np.ndarray] | str:
+def interpolation_matrix(terms: list) -> tuple[ir.Value, int, np.ndarray] | str:
     """(x, axis, A) with y = x ×_axis A for the terms of :func:`linear_terms`, or why there is none."""
     sources = {(id(leaf[0]), leaf[1]) for leaf, _ in terms}
     if len(sources) != 1:
@@ -140,13 +141,13 @@ class LerpAsResizePass(ReportingPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, opset = model.graph, model.opset_imports.get("", 17)
-        modified = False
+        modified, pending = False, []
         for node in reversed(list(graph)):  # the root of an expression before its parts
             if node.op_type != "Add" or node.domain not in STANDARD or node.graph is None:
                 continue
             out = node.outputs[0]
-            if out.shape is None or any(u.node.op_type in ("Add", "Sub", "Mul", "Neg") for u in out.uses()):
-                continue  # a part of a larger sum, read from its root
+            if out.shape is None or not (out.uses() or out.is_graph_output()):
+                continue  # a part of a sum folded already
             seen: list = []
             try:
                 terms = linear_terms(out, seen)
@@ -154,8 +155,7 @@ class LerpAsResizePass(ReportingPass):
                 terms = None
             if len(seen) < 2:
                 continue  # no mix of gathers (a residual sum, a picked token): nothing to report
-            why = "it is no sum of gathers weighted by constants" if terms is None else None
-            found = why or interpolation_matrix(terms, out.shape)
+            found = "it is no sum of gathers weighted by constants" if terms is None else interpolation_matrix(terms)
             if isinstance(found, tuple):
                 x, axis, A = found
                 resize = matching_resize(A)
@@ -163,7 +163,9 @@ class LerpAsResizePass(ReportingPass):
                 if opset < 11:
                     found = f"opset {opset} has no Resize with a coordinate transformation mode"
             if found:
-                self.skipped.append(f"Add '{node.name}' kept (a lerp of gathers?): {found}")
+                # a part of a larger sum is read from its root; the root is named once the loop is over
+                if not any(u.node.op_type in ("Add", "Sub", "Mul", "Neg") for u in out.uses()):
+                    pending.append((node, found))
                 continue
             mode, scale = resize
             emit = Emitter(graph, node)
@@ -174,6 +176,14 @@ class LerpAsResizePass(ReportingPass):
             emit.replace(out, resized)
             graph.remove(node, safe=True)
             modified = True
+        for node, why in pending:  # a sum whose lerp was folded in the end (an upsampling plus a skip) is no near miss
+            seen = []
+            try:
+                linear_terms(node.outputs[0], seen)
+            except NotLinear:
+                pass
+            if len(seen) >= 2:
+                self.skipped.append(f"Add '{node.name}' kept (a lerp of gathers?): {why}")
         if modified:
             common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified)
