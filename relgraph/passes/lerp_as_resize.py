@@ -17,10 +17,11 @@ on their own. A is folded to the linear Resize (half_pixel, pytorch_half_pixel, 
 coordinates, scale n_out / n_in) whose own matrix, built by onnx's reference Resize as the rules build it,
 equals A to float32 rounding of the exporter's weights.
 
-Skipped, with the reason: terms that gather different tensors or along different axes, weights that do not
-form a convex combination (outside [0, 1]: extrapolation, not interpolation), and an A that no linear Resize
-reproduces. Weights computed at run time, or a weight that varies along another axis, make the expression
-no linear map of x at all and it is not read as one.
+Skipped, with the reason: terms that gather different tensors or along different axes, weights computed at run
+time or varying along another axis than the gathered one, weights that do not form a convex combination
+(outside [0, 1]: extrapolation, not interpolation), and an A that no linear Resize reproduces. Such an A stays
+written out: as a MatMul by a constant it would be explained as a layer with weights (γ under
+``epsilon-gamma-box``), not as the average it is.
 """
 
 from __future__ import annotations
