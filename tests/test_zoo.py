@@ -5,7 +5,9 @@ For each architecture (random weights, randomized BatchNorm statistics, small in
 - the explainer's logits equal torch's;
 - ``gradient`` equals torch autograd (float64);
 - ``epsilon`` conserves: Σ relevance + Σ bias relevance = the target logit within 1 %;
-- the composites match zennit's (per-sample cosine > 0.9999 after dividing by the target logit), with
+- the composites match zennit's in direction and scale (per-sample cosine > 0.9999 and relative L2 ≤ 1e-3, or
+  2× zennit's own float32-vs-float64 difference where float32 limits it, after dividing by the target logit;
+  the cosine alone for the three in ``SCALE_UNEXPLAINED``), with
   zennit given the canonizers of ``zennit_canonizers`` so that it sees the residual sums, head pools and
   gates as relgraph does.
 
@@ -35,21 +37,27 @@ from relgraph.errors import RelgraphError
 try:
     import torch_models as tm
     import zennit_canonizers as zc
-    from test_zennit import HIGH, LOW, THRESHOLD, relgraph_relevance, zennit_relevance
+    from test_zennit import HIGH, LOW, THRESHOLD, assert_same_relevance, relgraph_relevance, zennit_relevance
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import torch_models as tm
     from tests import zennit_canonizers as zc
-    from tests.test_zennit import HIGH, LOW, THRESHOLD, relgraph_relevance, zennit_relevance
+    from tests.test_zennit import HIGH, LOW, THRESHOLD, assert_same_relevance, relgraph_relevance, zennit_relevance
 
 
 def _densenet121():
-    """DenseNet-121 with its stem BatchNorm folded into the stem conv: zennit's BatchNorm merging does not
-    apply to DenseNet's module layout, and relgraph folds that one BatchNorm (it follows a conv). The other
-    BatchNorms follow a concatenation: ε on both sides."""
+    """DenseNet-121 with each BatchNorm that follows a conv (the stem's, and the second of every dense layer)
+    folded into it: zennit's BatchNorm merging does not apply to DenseNet's module layout, and relgraph folds
+    them, so zennit must see them folded too (left as modules, zennit gives them ε of their own and loses 2 %
+    more of the logit to their shifts: a uniform 2 % scale against relgraph). The other BatchNorms follow a
+    concatenation: ε on both sides."""
     model = torchvision.models.densenet121(weights=None)
     tm.randomize_batchnorm(model, 0).eval()
     f = model.features
-    f.conv0, f.norm0 = torch.nn.utils.fusion.fuse_conv_bn_eval(f.conv0, f.norm0), nn.Identity()
+    fuse = torch.nn.utils.fusion.fuse_conv_bn_eval
+    f.conv0, f.norm0 = fuse(f.conv0, f.norm0), nn.Identity()
+    for layer in model.modules():  # each dense layer's second BatchNorm follows its 1×1 conv
+        if isinstance(layer, torchvision.models.densenet._DenseLayer):
+            layer.conv1, layer.norm2 = fuse(layer.conv1, layer.norm2), nn.Identity()
     return model
 
 
@@ -163,6 +171,11 @@ def test_zoo_epsilon_conserves(zoo, name, form):
     np.testing.assert_allclose(total, logit, rtol=1e-2)
 
 
+# the same direction as zennit (cosine > 0.9999) but not yet the same scale: 0.4–1.5 % relative L2 per sample
+# under the three composites, 5–15× zennit's own float32 error; not yet explained, so held to the cosine alone
+SCALE_UNEXPLAINED = {"mobilenet_v3_small", "googlenet", "inception_v3"}
+
+
 def _zennit_composite(rule, name, shape):
     # DenseNet's BatchNorms after concatenations: ε, as relgraph's composites give an unfolded BatchNorm
     extra = {"layer_map": [(nn.BatchNorm2d, Epsilon())]} if name == "densenet121" else {}
@@ -180,9 +193,13 @@ def test_zoo_composites_match_zennit(zoo, name, form, rule):
     model, path, x = zoo(name, form)
     target = _predicted(model, x)
     relevance, _ = relgraph_relevance(path, rule, x, target, bounds=(LOW, HIGH))
-    expected = zennit_relevance(copy.deepcopy(model), _zennit_composite(rule, name, x.shape), x, target)
-    similarity = tm.cosine(relevance, expected)
-    assert np.all(similarity > THRESHOLD), f"cosine per sample {similarity}"
+    composite = _zennit_composite(rule, name, x.shape)
+    expected = zennit_relevance(copy.deepcopy(model), composite, x, target)
+    if name in SCALE_UNEXPLAINED:
+        assert np.all(tm.cosine(relevance, expected) > THRESHOLD)
+        return
+    assert_same_relevance(relevance, expected, lambda: zennit_relevance(
+        copy.deepcopy(model), _zennit_composite(rule, name, x.shape), x, target, dtype=torch.float32))
 
 
 class _Attention(nn.Module):
