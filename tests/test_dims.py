@@ -53,14 +53,12 @@ FORMS = {"legacy": False, "dynamo": True}
 
 
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random BatchNorm statistics, GroupNorm affine parameters and conv/linear biases of every rank
-    (``tm.randomize_biases`` covers the 2-d convs only)."""
+    """Random BatchNorm statistics, conv/linear biases of every rank and GroupNorm affine parameters."""
     tm.randomize_batchnorm(model, seed)
-    g = torch.Generator().manual_seed(seed + 1)
+    tm.randomize_biases(model, seed + 1)
+    g = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(0.05 * torch.randn(m.bias.shape, generator=g))
             if isinstance(m, nn.GroupNorm):
                 m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
                 m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))

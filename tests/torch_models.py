@@ -134,11 +134,12 @@ def randomize_batchnorm(model: nn.Module, seed: int) -> nn.Module:
 
 
 def randomize_biases(model: nn.Module, seed: int, scale: float = 0.05) -> nn.Module:
-    """Small random biases for every Conv/Linear (torch's default init keeps them tiny but non-zero)."""
+    """Small random biases for every convolution (1-d, 2-d, 3-d, transposed) and Linear (torch's default init
+    keeps them tiny but non-zero)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and m.bias is not None:
                 m.bias.copy_(scale * torch.randn(m.bias.shape, generator=g))
     return model
 
