@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Compile time of torchvision classifiers: ``relgraph.compile`` wall time, each in a fresh process.
+"""Compile time of torchvision and timm classifiers: ``relgraph.compile`` wall time, each in a fresh process.
 
-Each model (random weights, ``torch.manual_seed(0)``) is exported once into bench/.cache (the legacy
+Each model (random weights, ``torch.manual_seed(0)``; a ``timm/`` prefix names a timm model) is exported once into bench/.cache (the legacy
 ``torch.onnx.export``, opset 17, batch dynamic). Then each rule is compiled in a child process, so that imports
 and caches are not shared between runs; the figure is ``CompileResult.seconds`` (load, canonicalize, relevance
 pass, checker, save), the best of ``--repeats``.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 MODELS = ("resnet50", "vgg16", "densenet121", "efficientnet_b0", "mobilenet_v3_large", "convnext_tiny",
-          "regnet_y_400mf", "vit_b_16")
+          "regnet_y_400mf", "vit_b_16", "timm/hrnet_w18_small", "timm/poolformer_s12", "timm/resnest14d")
 
 
 def export(name: str, path: Path) -> None:
@@ -28,7 +28,12 @@ def export(name: str, path: Path) -> None:
     import torchvision
 
     torch.manual_seed(0)
-    model = getattr(torchvision.models, name)(weights=None).eval()
+    if name.startswith("timm/"):
+        import timm
+
+        model = timm.create_model(name.removeprefix("timm/"), pretrained=False).eval()
+    else:
+        model = getattr(torchvision.models, name)(weights=None).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), input_names=["input"],
@@ -63,7 +68,7 @@ def main() -> None:
     print("| model | MB | " + " | ".join(f"{r} s" for r in args.rules.split(",")) + " |")
     print("|---|---:|" + "---:|" * len(args.rules.split(",")))
     for name in args.models.split(","):
-        path = cache / f"tv-{name}-opset17.onnx"
+        path = cache / f"tv-{name.replace('/', '-')}-opset17.onnx"
         if not path.exists():
             export(name, path)
         cells = [f"{min(compile_seconds(path, rule) for _ in range(args.repeats)):.2f}"
