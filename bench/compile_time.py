@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Compile time of torchvision and timm classifiers: ``relgraph.compile`` wall time, each in a fresh process.
 
-Each model (random weights, ``torch.manual_seed(0)``; a ``timm/`` prefix names a timm model) is exported once into bench/.cache (the legacy
-``torch.onnx.export``, opset 17, batch dynamic). Then each rule is compiled in a child process, so that imports
+Each model (random weights, ``torch.manual_seed(0)``; a ``timm/`` prefix names a timm model) is exported once
+into bench/.cache (the legacy ``torch.onnx.export``, opset 17, batch dynamic). Then each rule is compiled in a child process, so that imports
 and caches are not shared between runs; the figure is ``CompileResult.seconds`` (load, canonicalize, relevance
 pass, checker, save), the best of ``--repeats``.
 
