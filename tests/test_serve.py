@@ -135,6 +135,28 @@ def test_load_mixed_requests_equal_direct_calls(server, direct):
     assert server.batcher.batches - batches_before < clients * per_client
 
 
+def test_npy_formats_and_shapes_in_turn(server, direct):
+    """.npy bodies in format 1.0 and 2.0, C and Fortran order, and batch sizes in turn (the server keeps the
+    headers it parsed; each answer must still be its own body's), answered as .npy."""
+    x = TEST_X[:5]
+    for rows, version, order in [(1, (1, 0), "C"), (3, (2, 0), "C"), (1, (1, 0), "C"), (5, (1, 0), "F"),
+                                 (3, (2, 0), "C"), (2, (2, 0), "F"), (5, (1, 0), "C")]:
+        buffer = io.BytesIO()
+        np.lib.format.write_array(buffer, np.asarray(x[:rows], order=order), version=version)
+        got, headers, payload = request(server.url, "POST", "/explain?target=3", buffer.getvalue(),
+                                        {"Content-Type": "application/x-npy", "Accept": "application/x-npy"})
+        assert got == 200, payload
+        relevance = np.load(io.BytesIO(payload))
+        expected = direct(x[:rows], 3)["relevance"]
+        assert relevance.shape == expected.shape and relevance.flags.c_contiguous
+        assert np.abs(relevance - expected).max() <= 1e-6 * np.abs(expected).max(), (rows, version, order)
+        assert headers["X-Target"] == ",".join(["3"] * rows)
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, x[:1], version=(3, 0))
+    got, _, payload = request(server.url, "POST", "/explain", buffer.getvalue(), {"Content-Type": "application/x-npy"})
+    assert got == 400 and "version 3.0 is not supported" in json.loads(payload)["error"]
+
+
 # ------------------------------------------------------------------------------------------- bad requests
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from ..heatmap import encode_png, heatmap_image
 from ..text import render_png, token_relevance
@@ -43,8 +45,19 @@ def heatmap_png(req: Request, out: dict, classes=None) -> bytes:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as a C-ordered ``.npy`` file, byte for byte what ``np.save`` writes for a C-ordered array.
+    Every answer has one of a few shapes, so their headers are made once: ``np.save`` formats its header anew
+    each call, a tenth of the server's time on small requests."""
+    array = np.asarray(array, order="C")
+    return npy_header_bytes(array.shape, npy_format.dtype_to_descr(array.dtype)) + array.tobytes()
+
+
+@functools.lru_cache(maxsize=64)
+def npy_header_bytes(shape: tuple[int, ...], descr) -> bytes:
+    """The ``.npy`` magic and format-1.0 header of a C-ordered array (1.0 holds any header up to 64 KiB;
+    64 dimensions of any size take under 2 KiB)."""
     buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
+    npy_format.write_array_header_1_0(buffer, {"descr": descr, "fortran_order": False, "shape": shape})
     return buffer.getvalue()
 
 
