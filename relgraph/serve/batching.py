@@ -5,8 +5,9 @@ samples, runs them as one batch and hands each request its rows. Under load the 
 batches fill without waiting; alone, a request waits at most ``max_wait``. A request that finds the queue full
 is refused (503) at once rather than piling latency onto everyone.
 
-Requests wait either on a thread (``explain``) or on an asyncio future (``submit``): the worker only calls a
-job's ``finish``.
+Requests wait either on a thread (``explain``) or on an asyncio future (``submit``). The worker hands each
+batch's answers to the event loop in one call (``call_soon_threadsafe`` wakes the loop through a pipe, so one
+wake-up per batch rather than per request), and calls a thread's ``finish`` itself.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ OUTPUTS = ("logits", "relevance", "bias_relevance", "target")
 
 
 class Job:
-    """One request's samples on their way through the batcher; ``finish(result, error)`` is called once."""
+    """One request's samples on their way through the batcher; ``finish(result, error)`` is called once, on
+    ``loop``'s thread when the request waits on an event loop."""
 
-    __slots__ = ("x", "target", "inputs", "queued", "finish")
+    __slots__ = ("x", "target", "inputs", "queued", "finish", "loop")
 
     def __init__(self, x: np.ndarray, target: np.ndarray, finish: Callable[[dict | None, Exception | None], None],
-                 inputs: dict | None = None):
-        self.x, self.target, self.finish = x, target, finish
+                 inputs: dict | None = None, loop: asyncio.AbstractEventLoop | None = None):
+        self.x, self.target, self.finish, self.loop = x, target, finish, loop
         self.inputs = inputs or {}  # the model's other inputs (a text's attention mask), [N, ...] each
         self.queued = time.monotonic()
 
@@ -83,7 +85,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
 
-        def settle(result, error):  # on the loop's thread: a request that went away has a cancelled future
+        def settle(result, error):  # a request that went away has a cancelled future
             if future.done():
                 return
             if error is not None:
@@ -91,13 +93,7 @@ class Batcher:
             else:
                 future.set_result(result)
 
-        def finish(result, error):
-            try:
-                loop.call_soon_threadsafe(settle, result, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                pass
-
-        self._put(Job(x, target, finish, inputs))
+        self._put(Job(x, target, settle, inputs, loop))
         return future
 
     def stop(self) -> None:
@@ -115,7 +111,7 @@ class Batcher:
             except queue.Empty:
                 return
             if job is not _STOP:
-                job.finish(None, HTTPError(503, "the server is shutting down"))
+                deliver([(job, None, HTTPError(503, "the server is shutting down"))])
 
     def _run(self) -> None:
         pending = None  # a job taken from the queue that did not fit the last batch
@@ -154,14 +150,14 @@ class Batcher:
         except Exception as exc:  # the session failed: every request in the batch hears why, the worker lives
             error = exc if isinstance(exc, HTTPError) else HTTPError(500, f"explaining failed: "
                                                                           f"{str(exc).splitlines()[0]}")
-            for job in batch:
-                job.finish(None, error)
+            deliver([(job, None, error) for job in batch])
             return
-        start = 0
+        answers, start = [], 0
         for job in batch:
             rows = slice(start, start + len(job.x))
-            job.finish({k: v[rows] for k, v in out.items()}, None)
+            answers.append((job, {k: v[rows] for k, v in out.items()}, None))
             start = rows.stop
+        deliver(answers)
 
     def _explain(self, x: np.ndarray, target: np.ndarray, inputs: dict) -> dict:
         """One session call per ``max_batch`` rows (only a request bigger than a batch needs several)."""
@@ -176,3 +172,24 @@ class Batcher:
             if self.on_batch is not None:
                 self.on_batch(len(out["target"]))
         return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+
+
+def deliver(answers: list[tuple[Job, dict | None, Exception | None]]) -> None:
+    """Call each job's ``finish(result, error)``: a thread's here, an event loop's on that loop, all of one
+    loop's in one callback."""
+    by_loop: dict = {}
+    for job, result, error in answers:
+        if job.loop is None:
+            job.finish(result, error)
+        else:
+            by_loop.setdefault(job.loop, []).append((job.finish, result, error))
+    for loop, calls in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_finish_all, calls)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
+
+def _finish_all(calls: list) -> None:
+    for finish, result, error in calls:
+        finish(result, error)
