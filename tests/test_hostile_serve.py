@@ -252,6 +252,23 @@ def test_malformed_requests_get_a_json_400(server, direct, data):
     error_of(answers[0])
 
 
+@pytest.mark.parametrize("part", ["url", "header", "headers"])
+def test_oversized_head_gets_431(server, direct, part):
+    """A request line or headers past the head limit, sent as fast as the socket takes them: refused with 431
+    once the limit is crossed, not buffered to the end (the head is 8 MiB, the limit 64 KiB)."""
+    big = 8 * MIB
+    if part == "url":
+        data = f"GET /healthz?{'a' * big} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    elif part == "header":
+        data = head("GET", "/healthz", f"X-Big: {'a' * big}")
+    else:
+        data = head("GET", "/healthz", *[f"X-{n}: {'a' * 100}" for n in range(big // 110)])
+    with bounded(server, direct):
+        answers, _, closed = exchange(server.url, data, timeout=CASE_S)
+    assert closed and [a.status for a in answers] == [431], answers
+    assert "exceed 64 KiB" in error_of(answers[0])
+
+
 def test_head_and_options(server, direct):
     data = (head("HEAD", "/healthz") + head("HEAD", "/explain") + head("OPTIONS", "/explain")
             + head("OPTIONS", "*") + head("HEAD", "/nowhere", "Connection: close"))

@@ -24,6 +24,7 @@ import relgraph
 from relgraph.explainer import Explainer
 from relgraph.preprocess import Preprocess, box_resize
 from relgraph.serve import ExplainServer
+from relgraph.serve.command import SERVE_STACK
 from serve_client import (MODEL, ROOT, RULE, TEST_X, assert_explained, digit_pixels, digit_png, direct_call,
                           mixed_request, multipart, npy, request, run_clients)
 
@@ -400,8 +401,7 @@ def test_answers_leave_without_nagle_delay(server):
 
 def test_without_the_serve_extra_the_command_says_what_to_install(explainer_path):
     """The CLI starts without the HTTP stack; `relgraph serve` then fails in one line naming the extra."""
-    hide = ("uvicorn", "h11", "starlette", "python_multipart", "prometheus_client")
-    script = (f"import sys\nfor m in {hide!r}: sys.modules[m] = None  # as if not installed\n"
+    script = (f"import sys\nfor m in {SERVE_STACK!r}: sys.modules[m] = None  # as if not installed\n"
               f"from relgraph.cli import main\nsys.exit(main(['serve', {explainer_path!r}, '--port', '0']))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))

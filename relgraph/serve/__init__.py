@@ -6,7 +6,7 @@
 Endpoints: ``POST /explain[?target=K][&heatmap=1]``, ``GET /metadata``, ``GET /healthz``, ``GET /metrics``
 (Prometheus) and a page at ``/``.
 
-HTTP is uvicorn's (h11) under Starlette's routing; forms are parsed by python-multipart; metrics are
+HTTP is uvicorn's (httptools) under Starlette's routing; forms are parsed by python-multipart; metrics are
 prometheus_client's. All of it is the ``[serve]`` extra. Ours are the batching, the bounds and the page:
 
 - ``batching``: one worker thread owns the explainer; requests queue their samples and are answered in

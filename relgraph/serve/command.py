@@ -10,7 +10,7 @@ from ..errors import RelgraphError, require
 from ..explainer import open_explainer
 from ..runtimes import add_runtime_argument
 
-SERVE_STACK = ("uvicorn", "h11", "starlette", "python_multipart", "prometheus_client")
+SERVE_STACK = ("uvicorn", "httptools", "starlette", "python_multipart", "prometheus_client")
 FD_RESERVE = 64  # open files the process needs besides its connections: the model, the listener, the loop, logs
 MAX_CONNECTIONS = 1000
 

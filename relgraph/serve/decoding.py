@@ -48,8 +48,8 @@ class Body:
             fields.setdefault(name.lower(), value)
         self.chunked = b"chunked" in fields.get(b"transfer-encoding", b"").lower()
         length = fields.get(b"content-length")
-        # h11 has refused malformed framing; both headers at once it reads by Transfer-Encoding, which a proxy in
-        # front may not have done: such a request is refused (RFC 9112 §6.1), and its connection closed
+        # httptools has refused malformed framing; both headers at once it reads by Transfer-Encoding, which a
+        # proxy in front may not have done: such a request is refused (RFC 9112 §6.1), and its connection closed
         self.conflict = self.chunked and length is not None
         self.length = None if length is None or self.chunked else int(length)
         self.expected = self.chunked or (self.length is not None and self.length > 0)

@@ -1,9 +1,12 @@
-"""Connections: uvicorn's HTTP/1.1 protocol (h11) with every wait bounded and a connection limit.
+"""Connections: uvicorn's HTTP/1.1 protocol (httptools) with every wait bounded and a connection limit.
 
-uvicorn parses HTTP with h11, which refuses malformed framing (conflicting Transfer-Encoding and
-Content-Length, bad chunk sizes, oversized heads) and drops request bodies the answer did not read. It bounds
-the idle time between requests (keep-alive). This subclass adds what a service facing the open network needs:
+uvicorn parses HTTP with httptools (llhttp, the parser of Node.js), which refuses malformed request lines,
+headers and chunked framing, and frames every body itself, so a body the answer did not read is never parsed
+as a next request. It bounds the idle time between requests (keep-alive). This subclass adds what a service
+facing the open network needs:
 
+- a bounded head: at most ``MAX_HEAD_BYTES`` of request line and headers (431 past it), and a Host header on
+  every HTTP/1.1 request (400 without one, as RFC 9112 asks);
 - a head timeout: a request's head must arrive whole within ``header_timeout`` of the connection opening, or of
   its first byte on a kept-alive connection (uvicorn's keep-alive timeout bounds the idle time before that);
   data trickling in does not reset it (slowloris). A partial head gets 408, none a close;
@@ -13,6 +16,9 @@ the idle time between requests (keep-alive). This subclass adds what a service f
   if every connection has a request in progress, the new one is answered 503 at once and closed. Beyond a
   further margin, connections are reset unanswered, so file descriptors never run out;
 - malformed requests are answered in JSON, like every other error.
+
+httptools parses in C: per request it costs about half the CPU of h11's pure-Python parser, which made the
+server's event loop the bottleneck on small models (bench/RESULTS.md, `relgraph serve` under load).
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from __future__ import annotations
 import json
 import time
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+MAX_HEAD_BYTES = 64 << 10  # request line and headers of one request
 REFUSAL_MARGIN = 64  # connections over the limit being answered 503 at once; past that they are reset
 LINGER_S = 1.0  # how long a refused connection may take to read its 503 before it is closed
 
@@ -49,8 +56,16 @@ class Limits:
                       "client": f"{client[0]}:{client[1]}" if client else None})
 
 
-class GuardedProtocol(H11Protocol):
-    """``H11Protocol`` under :class:`Limits` (set on a subclass by :func:`guarded`)."""
+class BadHead(Exception):
+    """A request head refused while parsing it: raised in a parser callback, answered by ``send_400_response``."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(message)
+        self.status, self.reason = status, reason
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """``HttpToolsProtocol`` under :class:`Limits` (set on a subclass by :func:`guarded`)."""
 
     limits: Limits
 
@@ -59,6 +74,8 @@ class GuardedProtocol(H11Protocol):
         self.last_active = time.monotonic()
         self.head_bytes = 0  # bytes received towards the next request's head
         self.refused = False
+        self.bad_head = None  # why the parser was stopped, for the answer
+        self.head_size = 0  # request line and header bytes of the request being parsed
         self.head_timer = self.write_timer = self.linger_timer = None
         self._arm_head_timer()
         if len(self.connections) > self.limits.max_connections:  # counting only the open ones costs a scan
@@ -101,11 +118,40 @@ class GuardedProtocol(H11Protocol):
             self.write_timer.cancel()
             self.write_timer = None
 
+    # ---- parser callbacks (httptools reports an exception raised in one as a parse error)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.head_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._grow_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_http_version() == "1.1" and not any(name == b"host" for name, _ in self.headers):
+            self.bad_head = BadHead(400, "Bad Request", "an HTTP/1.1 request must carry a Host header")
+            raise self.bad_head
+        super().on_headers_complete()
+
+    def _grow_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD_BYTES:
+            self.bad_head = BadHead(431, "Request Header Fields Too Large",
+                                    f"the request line and headers exceed {MAX_HEAD_BYTES >> 10} KiB")
+            raise self.bad_head
+
     def send_400_response(self, msg: str) -> None:
-        """h11 refused the request (malformed head or framing): a JSON 400, then close."""
+        """The parser refused the request (malformed head or framing, or a :class:`BadHead`): a JSON error,
+        then close."""
+        bad = self.bad_head or BadHead(400, "Bad Request",
+                                       "malformed HTTP request (request line, headers or body framing)")
         self.limits.closed("bad_request", self.client)
-        self.transport.write(raw_response(400, "Bad Request", "malformed HTTP request (request line, headers or "
-                                                              "body framing)"))
+        self.transport.write(raw_response(bad.status, bad.reason, str(bad)))
         self.transport.close()
 
     # ---- state

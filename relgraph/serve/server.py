@@ -111,7 +111,7 @@ class ExplainServer:
                                on_batch=self.metrics.batch)
         limits = Limits(max_connections=max_connections, header_timeout=header_timeout, write_timeout=body_timeout,
                         metrics=self.metrics, log=log)
-        config = uvicorn.Config(create_app(self), http=guarded(limits), lifespan="off", log_config=None,
+        config = uvicorn.Config(create_app(self), http=guarded(limits), ws="none", lifespan="off", log_config=None,
                                 access_log=False, server_header=False, headers=[("server", f"relgraph/{__version__}")],
                                 timeout_keep_alive=keep_alive, timeout_graceful_shutdown=body_timeout,
                                 proxy_headers=False,  # the client is the peer: X-Forwarded-For is not trusted
