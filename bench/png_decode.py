@@ -7,6 +7,9 @@ and, as the floor no decoder goes under, zlib inflating the same image data alon
 
 The picture (a smooth gradient with noise, so the filter matters) is filtered and compressed here, in
 blocks of rows, and the decoded pixels are checked against it before anything is timed.
+
+Where pyspng is installed (libspng: SIMD unfiltering; not a relgraph dependency), it is timed too, as the
+fastest PNG decoder on PyPI: how far under Pillow a decoder can get on this machine.
 """
 
 from __future__ import annotations
@@ -79,11 +82,20 @@ def main() -> None:
     idat = png[png.index(b"IDAT") + 4:-16]
     assert len(zlib.decompress(idat)) == args.size * (3 * args.size + 1)
     times = {"zlib.decompress (floor)": [], "decode_image": [], "preprocess to 224×224": []}
+    try:
+        import pyspng
+    except ImportError:
+        pyspng = None
+    else:
+        np.testing.assert_array_equal(pyspng.load(png), decode_image(png))
+        times["pyspng.load (libspng)"] = []
     for _ in range(args.runs):
         timed(times["zlib.decompress (floor)"], zlib.decompress, idat)  # inflating alone: what any decoder pays
         pixels = timed(times["decode_image"], decode_image, png)
         timed(times["preprocess to 224×224"], imagenet, pixels)
         del pixels
+        if pyspng is not None:
+            timed(times["pyspng.load (libspng)"], pyspng.load, png)
     print(f"{args.size}×{args.size} RGB PNG, every row Paeth-filtered, {len(png) / 2**20:.1f} MiB "
           f"(wall and CPU seconds: a loaded machine inflates the first, hardly the second):")
     for label, runs in times.items():
