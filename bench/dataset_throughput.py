@@ -4,8 +4,11 @@
 
 1. The shapes shortcut model (ε rule), ``--samples`` held-out images in .npy shards of ``--block-rows``.
    *loop*: one onnxruntime session (1 thread), ``explain`` in batches of ``--batch-size`` over the same
-   arrays, reading them from the shards. *ray 1* / *ray 2*: ``explain_dataset`` with 1 and 2 workers
-   (1 CPU each), Ray already started (its start is reported apart), actor start included.
+   arrays, reading them from the shards; then the same loop writing each shard's results as a Parquet block,
+   the work explain-dataset does without Ray. *ray 1* / *ray 2*: ``explain_dataset`` with 1 and 2 workers
+   (1 CPU each), Ray already started (its start is reported apart), actor start included. For these the
+   table also gives the time to the first block written (Ray Data's and the actors' start, paid once) and
+   the rate from the first block to the last (paid per block), read from the block files' times.
 2. SpRAy (``relgraph.spray.analyse``) of ``--spray`` heatmaps of 32×32 (the shapes model's, predicted
    class 0 repeated from the held-out set's samples), pixel and histogram features, with and without t-SNE.
 
@@ -32,7 +35,7 @@ import data as shapes_data  # noqa: E402
 
 import relgraph  # noqa: E402
 from relgraph import spray  # noqa: E402
-from relgraph.dataset import explain_dataset  # noqa: E402
+from relgraph.dataset import explain_dataset, store  # noqa: E402
 from relgraph.dataset.pipeline import connect  # noqa: E402
 
 
@@ -41,7 +44,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8192)
     p.add_argument("--block-rows", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--spray", type=int, default=10000)
+    p.add_argument("--spray", type=int, default=10000, help="heatmaps for the SpRAy timing (0: skip it)")
     p.add_argument("--spray-only", action="store_true", help="skip the throughput part")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="relgraph-bench-"))
@@ -49,7 +52,8 @@ def main() -> None:
                                  output=str(work / "shapes.onnx")).path
     if not args.spray_only:
         throughput(args, work, explainer)
-    spray_time(args, explainer)
+    if args.spray:
+        spray_time(args, explainer)
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -59,34 +63,60 @@ def throughput(args, work: Path, explainer: str) -> None:
     shards.mkdir()
     for i, start in enumerate(range(0, len(x), args.block_rows)):
         np.save(shards / f"shard{i:04d}.npy", x[start:start + args.block_rows])
-    rows = []
-
-    start = time.perf_counter()
-    e = relgraph.Explainer(explainer, threads=1, spinning=False)
-    for f in sorted(shards.iterdir()):
-        shard = np.load(f)
-        for i in range(0, len(shard), args.batch_size):
-            e.explain(shard[i:i + args.batch_size])
-    loop = time.perf_counter() - start
-    rows.append(("loop of Explainer.explain (1 thread)", loop, 1.0))
-
+    rows = [("loop of Explainer.explain (1 thread)", loop(args, explainer, shards, None), None)]
+    rows.append(("the same loop, writing the same Parquet blocks", loop(args, explainer, shards, work / "loop-out"), None))
     start = time.perf_counter()
     connect(None, num_cpus=3)
-    rows.append(("ray.init (local, 3 CPUs; not in the rates)", time.perf_counter() - start, None))
+    print(f"ray.init (local, 3 CPUs; not in the rates): {time.perf_counter() - start:.2f} s")
     for workers in (1, 2):
+        out = work / f"out{workers}"
         start = time.perf_counter()
-        explain_dataset(explainer, str(shards), str(work / f"out{workers}"), batch_size=args.batch_size,
+        explain_dataset(explainer, str(shards), str(out), batch_size=args.batch_size,
                         block_rows=args.block_rows, workers=workers, progress=False)
-        seconds = time.perf_counter() - start
-        rows.append((f"explain-dataset, {workers} worker(s)", seconds, loop / seconds))
+        rows.append((f"explain-dataset, {workers} worker(s)", time.perf_counter() - start, steady(out, start)))
 
     print(f"{args.samples} samples of 1×32×32, shapes CNN, ε; batch {args.batch_size}, blocks of {args.block_rows}")
-    print(f"{'':44} {'seconds':>8} {'samples/s':>10} {'vs loop':>8}")
-    for name, seconds, speed in rows:
-        rate = f"{args.samples / seconds:10.0f}" if speed is not None else f"{'':10}"
-        rel = f"{speed:8.2f}" if speed is not None else ""
-        print(f"{name:44} {seconds:8.2f} {rate} {rel}")
+    print(f"{'':48} {'seconds':>8} {'samples/s':>10} {'to 1st block':>13} {'steady samples/s':>17}")
+    for name, seconds, stead in rows:
+        first, rate = (f"{stead[0]:13.2f}", f"{stead[1]:17.0f}") if stead else (f"{'':13}", f"{'':17}")
+        print(f"{name:48} {seconds:8.2f} {args.samples / seconds:10.0f} {first} {rate}")
 
+
+def loop(args, explainer: str, shards: Path, out: Path | None) -> float:
+    """Seconds for one onnxruntime session (1 thread) to explain every shard in batches, and with ``out``
+    to write each shard's results as explain-dataset writes a block (Arrow table, Parquet file)."""
+    start = time.perf_counter()
+    e = relgraph.Explainer(explainer, threads=1, spinning=False)
+    if out is not None:
+        out.mkdir()
+    for block, f in enumerate(sorted(shards.iterdir())):
+        shard = np.load(f)
+        parts = [e.explain(shard[i:i + args.batch_size]) for i in range(0, len(shard), args.batch_size)]
+        if out is not None:
+            joined = {k: np.concatenate([p[k] for p in parts]) for k in ("target", "logits", "relevance",
+                                                                      "bias_relevance")}
+            ids = [f"{f.name}:{r}" for r in range(len(shard))]
+            store.write_block(str(out), block, store.block_table(
+                ids, [f.name] * len(shard), np.arange(len(shard)), joined["target"], joined["logits"],
+                joined["relevance"], joined["bias_relevance"], []))
+    return time.perf_counter() - start
+
+
+def steady(out: Path, start: float) -> tuple[float, float]:
+    """From the block files' modification times (each is renamed into place when done): seconds from the
+    call to the first block written (Ray Data's and the actors' start), and samples per second from the
+    first block to the last (the rate once running)."""
+    parts = sorted(out.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime)
+    wall_start = time.time() - (time.perf_counter() - start)
+    first, last = parts[0].stat().st_mtime, parts[-1].stat().st_mtime
+    rows = sum(store_rows(p) for p in parts[1:])
+    return first - wall_start, rows / (last - first)
+
+
+def store_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(path).num_rows
 
 
 def spray_time(args, explainer: str) -> None:
