@@ -21,7 +21,7 @@ from ..explainer import Explainer
 from ..progress import Progress
 from . import sources as _sources
 from . import store
-from .pipeline import connect, run
+from .pipeline import connect, largest_block_bytes, object_store_bytes, run
 
 DATASET_STACK = ("ray", "pyarrow")
 
@@ -77,7 +77,8 @@ def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int
     todo = [(i, b) for i, b in enumerate(blocks) if i not in done]
     computed = 0
     if todo:
-        connect(address, num_cpus=workers * cpus_per_worker + 1)
+        connect(address, num_cpus=workers * cpus_per_worker + 1,
+                object_store=object_store_bytes(largest_block_bytes(spec, todo), workers))
         rows = sum(stop - begin for _, b in todo for *_, begin, stop in b)
         with Progress(rows, "explaining", min_total=1 if progress else rows + 1) as bar:
             computed = run(explainer_path, out, todo, spec, batch_size=batch_size, target=target,

@@ -31,6 +31,7 @@ CONNECT_TIMEOUT_S = 5.0
 # Read tasks hold no CPU: reading is light next to explaining, and a task that asked for a CPU could wait
 # forever on a node whose CPUs the actors hold. Their number in flight is capped instead.
 READS_PER_WORKER = 2
+MIN_OBJECT_STORE = 256 << 20
 
 
 def area_weights(size_in: int, size_out: int) -> np.ndarray:
@@ -55,9 +56,21 @@ def downsample(relevance: np.ndarray, height: int, width: int) -> np.ndarray:
     return (np.einsum("ia,ncab,jb->ncij", rows, relevance.astype(np.float64), cols) * scale).astype(np.float32)
 
 
-def connect(address: str | None, *, num_cpus: float) -> None:
+def object_store_bytes(block_bytes: int, workers: int) -> int:
+    """The object store of a Ray instance started for a run: room for every block in flight (read ahead and
+    being explained, ``READS_PER_WORKER`` per worker) four times over, at least ``MIN_OBJECT_STORE``.
+
+    Ray's default store is 30 % of the machine's memory, and it hands each new block fresh pages until it is
+    full, so a run's memory grew with the data set (8 MiB per 16 MiB block in the actor alone) up to that
+    size; with the store sized to the blocks it stays flat (bench/dataset_memory.py). Ray Data holds the
+    reads back when the store is busy, and Ray spills to disk rather than fail."""
+    return max(MIN_OBJECT_STORE, 4 * READS_PER_WORKER * workers * block_bytes)
+
+
+def connect(address: str | None, *, num_cpus: float, object_store: int | None = None) -> None:
     """Join the cluster at ``address`` (checked to answer within a few seconds first), or start Ray
-    locally with no dashboard and only the CPUs the run asks for (GPUs: those Ray finds)."""
+    locally with no dashboard, only the CPUs the run asks for (GPUs: those Ray finds) and an object store
+    of ``object_store`` bytes (Ray's default where None)."""
     import ray
 
     _quiet()
@@ -73,7 +86,7 @@ def connect(address: str | None, *, num_cpus: float) -> None:
         return
     # "local": a new instance of our own, even where another Ray runs on this machine (ray.init() would join it)
     ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), include_dashboard=False,
-             logging_level=logging.ERROR, log_to_driver=False)
+             logging_level=logging.ERROR, log_to_driver=False, object_store_memory=object_store)
 
 
 def _check_answers(address: str) -> None:
@@ -171,6 +184,12 @@ class ExplainWorker:
                 joined["logits"], relevance, joined["bias_relevance"])
 
 
+def largest_block_bytes(spec: Spec, todo: list[tuple[int, list]]) -> int:
+    """The input bytes of the largest block still to do (float32 samples)."""
+    return int(np.prod(spec.sample_shape)) * 4 * max(sum(stop - start for *_, start, stop in segments)
+                                                     for _, segments in todo)
+
+
 def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec, *, batch_size: int, target,
         store_size, workers: int, cpus_per_worker: float, gpus_per_worker: float, on_block=None) -> int:
     """Explain the blocks ``todo`` ([(index, segments)]) on the connected Ray cluster; return how many
@@ -181,8 +200,7 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     _check_resources(ray.cluster_resources(), cpus_per_worker, gpus_per_worker)
-    block_bytes = int(np.prod(spec.sample_shape)) * 4 * max(sum(stop - start for *_, start, stop in segments)
-                                                            for _, segments in todo)
+    block_bytes = largest_block_bytes(spec, todo)
     # a block travels whole from its read task to its actor: Ray must not split it on the way
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * block_bytes)
     items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]
