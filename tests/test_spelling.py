@@ -242,6 +242,21 @@ BODIES = {
         "   k = Cast <to = 1> (h)\n   i = Identity (k)\n   a = Relu (i)",
         "   k, mask = Dropout (h)\n   a = Relu (k)",
     ]),
+    # a 3×3 conv of h [N, 4, 6, 6] with auto_pad, against its explicit pads worked out here: VALID pads
+    # nothing; SAME at stride 2 gives ⌈6/2⌉ = 3 outputs, which need (3 − 1)·2 + 3 − 6 = 1 pad per axis, at the
+    # end for SAME_UPPER and at the beginning for SAME_LOWER
+    "conv-valid": ("Conv", [
+        "   k = Conv <pads = [0, 0, 0, 0], strides = [2, 2]> (h, WK, BK)\n   a = Relu (k)",
+        "   k = Conv <auto_pad = \"VALID\", strides = [2, 2]> (h, WK, BK)\n   a = Relu (k)",
+    ]),
+    "conv-same-upper": ("Conv", [
+        "   k = Conv <pads = [0, 0, 1, 1], strides = [2, 2]> (h, WK, BK)\n   a = Relu (k)",
+        "   k = Conv <auto_pad = \"SAME_UPPER\", strides = [2, 2]> (h, WK, BK)\n   a = Relu (k)",
+    ]),
+    "conv-same-lower": ("Conv", [
+        "   k = Conv <pads = [1, 1, 0, 0], strides = [2, 2]> (h, WK, BK)\n   a = Relu (k)",
+        "   k = Conv <auto_pad = \"SAME_LOWER\", strides = [2, 2]> (h, WK, BK)\n   a = Relu (k)",
+    ]),
 }
 
 # an inference BatchNormalization after a conv, γ (one negative), β, μ, σ², and as tf2onnx and some exporters
@@ -406,7 +421,13 @@ def weights(seed: int) -> dict:
     return {"W1": rng.normal(0, 0.5, (4, 3, 3, 3)), "B1": rng.normal(0, 0.1, 4),
             "W2": rng.normal(0, 0.5, (4, 4, 1, 1)), "B2": rng.normal(0, 0.1, 4),
             "WS": rng.normal(0, 0.5, (4, 4, 1, 1)), "BS": rng.normal(0, 0.1, 4),
-            "W3": rng.normal(0, 0.5, (5, 4)), "B3": rng.normal(0, 0.1, 5)} | _dense(rng)
+            "W3": rng.normal(0, 0.5, (5, 4)), "B3": rng.normal(0, 0.1, 5)} | _dense(rng) | _kernel(seed)
+
+
+def _kernel(seed: int) -> dict:
+    """A 3×3 conv from 4 channels to 4 (its own generator: the other weights stay as they were)."""
+    rng = np.random.default_rng(1000 + seed)
+    return {"WK": rng.normal(0, 0.5, (4, 4, 3, 3)), "BK": rng.normal(0, 0.1, 4)}
 
 
 def _dense(rng) -> dict:
