@@ -122,6 +122,40 @@ def test_dynamic_dimensions_refused_naming_the_flag(exports, form, tmp_path):
     assert "--input-shape input=" in out
 
 
+class PooledCNN(nn.Module):
+    """Fully convolutional, pooled by GlobalAveragePool: nothing but the pool's transpose needs H and W. Its
+    third channel is taken by a scalar Gather (``[:, 2]``) in front of the dynamic H and W."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(1, 5, 3, padding=1)
+
+    def forward(self, x):
+        picked = torch.relu(self.conv1(x))[:, 2]
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.conv2(picked.unsqueeze(1)), 1), 1)
+
+
+@pytest.mark.parametrize("rule", ["gradient", "epsilon"])
+def test_pool_over_dynamic_height_width(tmp_path, rule):
+    """A pool over a dynamic H and W is refused before the walk, in one line naming the flag (it used to fail
+    inside the walk with an internal error); with the flag, the gradient is torch's at that size."""
+    torch.manual_seed(0)
+    model = PooledCNN()
+    dynamic = export(model, tmp_path / "pooled.onnx", True)
+    code, _, err = run("compile", dynamic, "--rule", rule, "-o", tmp_path / "e.onnx")
+    assert_one_line_error(code, err, "GlobalAveragePool", "--input-shape")
+    assert not (tmp_path / "e.onnx").exists()
+    for size in (8, 11):
+        x = tm.random_input((3, 3, size, size), seed=size)
+        fixed = explain(dynamic, rule, x, input_shapes={tm.INPUT: ["N", 3, size, size]})
+        if rule == "gradient":
+            exact = tm.reference_gradient(model, x, np.full(len(x), 2))
+            assert np.all(tm.relative_error(fixed["relevance"], exact) < 1e-5)
+        else:  # ε conserves the target logit up to the biases' share
+            total = fixed["relevance"].reshape(len(x), -1).sum(1) + fixed["bias_relevance"]
+            np.testing.assert_allclose(total, fixed[tm.OUTPUT][:, 2], rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.parametrize("flag, needle", [
     ("input=Nx3x8", "rank 4"),            # wrong rank
     ("input=Nx4x8x8", "axis 1"),          # a static dimension given otherwise

@@ -20,6 +20,7 @@ Max pooling:
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from ..graph import attr, const_array, dims, rank, static_dims
 from .functions import maxpool_route
@@ -79,9 +80,10 @@ def avgpool_transpose(env: Env, g):
     return window_sum_transpose(env, scaled, geo)
 
 
-def _reduce_axes(env: Env) -> list[int]:
-    node = env.node
-    r = rank(env.x)
+def reduce_axes(node: ir.Node, r: int) -> list[int]:
+    """The axes a GlobalAveragePool or ReduceMean of a rank-``r`` input averages over: every axis after the
+    channels; ReduceMean's ``axes`` (attribute, or a constant input), or all of them when it names none
+    (none at all under ``noop_with_empty_axes``)."""
     if node.op_type == "GlobalAveragePool":
         return list(range(2, r))
     axes = attr(node, "axes", None)
@@ -95,7 +97,7 @@ def _reduce_axes(env: Env) -> list[int]:
 def mean_transpose(env: Env, g):
     """Aᵀ·g for a mean over ``axes``: spread g back over the reduced axes, divided by their size."""
     b = env.b
-    axes = _reduce_axes(env)
+    axes = reduce_axes(env.node, rank(env.x))
     in_dims = dims(env.x)
     if env.node.op_type == "ReduceMean" and not attr(env.node, "keepdims", 1):
         g = b.op("Unsqueeze", g, b.ints(axes))
@@ -107,22 +109,15 @@ TRANSPOSES = {"AveragePool": avgpool_transpose, "GlobalAveragePool": mean_transp
 
 
 def _check_mean(node) -> str | None:
+    if node.op_type == "AveragePool":  # its windows' geometry is checked where it is read (static_dims)
+        return None
     if node.op_type == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1] is not None \
             and const_array(node.inputs[1]) is None:
         return "axes are not constant"
-    x = node.inputs[0]
-    if x.shape is not None and any(not isinstance(x.shape[a], int) for a in _axes_of(node) if -len(x.shape) <= a
-                                   < len(x.shape)):
-        return "reduces over a dynamic axis (the batch?)"
+    shape = node.inputs[0].shape
+    if shape is not None and any(not isinstance(shape[a], int) for a in reduce_axes(node, len(shape))):
+        return "averages over a dynamic axis (the batch, or a height or width not fixed: --input-shape)"
     return None
-
-
-def _axes_of(node):
-    axes = attr(node, "axes", None)
-    if axes is None and node.op_type == "ReduceMean" and len(node.inputs) > 1 and node.inputs[1] is not None:
-        arr = const_array(node.inputs[1])
-        axes = [] if arr is None else arr.tolist()
-    return axes or []
 
 
 @defrule(tuple(TRANSPOSES), LINEAR, "gradient", check=_check_mean)
