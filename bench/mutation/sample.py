@@ -3,9 +3,9 @@
     python bench/mutation/sample.py rules-and-passes.sqlite --count 50 --seed 0
 
 For a module set too large to run whole (all of relgraph/rules and relgraph/passes: about 12,000 mutants,
-days on two cores), the kill rate of a uniform random sample estimates the whole one's; with n mutants
+weeks on two cores), the kill rate of a uniform random sample estimates the whole one's; with n mutants
 and k killed, the 95 % Wilson interval is printed by ``--report`` after ``cosmic-ray exec``. The sample is a
-function of the session's mutants and the seed alone, so it can be drawn again.
+function of the code's mutants and the seed alone, so another session of the same revision draws it again.
 """
 
 import argparse
@@ -15,9 +15,13 @@ import sqlite3
 
 
 def pending(db) -> list[str]:
-    """The job ids with no result yet, in a stable order."""
+    """The job ids with no result yet, ordered by what each mutates (module, operator, occurrence, position):
+    job ids are drawn at random by ``cosmic-ray init``, the mutations are not, so the same seed picks the same
+    mutants from any session made of the same code."""
     done = {row[0] for row in db.execute("select job_id from work_results")}
-    return sorted(row[0] for row in db.execute("select job_id from work_items") if row[0] not in done)
+    specs = db.execute("select module_path, operator_name, occurrence, start_pos_row, start_pos_col, job_id "
+                       "from mutation_specs").fetchall()
+    return [spec[-1] for spec in sorted(specs) if spec[-1] not in done]
 
 
 def keep_sample(db, count: int, seed: int) -> tuple[int, int]:
