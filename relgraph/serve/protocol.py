@@ -5,8 +5,9 @@ headers and chunked framing, and frames every body itself, so a body the answer 
 as a next request. It bounds the idle time between requests (keep-alive). This subclass adds what a service
 facing the open network needs:
 
-- a bounded head: at most ``MAX_HEAD_BYTES`` of request line and headers (431 past it), and a Host header on
-  every HTTP/1.1 request (400 without one, as RFC 9112 asks);
+- a bounded head: at most ``MAX_HEAD_BYTES`` of request line and headers (431 past it; an unfinished head
+  is cut once that much of it has arrived after its first read, so httptools never buffers more), and a Host
+  header on every HTTP/1.1 request (400 without one, as RFC 9112 asks);
 - a head timeout: a request's head must arrive whole within ``header_timeout`` of the connection opening, or of
   its first byte on a kept-alive connection (uvicorn's keep-alive timeout bounds the idle time before that);
   data trickling in does not reset it (slowloris). A partial head gets 408, none a close;
@@ -64,6 +65,11 @@ class BadHead(Exception):
         self.status, self.reason = status, reason
 
 
+def _head_too_large() -> BadHead:
+    return BadHead(431, "Request Header Fields Too Large",
+                   f"the request line and headers exceed {MAX_HEAD_BYTES >> 10} KiB")
+
+
 class GuardedProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` under :class:`Limits` (set on a subclass by :func:`guarded`)."""
 
@@ -75,7 +81,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self.head_bytes = 0  # bytes received towards the next request's head
         self.refused = False
         self.bad_head = None  # why the parser was stopped, for the answer
-        self.head_size = 0  # request line and header bytes of the request being parsed
+        self.in_head = False  # the parser is inside a request's head
+        self.head_buffered = 0  # bytes of an unfinished head received after the chunk it began in
         self.head_timer = self.write_timer = self.linger_timer = None
         self._arm_head_timer()
         if len(self.connections) > self.limits.max_connections:  # counting only the open ones costs a scan
@@ -93,11 +100,18 @@ class GuardedProtocol(HttpToolsProtocol):
         self.last_active = time.monotonic()
         if self.refused:  # read and dropped, so that closing does not reset the connection under its 503
             return
+        starts_in_head = self.in_head or not self.busy
         if not self.busy:
             if not self.head_bytes and self.head_timer is None:  # a kept-alive connection's next head begins
                 self._arm_head_timer()
             self.head_bytes += len(data)
         super().data_received(data)
+        if starts_in_head and self.in_head and not self.transport.is_closing():
+            # httptools keeps an unfinished header to itself until its line ends: bound what it buffers
+            self.head_buffered += len(data)
+            if self.head_buffered > MAX_HEAD_BYTES:
+                self.bad_head = _head_too_large()
+                self.send_400_response(str(self.bad_head))
         if self.busy and self.head_timer is not None:  # the head is complete: the body has its own deadline
             self.head_timer.cancel()
             self.head_timer = None
@@ -122,28 +136,17 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.head_size = 0
-
-    def on_url(self, url: bytes) -> None:
-        self._grow_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
+        self.in_head, self.head_buffered = True, 0
 
     def on_headers_complete(self) -> None:
-        if self.parser.get_http_version() == "1.1" and not any(name == b"host" for name, _ in self.headers):
+        self.in_head = False
+        if len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers) > MAX_HEAD_BYTES:
+            self.bad_head = _head_too_large()
+        elif self.parser.get_http_version() == "1.1" and not any(name == b"host" for name, _ in self.headers):
             self.bad_head = BadHead(400, "Bad Request", "an HTTP/1.1 request must carry a Host header")
+        if self.bad_head is not None:
             raise self.bad_head
         super().on_headers_complete()
-
-    def _grow_head(self, size: int) -> None:
-        self.head_size += size
-        if self.head_size > MAX_HEAD_BYTES:
-            self.bad_head = BadHead(431, "Request Header Fields Too Large",
-                                    f"the request line and headers exceed {MAX_HEAD_BYTES >> 10} KiB")
-            raise self.bad_head
 
     def send_400_response(self, msg: str) -> None:
         """The parser refused the request (malformed head or framing, or a :class:`BadHead`): a JSON error,
