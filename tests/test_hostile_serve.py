@@ -337,6 +337,17 @@ def test_body_over_the_limit(server, direct):
     assert closed and [a.status for a in answers] == [413] and "limit" in error_of(answers[0])
 
 
+@pytest.mark.parametrize("version", [b"\x01\x00", b"\x02\x00"])
+def test_npy_header_length_past_numpys_limit(server, direct, version):
+    """A header length field claiming more than numpy reads (10,000 bytes): refused before the header is
+    looked at, in format 1.0 (2-byte field) and 2.0 (4-byte field, here 4 GiB)."""
+    field = b"\xff\xff" if version == b"\x01\x00" else b"\xff\xff\xff\xff"
+    body = b"\x93NUMPY" + version + field + b"{" * (1 << 20)
+    with bounded(server, direct):
+        answer = post(server, body, "application/x-npy")
+    assert answer.status == 400 and "header claims" in error_of(answer)
+
+
 @pytest.mark.parametrize("shape", [(10**9, 1, 8, 8), (2**62,)])
 def test_npy_header_claiming_a_huge_array_costs_nothing(server, direct, shape):
     """np.load would allocate what the header claims before finding the data missing."""

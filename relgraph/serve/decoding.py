@@ -183,6 +183,8 @@ def load_npy(body: bytes) -> np.ndarray:
     if body.startswith(b"PK"):  # a zip file: what np.savez writes
         raise HTTPError(400, "the body is an .npz archive; send one .npy array")
     offset = npy_header_end(body)
+    if offset > MAX_NPY_HEADER:  # not copied, hashed and cached only for numpy to refuse it
+        raise HTTPError(400, f"the body is not a readable .npy array: its header claims {offset} bytes")
     shape, fortran, dtype = npy_header(body[:offset])
     count = math.prod(shape)
     if count * dtype.itemsize != len(body) - offset:
@@ -190,6 +192,9 @@ def load_npy(body: bytes) -> np.ndarray:
                              f"of {dtype} ({count * dtype.itemsize} bytes), the body holds {len(body) - offset}")
     x = np.frombuffer(body, dtype, count, offset=offset)
     return x.reshape(shape[::-1]).T if fortran else x.reshape(shape)
+
+
+MAX_NPY_HEADER = 12 + 10_000  # the magic, version and length, then numpy's limit on the header it parses
 
 
 def npy_header_end(body: bytes) -> int:
