@@ -156,6 +156,43 @@ def test_pool_over_dynamic_height_width(tmp_path, rule):
             np.testing.assert_allclose(total, fixed[tm.OUTPUT][:, 2], rtol=1e-3, atol=1e-5)
 
 
+class SequenceFirstHead(nn.Module):
+    """Tokens turned sequence-first ([S, N, E], as torchvision's MultiheadAttention wants them), a dense layer
+    per token, then the first token (``[0]``, a scalar Gather on axis 0) into the head: the dynamic batch lies
+    after the gathered axis."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix, self.head = nn.Linear(6, 7), nn.Linear(7, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mix(x.permute(1, 0, 2)))[0])
+
+
+@pytest.mark.parametrize("rule", ["gradient", "epsilon"])
+def test_scalar_gather_before_the_dynamic_batch(tmp_path, rule):
+    """A scalar Gather may pick a row in front of dynamic dimensions (only a vector of indices needs them
+    static): the first token of a sequence-first batch compiles, and its gradient is torch's; ε conserves."""
+    torch.manual_seed(0)
+    model = SequenceFirstHead().eval()
+    path = tmp_path / "tokens.onnx"
+    torch.onnx.export(model, (torch.randn(2, 5, 6),), str(path), dynamo=False, opset_version=tm.LEGACY_OPSET,
+                      input_names=[tm.INPUT], output_names=[tm.OUTPUT],
+                      dynamic_axes={tm.INPUT: {0: "batch"}, tm.OUTPUT: {0: "batch"}})
+    proto = onnx.load(str(path))
+    assert [n.op_type for n in proto.graph.node if n.op_type == "Gather"] == ["Gather"]
+    proto.ir_version = tm.IR_VERSION
+    onnx.save(proto, str(path))
+    x = tm.random_input((3, 5, 6), seed=4)
+    out = explain(str(path), rule, x)
+    if rule == "gradient":
+        exact = tm.reference_gradient(model, x, np.full(len(x), 2))
+        assert np.all(tm.relative_error(out["relevance"], exact) < 1e-5)
+    else:
+        total = out["relevance"].reshape(len(x), -1).sum(1) + out["bias_relevance"]
+        np.testing.assert_allclose(total, out[tm.OUTPUT][:, 2], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("flag, needle", [
     ("input=Nx3x8", "rank 4"),            # wrong rank
     ("input=Nx4x8x8", "axis 1"),          # a static dimension given otherwise
