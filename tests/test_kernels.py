@@ -2,7 +2,7 @@
 
 Every run writes into outputs poisoned with NaN, so an element a kernel fails to write shows up. Shapes
 are small and ragged (not multiples of the blocks). References: ``relgraph.kernels.reference`` (float64 numpy),
-torch autograd for the transposed convolution, relgraph's own rule groups (``groups_for``) for γ and αβ,
+torch autograd for the transposed convolution, zennit's modified-weight form of γ and αβ,
 onnxruntime's pooling indices for max pooling's route, and onnxruntime running a compiled ε explainer.
 """
 
@@ -221,20 +221,33 @@ def test_lrp_parts_conv2d(g):
         assert rel_err(got, want) < 1e-4, rule
 
 
-def _groups_relevance(groups, x, z, r, forward, transpose):
-    """relgraph's rule groups evaluated directly in float64: for each group g with terms t,
-    z_g = Σ_t sign_t·(in_t ⋆ W_t) + b_t, s_g = c_g·mask_g·r ⊘ stab(z_g), R_x = Σ_g Σ_t sign_t·in_t ⊙ (s_g ⋆ᵀ W_t)."""
-    inputs = {"x": x, "x+": np.maximum(x, 0), "x-": np.minimum(x, 0)}
+def _zennit_groups(rule, w, b, p):
+    """zennit's γ, αβ and z⁺ as groups of (input, weight, bias) with a coefficient and an output mask, in the
+    modified-weight form (γ: W + γW⁺ where z > 0, W + γW⁻ where z < 0), not relgraph's split form."""
+    pos, neg = np.maximum, np.minimum
+    if rule == "gamma":
+        g = p.gamma
+        wp, wn, bp, bn = w + g * pos(w, 0), w + g * neg(w, 0), b + g * pos(b, 0), b + g * neg(b, 0)
+        return [(1.0, "z>0", [("x+", wp, bp), ("x-", wn, None)]), (1.0, "z<0", [("x+", wn, bn), ("x-", wp, None)])]
+    groups = [(p.alpha, None, [("x+", pos(w, 0), pos(b, 0)), ("x-", neg(w, 0), None)])]
+    if p.beta:
+        groups.append((-p.beta, None, [("x+", neg(w, 0), neg(b, 0)), ("x-", pos(w, 0), None)]))
+    return groups
+
+
+def _groups_relevance(groups, x, z, r, forward, transpose, epsilon=1e-6):
+    """The groups evaluated directly in float64: for each group g with coefficient c_g, mask m_g and terms t,
+    z_g = Σ_t (in_t ⋆ W_t) + b_t, s_g = c_g·m_g·r ⊘ stab(z_g), R_x = Σ_g Σ_t in_t ⊙ (s_g ⋆ᵀ W_t)."""
+    inputs = {"x+": np.maximum(x, 0), "x-": np.minimum(x, 0)}
     shape = [1, -1] + [1] * (x.ndim - 2)
     total = np.zeros_like(x)
-    for group in groups:
-        zg = sum(t.sign * (forward(inputs[t.input], t.weight.astype(np.float64))
-                           + (0 if t.bias is None else t.bias.astype(np.float64).reshape(shape)))
-                 for t in group.terms)
-        s = group.coeff * r / (zg + group.stabilizer * np.where(zg >= 0, 1.0, -1.0))
-        if group.mask:
-            s = np.where(z > 0 if group.mask == "z>0" else z < 0, s, 0.0)
-        total += sum(t.sign * inputs[t.input] * transpose(s, t.weight.astype(np.float64)) for t in group.terms)
+    for coeff, mask, terms in groups:
+        zg = sum(forward(inputs[i], w.astype(np.float64)) + (0 if b is None else b.astype(np.float64).reshape(shape))
+                 for i, w, b in terms)
+        s = coeff * r / (zg + epsilon * np.where(zg >= 0, 1.0, -1.0))
+        if mask:
+            s = np.where(z > 0 if mask == "z>0" else z < 0, s, 0.0)
+        total += sum(inputs[i] * transpose(s, w.astype(np.float64)) for i, w, _ in terms)
     return total
 
 
@@ -273,11 +286,9 @@ def test_lrp_parts_back_writes_the_shares(rule, has_bias, x_nonneg):
 
 @pytest.mark.parametrize("rule", ["gamma", "alpha-beta", "zplus"])
 @pytest.mark.parametrize("layer", ["dense", "conv"])
-def test_parts_match_relgraph_groups(rule, layer):
-    """The kernels' two-share form equals relgraph's rule groups (zennit's γ, αβ, z⁺) term by term."""
+def test_parts_match_zennit_groups(rule, layer):
+    """The kernels' two-share form equals zennit's γ, αβ and z⁺ in their modified-weight form."""
     from types import SimpleNamespace
-
-    from relgraph.rules.linear import groups_for
 
     gen = torch.Generator().manual_seed(13)
     params = SimpleNamespace(stabilizer=1e-6, gamma=0.25, alpha=1.0 if rule == "zplus" else 2.0,
@@ -299,7 +310,7 @@ def test_parts_match_relgraph_groups(rule, layer):
                gamma=params.gamma, alpha=params.alpha, beta=params.beta, epsilon=1e-6, out=poisoned(x.shape), **geo)
     shape = [1, -1] + [1] * (x.dim() - 2)
     z = f64(z_pos) + f64(z_neg) + f64(b).reshape(shape)
-    groups = groups_for(rule, w.cpu().numpy(), b.cpu().numpy(), params)
+    groups = _zennit_groups(rule, w.cpu().numpy(), b.cpu().numpy(), params)
     want = _groups_relevance(groups, f64(x), z, f64(r), forward, transpose)
     assert rel_err(got, want) < 1e-4
 

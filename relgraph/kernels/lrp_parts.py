@@ -10,8 +10,8 @@ formed while the r, z_pos, z_neg tiles load):
     rx = x⁺ ⊙ (s_a·W⁺ + s_b·W⁻) + x⁻ ⊙ (s_b·W⁺ + s_a·W⁻)
 
 again two accumulators, the signs of W split in registers. With ``want_s`` the push-back also writes
-s_a and s_b, which a layer's bias share ⟨b⁺, s_a⟩ + ⟨b⁻, s_b⟩ reads. This equals the group sums of
-``relgraph.rules.linear.groups_for`` (zennit's γ and αβ). ``x_nonneg`` (x comes out of a ReLU) drops
+s_a and s_b, which a layer's bias share ⟨b⁺, s_a⟩ + ⟨b⁻, s_b⟩ reads. This is the ONNX definition
+``relgraph.rules.functions.parts_relevance`` as tiles (zennit's γ and αβ). ``x_nonneg`` (x comes out of a ReLU) drops
 every x⁻ term: half the products. The conv2d versions run the same math through the implicit GEMMs of
 ``conv`` and ``epsilon_conv``.
 """

@@ -166,7 +166,8 @@ and push back two shares through the transposed map:
   with z the layer's output; s_a = (1+γ)s₁ + s₂, s_b = s₁ + (1+γ)s₂.
 - αβ: s_a = α·R ⊘ stab(Z⁺), s_b = −β·R ⊘ stab(Z⁻).
 
-These are the group sums of ``linear.groups_for`` regrouped by the signs of x and W. ``OnNonnegative``: x ≥ 0
+This is zennit's modified-weight form (``relgraph.rules.linear``) regrouped by the signs of x and W, written
+once, by :func:`parts_relevance`, for the functions and for inline layers. ``OnNonnegative``: x ≥ 0
 is proved (it comes out of a ReLU), every x⁻ term is dropped: half the products. ``UnitStride``: the 2-d
 stride-1 transpose runs as a flipped-kernel Conv, as in ``EpsilonConvUnitStride``.
 """
@@ -184,6 +185,43 @@ _declare(*_PARTS.values())
 def parts_function(rule: str, op: str, unit_stride: bool, nonnegative: bool) -> LocalFunction:
     """The γ or αβ function of a Gemm or Conv layer."""
     return _PARTS[rule, op, unit_stride, nonnegative]
+
+
+def parts_relevance(op, forward, back, stab, rule: str, x, wp, wn, bp, bn, z, R, zero, *, nonnegative: bool = False,
+                    g1=None, alpha=None, beta=None):
+    """(R_x, s_a, s_b) of a γ or αβ layer by the formulas above: the one ONNX definition of both rules, for
+    these functions' text and for the builder's inline steps alike (``relgraph.rules.linear``).
+
+    ``op(op_type, *inputs)`` writes an op; ``forward(x, w[, b])`` is the layer's map x⋆w + b and ``back(s, w)``
+    its transpose s⋆ᵀw; ``stab(z)`` the stabilized denominator. ``wp``, ``wn``, ``bp``, ``bn``: W⁺, W⁻, b⁺, b⁻
+    (``bp``/``bn`` may be whatever ``forward`` reads as no bias); ``z``: the layer's output (γ's masks).
+    γ takes ``g1`` = 1 + γ, αβ takes ``alpha`` (None: 1) and ``beta`` (None: β = 0, and s_b is None: z⁺).
+    """
+    xp = x if nonnegative else op("Relu", x)
+    xn = None if nonnegative else op("Min", x, zero)
+
+    def split(w_same, w_other, b):  # x⁺⋆w_same + x⁻⋆w_other + b
+        out = forward(xp, w_same, b)
+        return out if nonnegative else op("Add", out, forward(xn, w_other))
+
+    z_pos = split(wp, wn, bp)
+    if rule == "gamma":
+        z_neg = split(wn, wp, bn)
+        s1 = op("Where", op("Greater", z, zero), op("Div", R, stab(op("Add", op("Mul", z_pos, g1), z_neg))), zero)
+        s2 = op("Where", op("Less", z, zero), op("Div", R, stab(op("Add", z_pos, op("Mul", z_neg, g1)))), zero)
+        sa, sb = op("Add", op("Mul", s1, g1), s2), op("Add", s1, op("Mul", s2, g1))
+    else:
+        sa = op("Div", R, stab(z_pos))
+        sa = sa if alpha is None else op("Mul", sa, alpha)
+        sb = None if beta is None else op("Neg", op("Mul", op("Div", R, stab(split(wn, wp, bn))), beta))
+
+    def pushed(w_a, w_b):  # s_a ⋆ᵀ w_a + s_b ⋆ᵀ w_b
+        out = back(sa, w_a)
+        return out if sb is None else op("Add", out, back(sb, w_b))
+
+    if nonnegative:
+        return op("Mul", x, pushed(wp, wn)), sa, sb
+    return op("Add", op("Mul", xp, pushed(wp, wn)), op("Mul", xn, pushed(wn, wp))), sa, sb
 
 
 class _Body:
@@ -246,33 +284,11 @@ def parts_function_proto(function: LocalFunction, opset: int) -> onnx.FunctionPr
     def stab(z):
         return stabilized(v.op, z, "eps", v("Neg (eps)"), "zero")
 
-    wp, wn = v("Relu (W)"), v("Min (W, zero)")
-    xp = "x" if nonneg else v("Relu (x)")
-    zp, zn = forward(xp, wp, "bp"), forward(xp, wn, "bn")
-    if not nonneg:
-        xn = v("Min (x, zero)")
-        zp, zn = v(f"Add ({zp}, {forward(xn, wn)})"), v(f"Add ({zn}, {forward(xn, wp)})")
-    if rule == "gamma":
-        z1 = v(f"Add ({v(f'Mul ({zp}, g1)')}, {zn})")
-        z2 = v(f"Add ({zp}, {v(f'Mul ({zn}, g1)')})")
-        q1, q2 = v(f"Div (R, {stab(z1)})"), v(f"Div (R, {stab(z2)})")
-        s1 = v(f"Where ({v('Greater (z, zero)')}, {q1}, zero)")
-        s2 = v(f"Where ({v('Less (z, zero)')}, {q2}, zero)")
-        v.lines.append(f"    sa = Add ({v(f'Mul ({s1}, g1)')}, {s2})")
-        v.lines.append(f"    sb = Add ({s1}, {v(f'Mul ({s2}, g1)')})")
-    else:
-        qp, qn = v(f"Div (R, {stab(zp)})"), v(f"Div (R, {stab(zn)})")
-        v.lines.append(f"    sa = Mul ({qp}, alpha)")
-        v.lines.append(f"    sb = Neg ({v(f'Mul ({qn}, beta)')})")
-    pos = v(f"Add ({back('sa', wp)}, {back('sb', wn)})")
-    if nonneg:
-        v.lines.append(f"    Rx = Mul (x, {pos})")
-    else:
-        neg = v(f"Add ({back('sb', wp)}, {back('sa', wn)})")
-        rp, rn = v(f"Mul ({xp}, {pos})"), v(f"Mul ({xn}, {neg})")
-        v.lines.append(f"    Rx = Add ({rp}, {rn})")
+    coefficients = dict(g1="g1") if rule == "gamma" else dict(alpha="alpha", beta="beta")
+    rx, sa, sb = parts_relevance(v.op, forward, back, stab, rule, "x", v("Relu (W)"), v("Min (W, zero)"), "bp", "bn",
+                                 "z", "R", "zero", nonnegative=nonneg, **coefficients)
     inputs = "x, W, bp, bn, " + ("z, " if rule == "gamma" else "") + "R"
     text = (f'<domain: "{DOMAIN}", opset_import: ["" : {opset}]>\n'
-            f"{function.name} <{', '.join(attrs)}> ({inputs}) => (Rx, sa, sb) {{\n"
+            f"{function.name} <{', '.join(attrs)}> ({inputs}) => ({rx}, {sa}, {sb}) {{\n"
             + "\n".join(consts + v.lines) + "\n}")
     return onnx.parser.parse_function(text)

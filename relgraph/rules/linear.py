@@ -1,14 +1,11 @@
 """Rules for layers with weights: Gemm, Conv, MatMul with a constant operand.
 
 Every LRP rule for a layer z = x⋆W + b has one shape (zennit's "modify, forward, divide, push back,
-multiply"), which :func:`lrp_family` builds from a list of *groups*. A group is a set of terms
-(input variant, weight variant, bias variant, sign); it yields one denominator
+multiply"): one or two denominators, each a sum of terms (input variant, weight variant, bias variant,
+sign), and the input's relevance pushed back through the transposed map of each term:
 
-    z_g = Σ_t sign_t · (in_t ⋆ W_t) + b_g,      s_g = c_g · mask_g ⊙ R ⊘ stab(z_g)
-
-and the relevance of the input is pushed back through the transposed map of each term:
-
-    R_x = Σ_g Σ_t sign_t · in_t ⊙ (s_g ⋆ᵀ W_t),      R_bias = Σ_g Σ_t sign_t · ⟨b_t, s_g⟩
+    z_g = Σ_t sign_t · (in_t ⋆ W_t + b_t),   s_g = c_g · mask_g ⊙ R ⊘ stab(z_g),
+    R_x = Σ_g Σ_t sign_t · in_t ⊙ (s_g ⋆ᵀ W_t),   R_bias = Σ_g Σ_t sign_t · ⟨b_t, s_g⟩
 
 (``x⁺ = max(x, 0)``, ``x⁻ = min(x, 0)``, likewise for W and b.) The rules, in zennit's exact form:
 
@@ -22,6 +19,10 @@ and the relevance of the input is pushed back through the transposed map of each
 - w²:          {(1, W², 0)}, no multiplication by the input (Montavon et al. 2017).
 - flat:        {(1, 1, 0)}, likewise.
 
+z⁺, αβ and γ are written once, regrouped by the signs of x and W into a split forward Z⁺ = x⁺⋆W⁺ + x⁻⋆W⁻ + b⁺,
+Z⁻ = x⁺⋆W⁻ + x⁻⋆W⁺ + b⁻ and two shares (:func:`relgraph.rules.functions.parts_relevance`, by
+:func:`affine_parts`); z^B, w² and flat are one group each (:func:`one_group`).
+
 What the graph proves is used: when x ≥ 0 (it comes out of a ReLU, say) every x⁻ term is dropped and
 x⁺ is x itself, so z⁺ costs one extra forward and one transposed pass, not two of each.
 """
@@ -34,7 +35,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import attr, const_array, static_dims
-from .functions import DOMAIN, parts_function
+from .functions import DOMAIN, parts_function, parts_relevance
 from .registry import AFFINE, BILINEAR, Env, defrule
 
 # ------------------------------------------------------------------------------------------- linear maps
@@ -223,18 +224,11 @@ LINEAR_MAPS = {"Gemm": GemmMap, "MatMul": MatMulMap, "Conv": ConvMap}
 
 @dataclass
 class Term:
-    input: str                  # "x", "x+", "x-", "ones", "low", "high"
+    """sign · (input ⋆ weight + bias): one term of a denominator z = Σ_t sign_t · (in_t ⋆ W_t + b_t)."""
+    input: str                  # "x", "ones", "low", "high"
     weight: np.ndarray
     bias: np.ndarray | None
     sign: float = 1.0
-
-
-@dataclass
-class Group:
-    terms: list
-    coeff: float = 1.0
-    mask: str | None = None     # "z>0" or "z<0": the group covers only those outputs (generalized γ)
-    stabilizer: float = 1e-6
 
 
 def _pos(a):
@@ -255,113 +249,42 @@ def layer_params(env: Env):
     return w, None if b is None else b.astype(np.float32)
 
 
-def groups_for(rule: str, w, b, p) -> list[Group]:
-    """The groups of each LRP rule; see the module docstring for the math."""
-    eps = p.stabilizer
-    if rule in ("zplus", "alpha-beta"):
-        alpha, beta = (1.0, 0.0) if rule == "zplus" else (p.alpha, p.beta)
-        groups = [Group([Term("x+", _pos(w), _pos(b)), Term("x-", _neg(w), None)], alpha, stabilizer=eps)]
-        if beta:
-            groups.append(Group([Term("x+", _neg(w), _neg(b)), Term("x-", _pos(w), None)], -beta, stabilizer=eps))
-        return groups
-    if rule == "gamma":
-        g = p.gamma
-        wp, wn = (w + g * _pos(w)).astype(np.float32), (w + g * _neg(w)).astype(np.float32)
-        bp = None if b is None else (b + g * _pos(b)).astype(np.float32)
-        bn = None if b is None else (b + g * _neg(b)).astype(np.float32)
-        return [
-            Group([Term("x+", wp, bp), Term("x-", wn, None)], mask="z>0", stabilizer=eps),
-            Group([Term("x+", wn, bn), Term("x-", wp, None)], mask="z<0", stabilizer=eps),
-        ]
+def terms_for(rule: str, w, b) -> tuple[list[Term], bool]:
+    """The terms of z^B, w² and flat (see the module docstring), and whether their z is ≥ 0 by construction
+    (W² and ones on a constant-one input), so that stab(z) = z + ε exactly: one op instead of three."""
     if rule == "zbox":
-        return [Group([Term("x", w, b), Term("low", _pos(w), _pos(b), -1.0), Term("high", _neg(w), _neg(b), -1.0)],
-                      stabilizer=eps)]
+        return [Term("x", w, b), Term("low", _pos(w), _pos(b), -1.0), Term("high", _neg(w), _neg(b), -1.0)], False
     if rule == "w-square":
-        return [Group([Term("ones", (w * w).astype(np.float32), None)], stabilizer=eps)]
+        return [Term("ones", (w * w).astype(np.float32), None)], True
     if rule == "flat":
-        return [Group([Term("ones", np.ones_like(w), None)], stabilizer=eps)]
+        return [Term("ones", np.ones_like(w), None)], True
     raise AssertionError(rule)
 
 
-def _stabilize_group(b, z, terms, nonneg: bool, eps: float):
-    """stab(z); when every term is provably ≥ 0 — a sign-definite input times weights of the same sign, and
-    a non-negative bias (z⁺ = x⁺W⁺ + x⁻W⁻ + b⁺, flat, w²) — z ≥ 0 and stab(z) = z + ε exactly: one op
-    instead of three."""
-    def sign(a):
-        return 1 if np.all(a >= 0) else -1 if np.all(a <= 0) else 0
-
-    def term_nonneg(t):
-        input_sign = {"x+": 1, "ones": 1, "x-": -1, "x": 1 if nonneg else 0}.get(t.input, 0)
-        return input_sign * sign(t.weight) * t.sign > 0 and (t.bias is None or sign(t.bias) * t.sign > 0)
-
-    if eps > 0 and all(map(term_nonneg, terms)):
-        return b.op("Add", z, b.scalar(eps))
-    return b.stabilize(z, eps)
-
-
-def _single_term(groups: list[Group], nonneg: bool) -> Term | None:
-    """The one term of a rule that reduces to x ⊙ ((R ⊘ stab(x⋆w + b)) ⋆ᵀ w) on this input, else None."""
-    if len(groups) != 1 or groups[0].mask or groups[0].coeff != 1.0:
-        return None
-    terms = [t for t in groups[0].terms if not (t.input == "x-" and nonneg)]
-    if len(terms) != 1 or terms[0].sign != 1.0:
-        return None
-    t = terms[0]
-    return t if t.input == "x" or (t.input == "x+" and nonneg) else None
-
-
-def lrp_family(env: Env, lin: LinearMap, groups: list[Group]) -> tuple[ir.Value, ir.Value | None]:
-    """Emit the relevance of the layer's input for ``groups``; returns (R_x, the bias's share or None)."""
-    b, x = env.b, activation(env)
-    nonneg = env.nonnegative(x)
-    inputs = {"x": x, "x+": x} if nonneg else {"x": x}
+def one_group(env: Env, lin: LinearMap, terms: list[Term], nonnegative_z: bool):
+    """s = R ⊘ stab(Σ_t sign_t·(in_t ⋆ W_t + b_t)), R_x = Σ_t sign_t · in_t ⊙ (s ⋆ᵀ W_t) (no product with a
+    constant-one input), R_bias = Σ_t sign_t·⟨b_t, s⟩; returns (R_x, R_bias or None)."""
+    b, p = env.b, env.params
+    inputs = {"x": activation(env)}
     if env.rule == "zbox":
-        inputs["low"], inputs["high"] = lin.constant_input(env.params.low), lin.constant_input(env.params.high)
-
-    def variant(name):  # x⁺ and x⁻ are computed once, on first use
-        if name not in inputs:
-            inputs[name] = b.positive(x) if name == "x+" else b.negative(x)
-        return inputs[name]
-
-    single = _single_term(groups, nonneg)
-    if single is not None:  # z⁺ on x ≥ 0 and the like: an ε step with another weight, one fused call
-        z = lin.forward(x, single.weight, single.bias)
-        relevance, s = normalized_step(env, lin, single.weight, _stabilize_group(b, z, [single], nonneg,
-                                                                                  groups[0].stabilizer))
-        return relevance, lin.bias_share(s, single.bias) if single.bias is not None else None
-
-    z_forward = env.y
-    relevance, bias_shares = None, []
-    for group in groups:
-        terms = [t for t in group.terms if not (t.input == "x-" and nonneg)]
-        if not terms:
-            continue
-        if terms[0].input == "ones":
-            z = lin.forward(lin.constant_input(1.0), terms[0].weight, None)
-        else:
-            z = None
-            for t in terms:
-                part = lin.forward(variant(t.input), t.weight, t.bias)
-                if t.sign < 0:
-                    part = b.op("Neg", part)
-                z = part if z is None else b.op("Add", z, part)
-        s = b.op("Div", env.R, _stabilize_group(b, z, terms, nonneg, group.stabilizer))
-        if group.mask:
-            cmp = "Greater" if group.mask == "z>0" else "Less"
-            s = b.op("Where", b.op(cmp, z_forward, b.scalar(0.0)), s, b.scalar(0.0))
-        if group.coeff != 1.0:
-            s = b.op("Mul", s, b.scalar(group.coeff))
-        for t in terms:
-            back = lin.transpose(s, t.weight)
-            if t.input != "ones":
-                back = b.op("Mul", variant(t.input), back)
-            if t.sign < 0:
-                back = b.op("Neg", back)
-            relevance = back if relevance is None else b.op("Add", relevance, back)
-            if t.bias is not None:
-                share = lin.bias_share(s, t.bias)
-                bias_shares.append(b.op("Neg", share) if t.sign < 0 else share)
-    return relevance, b.total(bias_shares)
+        inputs["low"], inputs["high"] = lin.constant_input(p.low), lin.constant_input(p.high)
+    if terms[0].input == "ones":
+        z = lin.forward(lin.constant_input(1.0), terms[0].weight, None)
+    else:
+        signed = [lin.forward(inputs[t.input], t.weight, t.bias) for t in terms]
+        z = b.total([part if t.sign > 0 else b.op("Neg", part) for t, part in zip(terms, signed)])
+    den = b.op("Add", z, b.scalar(p.stabilizer)) if nonnegative_z and p.stabilizer > 0 else b.stabilize(z, p.stabilizer)
+    s = b.op("Div", env.R, den)
+    relevance, bias_shares = [], []
+    for t in terms:
+        back = lin.transpose(s, t.weight)
+        if t.input != "ones":
+            back = b.op("Mul", inputs[t.input], back)
+        relevance.append(back if t.sign > 0 else b.op("Neg", back))
+        if t.bias is not None:
+            share = lin.bias_share(s, t.bias)
+            bias_shares.append(share if t.sign > 0 else b.op("Neg", share))
+    return b.total(relevance), b.total(bias_shares)
 
 
 # ------------------------------------------------------------------------------------------- the rules
@@ -424,21 +347,55 @@ def affine_epsilon(env: Env):
 
 @defrule(AFFINE_OPS, affine_kind, "zbox", kinds=AFFINE, requires=_needs_bounds)
 @defrule(AFFINE_OPS, affine_kind, "w-square", "flat", kinds=AFFINE)
-@defrule(AFFINE_OPS, affine_kind, "gamma", "alpha-beta", "zplus", kinds=AFFINE, multiplies_input=True)
-def affine_lrp(env: Env):
+def affine_terms(env: Env):
+    """z^B (Montavon et al. 2017), w² and flat: one denominator of the rule's terms (``terms_for``)."""
     lin = LINEAR_MAPS[env.node.op_type](env)
-    if _parts_form(env, lin):
-        return _place(env, *parts_step(env, lin, env.rule))
-    return _place(env, *lrp_family(env, lin, groups_for(env.rule, lin.w, lin.bias, env.params)))
+    return _place(env, *one_group(env, lin, *terms_for(env.rule, lin.w, lin.bias)))
 
 
-def _parts_form(env: Env, lin: LinearMap) -> bool:
-    """γ and αβ (β ≠ 0) on a Gemm or 2-d Conv run as one ``relgraph.<Rule><Op>`` call (see functions.py)."""
-    if env.rule == "gamma":
-        pass
-    elif env.rule != "alpha-beta" or env.params.beta == 0:
-        return False
-    return env.node.op_type == "Gemm" or (env.node.op_type == "Conv" and len(lin.kernel) == 2)
+@defrule(AFFINE_OPS, affine_kind, "gamma", "alpha-beta", "zplus", kinds=AFFINE, multiplies_input=True)
+def affine_parts(env: Env):
+    """γ (zennit's Gamma), αβ (Bach et al. 2015) and z⁺ (αβ with α = 1, β = 0): the split forward Z⁺, Z⁻ and
+    two shares pushed back, by the one definition :func:`relgraph.rules.functions.parts_relevance`.
+
+    On a Gemm or 2-d Conv, γ and αβ with β ≠ 0 are one ``relgraph.<Rule><Op>`` call (a GPU lowering runs it as
+    two fused kernels); z⁺ on an input proved ≥ 0 is the ε step with W⁺ and b⁺ (Z⁺ ≥ 0, so stab(Z⁺) = Z⁺ + ε);
+    every other layer writes the formula's ops inline.
+    """
+    lin = LINEAR_MAPS[env.node.op_type](env)
+    p = env.params
+    rule, alpha, beta = ("alpha-beta", 1.0, 0.0) if env.rule == "zplus" else (env.rule, p.alpha, p.beta)
+    if (rule == "gamma" or beta != 0) and (env.node.op_type == "Gemm" or
+                                           (env.node.op_type == "Conv" and len(lin.kernel) == 2)):
+        return _place(env, *parts_step(env, lin, rule))
+    if rule == "alpha-beta" and beta == 0 and env.nonnegative(activation(env)):  # α − β = 1: α = 1
+        return _place(env, *_zplus_as_epsilon(env, lin))
+    return _place(env, *_parts_inline(env, lin, rule, alpha, beta))
+
+
+def _zplus_as_epsilon(env: Env, lin: LinearMap):
+    """z⁺ on x ≥ 0: s = R ⊘ (x⋆W⁺ + b⁺ + ε), R_x = x ⊙ (s ⋆ᵀ W⁺), one fused ε call; returns (R_x, R_bias)."""
+    b, eps = env.b, env.params.stabilizer
+    wp, bp = _pos(lin.w), _pos(lin.bias)
+    z = lin.forward(activation(env), wp, bp)
+    relevance, s = normalized_step(env, lin, wp, b.op("Add", z, b.scalar(eps)) if eps > 0 else z)
+    return relevance, lin.bias_share(s, bp) if bp is not None else None
+
+
+def _parts_inline(env: Env, lin: LinearMap, rule: str, alpha: float, beta: float):
+    """γ, αβ or z⁺ written as ops in the graph (MatMul, 1-d and 3-d Conv, β = 0); returns (R_x, R_bias)."""
+    b, p, x = env.b, env.params, activation(env)
+    wp, wn, bp, bn = _pos(lin.w), _neg(lin.w), _pos(lin.bias), _neg(lin.bias)
+    if rule == "gamma":
+        coefficients = dict(g1=b.scalar(1 + p.gamma))
+    else:
+        coefficients = dict(alpha=None if alpha == 1 else b.scalar(alpha), beta=None if beta == 0 else b.scalar(beta))
+    relevance, sa, sb = parts_relevance(
+        b.op, lambda v, w, bias=None: lin.forward(v, w, bias), lin.transpose, lambda z: b.stabilize(z, p.stabilizer),
+        rule, x, wp, wn, bp, bn, env.y, env.R, b.scalar(0.0), nonnegative=bool(env.nonnegative(x)), **coefficients)
+    if lin.bias is None:
+        return relevance, None
+    return relevance, b.total([lin.bias_share(sa, bp)] + ([lin.bias_share(sb, bn)] if sb is not None else []))
 
 
 def _activation_index(node: ir.Node) -> int:
