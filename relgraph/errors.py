@@ -4,7 +4,7 @@ The CLI prints its message on one line and exits non-zero; anything else escapin
 """
 
 
-TRITON_STACK = ("torch", "triton")  # what the triton target, its kernels and their tools import
+TRITON_STACK = ("torch", "triton", "onnxscript")  # what the triton target, its kernels and their tools import
 
 
 class RelgraphError(Exception):

@@ -175,8 +175,8 @@ def static_dims(value: ir.Value, what: str = "") -> list[int]:
 def stabilized(op, z, epsilon, minus_epsilon, zero):
     """stab(z) = z + ε·s, s = +1 where z ≥ 0 and −1 where z < 0 (sign(0) = +1), as ``op(op_type, *inputs)`` writes
     it: Add(z, Where(GreaterOrEqual(z, 0), ε, −ε)). The one ONNX spelling of the stabilizer, for the builder and
-    for the model-local functions' text alike; the lowering recognises it to fuse the division into a kernel
-    (``lowering/plan.py``)."""
+    for the model-local functions' text alike, and the lowering's pattern for it (``lowering/rewrites.py``), which
+    fuses the division into a kernel."""
     return op("Add", z, op("Where", op("GreaterOrEqual", z, zero), epsilon, minus_epsilon))
 
 

@@ -9,6 +9,7 @@ explainer in the same folder. Single ONNX ops of the torch op table are checked 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -148,6 +149,77 @@ def test_pooling_and_residual_sum_are_kernel_steps(folders, rule):
     assert split.flags["mode"] == "shift" and split.attrs["epsilon"] == pytest.approx(1e-6)
     relu = next(s for s in plan.steps if s.op == "Relu")
     assert split.inputs[3] == relu.outputs[0]
+
+
+def test_every_function_has_a_kernel_rule():
+    """The rewrites are made from the function records: every declared function with a kernel has its rule
+    (three for the ε family: stab, shift, den), so a new one cannot be lowered by name alone."""
+    from relgraph.lowering.rewrites import kernel_rules
+    from relgraph.rules.functions import FUNCTIONS
+
+    named = {rule.name for rule in kernel_rules()}
+    assert {name.split("+")[0] for name in named} == set(FUNCTIONS)
+    epsilon = [f.name for f in FUNCTIONS.values() if f.kernel.startswith("epsilon_")]
+    assert all({n, n + "+stab", n + "+shift"} <= named for n in epsilon)
+
+
+def test_a_call_that_fits_is_never_left_to_torch(model_path, monkeypatch):
+    """A call whose operands fit its kernel but that no rewrite took is an error naming the call, not a quiet
+    fallback to its body's torch ops."""
+    import relgraph.lowering.plan as plan_module
+
+    class NoRules:
+        def apply_to_model(self, model):
+            return 0
+
+    proto = relgraph.compile(model_path, rule="epsilon", write=False, target="triton").proto
+    monkeypatch.setattr(plan_module, "kernel_rules", NoRules)
+    with pytest.raises(RelgraphError, match=r"Epsilon\w+ call '.+' fits epsilon_\w+ but no rewrite matched it"):
+        lower(proto)
+
+
+class WallTimer:
+    """``relgraph bench``'s step timer on the CPU: wall time instead of CUDA events."""
+
+    def start(self):
+        self.begin = time.perf_counter()
+
+    def stop(self):
+        self.end = time.perf_counter()
+
+    def ms(self) -> float:
+        return (self.end - self.begin) * 1e3
+
+    @staticmethod
+    def synchronize():
+        pass
+
+
+def test_bench_profile_counts_each_kernel_steps_work(folders, sample):
+    """The GPU half of ``relgraph bench`` (its per-step loop and roofline counts), run with the kernels as torch
+    ops and a wall-clock timer: one row per step, and each kernel step's FLOPs and bytes equal the layer
+    arithmetic of LoweringNet worked out here by hand."""
+    from relgraph.bench.gpu import profile_triton
+
+    n = len(sample)
+    explainer = TritonExplainer(folders["epsilon"], kernels="torch")
+    feeds = {explainer.input_name: sample, "target": np.full(n, -1, np.int64)}
+    rows = profile_triton(explainer.executor, feeds, repeats=2, timer=WallTimer)
+    assert [r["step"] for r in rows] == [s.describe() for s in explainer.plan.steps]
+    assert all(r["ms"] >= 0 for r in rows)
+    # multiply-adds: stem 8×12×12 outputs of 4·3·3, strided (groups 2) 8×5×5 of 4·3·3, dilated (groups 4)
+    # 8×5×5 of 2·3·3, head 5 of 32; each ε step as many as its layer; the route and the sum none
+    convs = sorted(2 * n * m for m in (8 * 144 * 36, 8 * 25 * 36, 8 * 25 * 18))
+    flops = {}
+    for r in rows:
+        if r["kind"] == "kernel":
+            flops.setdefault(r["step"].split("[")[0].removeprefix("kernel "), []).append(r["flops"])
+    assert sorted(flops["conv2d"]) == convs and sorted(flops["epsilon_conv2d"]) == convs
+    assert flops["linear"] == flops["epsilon_linear"] == [2 * n * 32 * 5]
+    assert flops["maxpool2d_back"] == [0.0] and flops["epsilon_sum"] == [0.0]
+    stem = next(r for r in rows if r["node"] == next(s.nodes[0] for s in explainer.plan.steps if s.op == "conv2d"))
+    # x, W, b in; the ReLU's output out (z is read by nothing else); fp32
+    assert stem["bytes"] == 4 * (n * 4 * 144 + 8 * 4 * 9 + 8 + n * 8 * 144)
 
 
 def test_plan_round_trips_and_names_real_specializations(folders, model_path):

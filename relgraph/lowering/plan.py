@@ -1,6 +1,7 @@
 """Lowering: a compiled ONNX explainer → a launch plan of Triton kernel calls and torch ops.
 
-The explainer is the IR. Lowering walks its nodes in order and rewrites the ones a kernel covers:
+The explainer, read into onnx_ir, is the IR. The relevance calls a kernel covers are rewritten by onnxscript
+rules (:mod:`relgraph.lowering.rewrites`), then lowering walks the nodes in order into steps:
 
 - the ε step, a call of the model-local function ``relgraph.Epsilon{Gemm,MatMul,Conv,ConvUnitStride}``
   (x, W, den, R) → (R_x, s), becomes one ``epsilon_linear`` / ``epsilon_conv2d`` launch. How ``den`` was
@@ -34,11 +35,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+import onnx_ir as ir
 
 from ..errors import RelgraphError
 from ..files import replacing
-from ..rules.functions import DOMAIN, FUNCTIONS, LocalFunction
+from ..rules.functions import DOMAIN, FUNCTIONS
+from .rewrites import CALL, FLAGS, KERNEL_DOMAIN, kernel_rules, misfit, rank, unfit_operand
 
 FORMAT = "relgraph.plan/1"
 KERNEL_OPS = ("linear", "conv2d", "epsilon_linear", "epsilon_conv2d", "lrp_parts_linear", "lrp_parts_linear_back",
@@ -170,45 +172,97 @@ def _decode(v):
     return v
 
 
-def _attribute(a: onnx.AttributeProto):
-    if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+def _attribute(a: ir.Attr):
+    """The plain Python value of an attribute (lists, str, numpy arrays for tensors)."""
+    if a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
         raise RelgraphError(f"attribute '{a.name}' holds a subgraph; control flow cannot be lowered")
-    value = onnx.helper.get_attribute_value(a)
-    if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, list) and value and isinstance(value[0], bytes):
-        return [v.decode() for v in value]
-    return value
+    if a.type == ir.AttributeType.TENSOR:
+        return a.as_tensor().numpy()
+    if a.type == ir.AttributeType.TENSORS:
+        return [t.numpy() for t in a.as_tensors()]
+    if a.type in (ir.AttributeType.INTS, ir.AttributeType.FLOATS, ir.AttributeType.STRINGS):
+        return list(a.value)
+    return a.value
 
 
-def _step(node: onnx.NodeProto, attrs: dict | None = None) -> Step:
-    return Step("torch", node.op_type, list(node.input), list(node.output),
-                attrs if attrs is not None else {a.name: _attribute(a) for a in node.attribute},
-                nodes=[node.name], domain=node.domain if node.domain not in ("", "ai.onnx") else "")
+def _names(values) -> list[str]:
+    return [v.name if v is not None else "" for v in values]
+
+
+def _step(node: ir.Node, attrs: dict | None = None) -> Step:
+    return Step("torch", node.op_type, _names(node.inputs), _names(node.outputs),
+                attrs if attrs is not None else {k: _attribute(a) for k, a in node.attributes.items()},
+                nodes=[node.name or ""], domain=node.domain if node.domain not in ("", "ai.onnx") else "")
+
+
+def _kernel_step(node: ir.Node) -> Step:
+    """A ``relgraph.kernel`` node (:mod:`relgraph.lowering.rewrites`) as a kernel step: its attributes split
+    into the kernel's constexpr flags and its runtime arguments."""
+    attrs = {k: _attribute(a) for k, a in node.attributes.items()}
+    call = attrs.pop(CALL)
+    flags = {k: attrs.pop(k) for k in FLAGS if k in attrs}
+    flags = {k: v if k in ("mode", "rule") else bool(v) for k, v in flags.items()}
+    return Step("kernel", node.op_type, _names(node.inputs), _names(node.outputs), attrs, flags, nodes=[call])
 
 
 # ------------------------------------------------------------------------------------------- the graph
 
 
-class _Graph:
-    """The working list of steps with what lowering asks of it: producers, readers, constants, ranks."""
+def _read(proto: onnx.ModelProto) -> ir.Model:
+    """The explainer in onnx_ir, every value typed: ranks decide what a kernel can take, and without them every
+    layer would quietly stay a torch op, so a failed shape inference is an error."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, ValueError) as exc:
+        raise RelgraphError(f"lowering: ONNX shape inference failed on the explainer: "
+                            f"{str(exc).strip().splitlines()[0]}") from exc
+    return ir.serde.deserialize_model(inferred)
 
-    def __init__(self, proto: onnx.ModelProto):
-        try:  # ranks decide what a kernel can take: without them every layer would quietly stay a torch op
-            g = onnx.shape_inference.infer_shapes(proto, strict_mode=True).graph
-        except (onnx.shape_inference.InferenceError, ValueError) as exc:
-            raise RelgraphError(f"lowering: ONNX shape inference failed on the explainer: "
-                                f"{str(exc).strip().splitlines()[0]}") from exc
-        self.initializers = {t.name: t for t in g.initializer}
-        self.inputs = [i.name for i in g.input]
-        self.outputs = [o.name for o in g.output]
-        self.functions = {(f.domain, f.name): f for f in proto.functions}
-        self.ranks = {v.name: len(v.type.tensor_type.shape.dim)
-                      for v in [*g.value_info, *g.input, *g.output] if v.type.tensor_type.HasField("shape")}
-        self.ranks.update({t.name: len(t.dims) for t in g.initializer})
-        self.steps = [_step(n) for n in g.node]
+
+class _Graph:
+    """The working list of steps with what lowering asks of it: producers, readers, constants, ranks.
+
+    Built from the explainer after :func:`relgraph.lowering.rewrites.kernel_rules` turned the relevance calls
+    that fit a kernel into kernel nodes; every other call of a model-local function is inlined, with the
+    reason it is not a kernel."""
+
+    def __init__(self, model: ir.Model):
+        g = model.graph
+        self.values = {v.name: v for v in [*g.inputs, *g.outputs, *g.initializers.values()]}
+        self.values.update({v.name: v for n in g for v in n.outputs if v is not None})
+        self.initializers = {name: v for name, v in g.initializers.items()}
+        self.inputs = [v.name for v in g.inputs]
+        self.outputs = [v.name for v in g.outputs]
+        self.functions = {(f.domain, f.name): f for f in model.functions.values()}
+        self.ranks = {name: rank(v) for name, v in self.values.items() if rank(v) is not None}
+        self.steps = [t for n in g for t in self._expand(n)]
+
+    def _expand(self, node: ir.Node) -> list[Step]:
+        if node.domain == KERNEL_DOMAIN:
+            return [_kernel_step(node)]
+        steps = [_step(node)]
+        if node.domain in ("", "ai.onnx"):
+            return steps
+        function = FUNCTIONS.get(node.op_type) if node.domain == DOMAIN else None
+        why = misfit(node, function) if function else None
+        if function and why is None:  # it fits, so a rule should have taken it: never fall back in silence
+            raise RelgraphError(f"lowering: {node.op_type} call '{node.name}' fits {function.kernel} but no "
+                                f"rewrite matched it")
+        return self._inlined(steps[0], why and f"{node.op_type} not fused into {function.kernel}: {why}")
+
+    def _inlined(self, call: Step, why: str | None) -> list[Step]:
+        """The call's function body (expanded in turn: a body may call another function), each step saying
+        why the call is not a kernel; an op of an unknown domain stays, for the coverage check to report."""
+        fn = self.functions.get((call.domain, call.op))
+        if fn is None:
+            return [call]
+        out = []
+        for step in _inline(call, fn):
+            inner = self._inlined(step, why) if step.domain else [step]
+            for t in inner:
+                t.why = t.why or why or ""
+            out += inner
+        return out
 
     def producers(self) -> dict:
         return {o: s for s in self.steps for o in s.outputs if o}
@@ -220,14 +274,6 @@ class _Graph:
                 if i:
                     out.setdefault(i, []).append(s)
         return out
-
-    def scalar(self, name: str) -> float | None:
-        """The value of a one-element float initializer, else None."""
-        t = self.initializers.get(name)
-        if t is None or int(np.prod(t.dims, dtype=np.int64)) != 1:
-            return None
-        a = numpy_helper.to_array(t)
-        return float(a.reshape(-1)[0]) if a.dtype.kind == "f" else None
 
     def constant_names(self) -> set:
         """Initializers and everything computed from them alone (folded into the prelude)."""
@@ -269,172 +315,29 @@ def _drop_unread_outputs(step: Step, live: set) -> None:
 # ------------------------------------------------------------------------------------------- passes
 
 
-def _inline(call: Step, fn: onnx.FunctionProto) -> list[Step]:
+def _inline(call: Step, fn: ir.Function) -> list[Step]:
     """The call replaced by its function's body, values renamed under the call's name."""
-    names = dict(zip(fn.input, call.inputs + [""] * len(fn.input)))
-    names.update({o: (call.outputs[i] if i < len(call.outputs) else "") for i, o in enumerate(fn.output)})
+    names = dict(zip(_names(fn.inputs), call.inputs + [""] * len(fn.inputs)))
+    names.update({o: (call.outputs[i] if i < len(call.outputs) else "") for i, o in enumerate(_names(fn.outputs))})
     prefix = call.nodes[0] or call.outputs[0]
 
     def rename(v):
         return v if not v else names.setdefault(v, f"{prefix}/{v}")
 
     steps = []
-    for node in fn.node:
+    for node in fn:
         attrs = {}
-        for a in node.attribute:
-            if a.ref_attr_name:  # "@name": the call's attribute of that name, if it gave one
+        for name, a in node.attributes.items():
+            if a.is_ref():  # "@name": the call's attribute of that name, if it gave one
                 if a.ref_attr_name in call.attrs:
-                    attrs[a.name] = call.attrs[a.ref_attr_name]
+                    attrs[name] = call.attrs[a.ref_attr_name]
             else:
-                attrs[a.name] = _attribute(a)
+                attrs[name] = _attribute(a)
         step = _step(node, attrs)
-        step.inputs, step.outputs = [rename(v) for v in node.input], [rename(v) for v in node.output]
+        step.inputs, step.outputs = [rename(v) for v in step.inputs], [rename(v) for v in step.outputs]
         step.nodes = [f"{prefix}/{node.op_type}"]
         steps.append(step)
     return steps
-
-
-def _epsilon_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | str:
-    """The ε call as a kernel step in mode "den" (``_fuse_stabilizers`` refines it), or why its operands do
-    not fit a kernel (a batched MatMul weight, a 1-d or 3-d convolution)."""
-    x, w, den, r = call.inputs
-    op = function.kernel
-    want_rank = 2 if op == "epsilon_linear" else 4
-    if w not in g.initializers or g.ranks.get(w) != want_rank:
-        return _misfit("weight", w, want_rank, g)
-    if op == "epsilon_conv2d" and g.ranks.get(x) != 4:
-        return _misfit("input", x, 4, g)
-    if function.unit_stride:
-        # the call carries the transpose's geometry; the forward pads are p = d·(k − 1) − back_pad
-        kernel = list(g.initializers[w].dims[2:])
-        dil, back = call.attrs["dilations"], call.attrs["back_pads"]
-        pads = [d * (k - 1) - b for d, k, b in zip(dil * 2, kernel * 2, back)]
-        attrs = dict(strides=[1, 1], pads=pads, dilations=list(dil), group=call.attrs["group"])
-    elif function.op == "Conv":
-        attrs = {k: list(call.attrs[k]) if k != "group" else call.attrs[k]
-                 for k in ("strides", "pads", "dilations", "group")}
-    else:
-        attrs = {}
-    attrs["epsilon"] = 0.0
-    return Step("kernel", op, [x, w, r, den], list(call.outputs), attrs, {"mode": "den", "want_s": True},
-                dtype=None, nodes=list(call.nodes))
-
-
-def _parts_kernels(call: Step, function: LocalFunction, g: _Graph) -> list[Step] | str:
-    """The γ / αβ call as split forward + push-back kernel steps (the shares s_a, s_b pruned unless a bias
-    reads them), or why its operands do not fit the kernels."""
-    rule, linear, nonneg = function.rule, function.op == "Gemm", function.nonnegative
-    (x, w, b_pos, b_neg), r = call.inputs[:4], call.inputs[-1]
-    rank = 2 if linear else 4
-    if w not in g.initializers or g.ranks.get(w) != rank:
-        return _misfit("weight", w, rank, g)
-    if g.ranks.get(x) != rank:
-        return _misfit("input", x, rank, g)
-    if b_pos not in g.initializers or b_neg not in g.initializers:
-        return "the bias is computed at run time, not a constant"
-    has_bias = bool(np.any(numpy_helper.to_array(g.initializers[b_pos]))
-                    or np.any(numpy_helper.to_array(g.initializers[b_neg])))
-    name = call.nodes[0] or call.outputs[0]
-    z_pos, z_neg = f"{name}/z_pos", f"{name}/z_neg"
-    geometry = {} if linear else {k: call.attrs[k] for k in ("strides", "pads", "dilations", "group")}
-    params = {k: call.attrs[k] for k in ("epsilon", "gamma", "alpha", "beta") if k in call.attrs}
-    family = function.kernel
-    bias = [b_pos, b_neg] if has_bias else ["", ""]
-    return [
-        Step("kernel", family, [x, w], [z_pos, z_neg], dict(geometry), {"x_nonneg": bool(nonneg)},
-             nodes=list(call.nodes)),
-        Step("kernel", family + "_back", [x, w, r, z_pos, z_neg, *bias], list(call.outputs[:3]),
-             {**geometry, **params}, {"rule": rule, "x_nonneg": bool(nonneg), "has_bias": has_bias, "want_s": True},
-             nodes=list(call.nodes)),
-    ]
-
-
-def _route_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step | str:
-    """A 2-d ``relgraph.MaxPoolRoute`` as a ``maxpool2d_back`` step (any kernel, stride, pads, dilation,
-    ceil_mode), else why not (1-d and 3-d pools keep the function's ops)."""
-    x, r = call.inputs
-    if g.ranks.get(x) != 4:
-        return _misfit("input", x, 4, g)
-    attrs = {k: call.attrs[k] for k in ("kernel_shape", "strides", "pads", "dilations", "ceil_mode")}
-    return Step("kernel", "maxpool2d_back", [x, r], list(call.outputs), attrs, {}, nodes=list(call.nodes))
-
-
-def _sum_kernel(call: Step, function: LocalFunction, g: _Graph) -> Step:
-    """``relgraph.EpsilonSum`` (a, b, den, R) as an ``epsilon_sum`` step in mode "den" (refined by
-    ``_fuse_stabilizers``); den last among the inputs, as in the ε steps."""
-    a, b, den, r = call.inputs
-    return Step("kernel", "epsilon_sum", [a, b, r, den], list(call.outputs), {"epsilon": 0.0}, {"mode": "den"},
-                nodes=list(call.nodes))
-
-
-def _misfit(what: str, value: str, rank: int, g: _Graph) -> str:
-    """Why an operand does not fit a kernel: the kernels take constant 2-d weights and 2-d images."""
-    if what == "weight" and value not in g.initializers:
-        return "the weight is computed at run time, not a constant"
-    have = g.ranks.get(value)
-    expected = {2: "a matrix", 4: "a 2-d image batch [N, C, H, W]"}[rank] if what == "input" else \
-        {2: "a matrix", 4: "a 2-d filter bank"}[rank]
-    return f"its {what} has rank {have if have is not None else 'unknown'}; the kernel takes {expected}"
-
-
-# the fused kernel a model-local function names → its kernel steps, or why its operands do not fit
-_KERNEL_STEPS = {"epsilon_linear": _epsilon_kernel, "epsilon_conv2d": _epsilon_kernel,
-                 "lrp_parts_linear": _parts_kernels, "lrp_parts_conv2d": _parts_kernels,
-                 "maxpool2d_back": _route_kernel, "epsilon_sum": _sum_kernel}
-
-
-def _expand_calls(g: _Graph) -> None:
-    """ε, γ/αβ, max-pool route and residual-sum calls → kernel steps; every other model-local function call
-    → its body (expanded in turn: a body may call another function)."""
-
-    def expand(s: Step) -> list[Step]:
-        if not s.domain:
-            return [s]
-        function = FUNCTIONS.get(s.op) if s.domain == DOMAIN else None
-        kernels = _KERNEL_STEPS[function.kernel](s, function, g) if function else None
-        if isinstance(kernels, Step):
-            kernels = [kernels]
-        if kernels and not isinstance(kernels, str):
-            return kernels
-        if (s.domain, s.op) in g.functions:
-            inner = [t for step in _inline(s, g.functions[(s.domain, s.op)]) for t in expand(step)]
-            if isinstance(kernels, str):
-                for t in inner:
-                    t.why = t.why or f"{s.op} not fused into {function.kernel}: {kernels}"
-            return inner
-        return [s]  # an op of an unknown domain: reported by the coverage check
-
-    g.steps = [t for s in g.steps for t in expand(s)]
-
-
-def _denominator(den: str, g: _Graph, producers: dict):
-    """(mode, value, ε) for the stabilized denominator ``den`` (see the module docstring): z + ε, or the one
-    spelling of stab(z) that :func:`relgraph.graph.stabilized` writes, else the denominator as it is."""
-    add = producers.get(den)
-    if add is None or add.kind != "torch" or add.op != "Add":
-        return "den", den, 0.0
-    for v, other in (add.inputs, add.inputs[::-1]):
-        eps = g.scalar(other)
-        if eps is not None and eps > 0:
-            return "shift", v, eps
-        where = producers.get(other)
-        if where is None or where.op != "Where":
-            continue
-        cond = producers.get(where.inputs[0])
-        pos, neg = g.scalar(where.inputs[1]), g.scalar(where.inputs[2])
-        if (cond is not None and cond.op == "GreaterOrEqual" and cond.inputs[0] == v
-                and g.scalar(cond.inputs[1]) == 0.0 and pos is not None and pos > 0 and neg == -pos):
-            return "stab", v, pos
-    return "den", den, 0.0
-
-
-def _fuse_stabilizers(g: _Graph) -> None:
-    producers = g.producers()
-    for s in g.steps:
-        if s.kind == "kernel" and s.op.startswith("epsilon_"):  # den is the fourth input of every ε kernel
-            mode, den, eps = _denominator(s.inputs[3], g, producers)
-            s.inputs[3] = den
-            s.flags["mode"], s.attrs["epsilon"] = mode, eps
 
 
 def _forward_kernel(s: Step, g: _Graph, const: set, transposes: list) -> Step | str | None:
@@ -468,11 +371,12 @@ def _forward_kernel(s: Step, g: _Graph, const: set, transposes: list) -> Step | 
         return Step("kernel", "linear", [x, wt, ""], list(s.outputs), {}, {"has_bias": False},
                     nodes=list(s.nodes))
     if s.op == "Conv":
-        return _misfit("input", x, 4, g) if g.ranks.get(x) != 4 else _misfit("weight", w, 4, g)
+        return unfit_operand("input", g.values.get(x), 4) if g.ranks.get(x) != 4 else \
+            unfit_operand("weight", g.values.get(w), 4)
     if g.ranks.get(w) != 2:
-        return _misfit("weight", w, 2, g)
+        return unfit_operand("weight", g.values.get(w), 2)
     if s.op == "Gemm" and g.ranks.get(x) != 2:
-        return _misfit("input", x, 2, g)
+        return unfit_operand("input", g.values.get(x), 2)
     return "transposed, scaled or with a bias of another shape: not the kernel's x·Wᵀ + b"
 
 
@@ -553,9 +457,9 @@ def lower(proto: onnx.ModelProto, *, dtype: str = "fp32") -> Plan:
     """The launch plan of a compiled explainer (see the module docstring)."""
     if dtype not in ("fp32", "fp16", "bf16"):
         raise RelgraphError(f"dtype must be fp32, fp16 or bf16, got '{dtype}'")
-    g = _Graph(proto)
-    _expand_calls(g)
-    _fuse_stabilizers(g)
+    model = _read(proto)
+    kernel_rules().apply_to_model(model)
+    g = _Graph(model)
     g.prune()
     _fuse_forward(g)
     g.prune()
