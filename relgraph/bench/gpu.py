@@ -38,11 +38,17 @@ def device_ceilings() -> dict:
             "device": torch.cuda.get_device_name()}
 
 
+POINTWISE = ("maxpool2d_back", "epsilon_sum")  # kernels without a product: bandwidth alone
+
+
 def step_cost(step, values) -> tuple[float, float]:
     """(FLOPs, bytes) of a kernel step: 2 per multiply-add of its products (the γ/αβ kernels do four
-    products, two with x ≥ 0), and the compulsory traffic: every input and output tensor once."""
+    products, two with x ≥ 0; the pointwise max-pool route and residual split none), and the compulsory
+    traffic: every input and output tensor once."""
     tensors = [values[n] for n in step.inputs if n and n in values] + [values[n] for n in step.outputs if n in values]
     moved = float(sum(t.numel() * t.element_size() for t in tensors))
+    if step.op in POINTWISE:
+        return 0.0, moved
     x, w = values[step.inputs[0]], values[step.inputs[1]]
     if step.op.startswith(("linear", "epsilon_linear", "lrp_parts_linear")):
         macs = x.shape[0] * x.shape[1] * w.shape[0]
@@ -55,9 +61,34 @@ def step_cost(step, values) -> tuple[float, float]:
     return 2.0 * macs * products, moved
 
 
-def profile_triton(executor, feeds: dict, repeats: int) -> list[dict]:
-    """Per-step GPU time (CUDA events, median over ``repeats`` runs) of a launch plan, with each kernel
-    step's FLOPs and bytes. The loop is the executor's own, with an event pair around each step."""
+class CudaTimer:
+    """The GPU time of what runs between ``start()`` and ``stop()``: a pair of CUDA events, read after the
+    device is synchronized."""
+
+    def __init__(self):
+        import torch
+
+        self.begin, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def start(self):
+        self.begin.record()
+
+    def stop(self):
+        self.end.record()
+
+    def ms(self) -> float:
+        return self.begin.elapsed_time(self.end)
+
+    @staticmethod
+    def synchronize():
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def profile_triton(executor, feeds: dict, repeats: int, timer=CudaTimer) -> list[dict]:
+    """Per-step time (``timer``: CUDA events by default, median over ``repeats`` runs) of a launch plan, with
+    each kernel step's FLOPs and bytes. The loop is the executor's own, with a timer around each step."""
     import torch
 
     rows = None
@@ -67,24 +98,24 @@ def profile_triton(executor, feeds: dict, repeats: int) -> list[dict]:
         timings = []
         with torch.no_grad():
             for step in executor.plan.steps:
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
+                clock = timer()
+                clock.start()
                 if step.kind == "kernel":
                     executor._run_kernel(step, values)
                 else:
                     executor._run_torch(step, values)
-                end.record()
+                clock.stop()
                 cost = step_cost(step, values) if step.kind == "kernel" else (0.0, 0.0)
-                timings.append((step, start, end, cost))
+                timings.append((step, clock, cost))
                 for name in step.free:
                     values.pop(name, None)
-        torch.cuda.synchronize()
+        timer.synchronize()
         if rows is None:
             rows = [{"step": s.describe(), "node": s.nodes[0] if s.nodes else "", "kind": s.kind,
-                     "flops": c[0], "bytes": c[1], "ms": []} for s, _, _, c in timings]
+                     "flops": c[0], "bytes": c[1], "ms": []} for s, _, c in timings]
             continue
-        for row, (_, start, end, _) in zip(rows, timings):
-            row["ms"].append(start.elapsed_time(end))
+        for row, (_, clock, _) in zip(rows, timings):
+            row["ms"].append(clock.ms())
     for row in rows:
         row["ms"] = statistics.median(row["ms"])
     return rows
