@@ -361,3 +361,35 @@ def test_visible_epsilon(tmp_path, kind, rule, eps):
     # the stabilizer matters here: with the default one the reference moves by more than 1 %
     near_zero, _ = _reference(rule, flat_x, M, b, ref.epsilon(h, V.T, None, r_out, STABILIZER)[0], STABILIZER)
     assert np.linalg.norm(near_zero - rx) > 0.01 * np.linalg.norm(rx)
+
+
+@pytest.mark.parametrize("rule", ["flat", "w-square"])
+def test_flat_and_w_square_on_a_token_wise_matmul(tmp_path, rule):
+    """flat and w² on a MatMul applied to each token of [N, S, K] with a non-square W [K, M] (the compiler
+    flattens it into a Gemm on [N·S, K]), then a ReLU and a dense head, against float64 numpy: the head sends
+    R_j·q_ij / Σ_i q_ij to its inputs, the tokens' map R[s, m]·q_km / Σ_k q_km, with q = 1 (flat) or W² (w²)."""
+    rng = np.random.default_rng(3)
+    S, K, M, C = 3, 6, 4, 5
+    W, V, c = rng.normal(size=(K, M)), rng.normal(size=(C, S * M)), rng.normal(size=C)
+    text = f"""
+    <ir_version: 10, opset_import: ["" : 17]>
+    g (float[N, {S}, {K}] x) => (float[N, {C}] logits) {{
+       h = MatMul (x, W)
+       a = Relu (h)
+       shape = Constant <value = int64[2] {{0, -1}}> ()
+       f = Reshape (a, shape)
+       logits = Gemm <transB = 1> (f, V, c)
+    }}"""
+    model = onnx.parser.parse_model(text)
+    model.graph.initializer.extend([onnx.numpy_helper.from_array(a.astype(np.float32), n)
+                                    for n, a in (("W", W), ("V", V), ("c", c))])
+    onnx.save(model, str(tmp_path / "tokens.onnx"))
+    x = rng.normal(size=(2, S, K)).astype(np.float32)
+    out = relgraph.Explainer(relgraph.compile(str(tmp_path / "tokens.onnx"), rule=rule,
+                                              output=str(tmp_path / "e.onnx")).path).explain(x, 1)
+    q_head, q_tokens = (np.ones_like(V), np.ones_like(W)) if rule == "flat" else (V ** 2, W ** 2)
+    logit = out["logits"][:, 1].astype(np.float64)
+    r_f = logit[:, None] * q_head[1] / (q_head[1].sum() + 1e-6)                 # [N, S·M]
+    r_a = r_f.reshape(-1, S, M)
+    expected = np.einsum("nsm,km->nsk", r_a / (q_tokens.sum(0) + 1e-6), q_tokens)
+    _close(out["relevance"], expected)
