@@ -40,6 +40,7 @@ import onnx_ir as ir
 from ..errors import RelgraphError
 from ..files import replacing
 from ..rules.functions import DOMAIN, FUNCTIONS
+from ..weights import skeleton_proto
 from .rewrites import CALL, FLAGS, KERNEL_DOMAIN, kernel_rules, misfit, rank, unfit_operand
 
 FORMAT = "relgraph.plan/1"
@@ -210,13 +211,24 @@ def _kernel_step(node: ir.Node) -> Step:
 
 def _read(proto: onnx.ModelProto) -> ir.Model:
     """The explainer in onnx_ir, every value typed: ranks decide what a kernel can take, and without them every
-    layer would quietly stay a torch op, so a failed shape inference is an error."""
+    layer would quietly stay a torch op, so a failed shape inference is an error. Inference reads a skeleton
+    (the weights set aside, :mod:`relgraph.weights`): no copy of the weights, and no 2 GiB protobuf limit."""
+    model = ir.serde.deserialize_model(proto)
+    skeleton, _ = skeleton_proto(model)
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=True)
     except (onnx.shape_inference.InferenceError, ValueError) as exc:
         raise RelgraphError(f"lowering: ONNX shape inference failed on the explainer: "
                             f"{str(exc).strip().splitlines()[0]}") from exc
-    return ir.serde.deserialize_model(inferred)
+    values = {v.name: v for n in model.graph for v in n.outputs if v is not None}
+    values.update({v.name: v for v in [*model.graph.inputs, *model.graph.outputs]})
+    g = inferred.graph
+    for info in [*g.value_info, *g.input, *g.output]:
+        value = values.get(info.name)
+        typed = ir.serde.deserialize_value_info_proto(info, None)
+        if value is not None and typed.shape is not None:
+            value.shape, value.type = typed.shape, typed.type
+    return model
 
 
 class _Graph:
@@ -458,7 +470,9 @@ def lower(proto: onnx.ModelProto, *, dtype: str = "fp32") -> Plan:
     if dtype not in ("fp32", "fp16", "bf16"):
         raise RelgraphError(f"dtype must be fp32, fp16 or bf16, got '{dtype}'")
     model = _read(proto)
-    kernel_rules().apply_to_model(model)
+    called = frozenset(n.op_type for n in model.graph if n.domain == DOMAIN)
+    if called:
+        kernel_rules(called).apply_to_model(model)
     g = _Graph(model)
     g.prune()
     _fuse_forward(g)

@@ -215,21 +215,24 @@ def _route_rule(function: LocalFunction) -> tuple:
     return target, rewrite, _fits(function), function.name
 
 
+def _rules_of(function: LocalFunction) -> list[tuple]:
+    if function.kernel in ("epsilon_linear", "epsilon_conv2d", "epsilon_sum"):
+        return _epsilon_rules(function)
+    if function.rule:
+        return [_parts_rule(function)]
+    if function.kernel == "maxpool2d_back":
+        return [_route_rule(function)]
+    raise AssertionError(f"no lowering rule for {function.name}'s kernel {function.kernel}")
+
+
 @functools.cache
-def kernel_rules():
-    """The onnxscript ``RewriteRuleSet``: one rule (three for the ε family) per declared function."""
+def kernel_rules(called: frozenset | None = None):
+    """The onnxscript ``RewriteRuleSet``: one rule (three for the ε family) per declared function, or per function
+    in ``called`` (the set tries each rule on each node: rules for functions a graph never calls cost time)."""
     require(("onnxscript",), "lowering to the triton target")
     from onnxscript.rewriter import pattern
 
-    rules = []
-    for function in FUNCTIONS.values():
-        if function.kernel in ("epsilon_linear", "epsilon_conv2d", "epsilon_sum"):
-            rules += _epsilon_rules(function)
-        elif function.rule:
-            rules.append(_parts_rule(function))
-        elif function.kernel == "maxpool2d_back":
-            rules.append(_route_rule(function))
-        else:
-            raise AssertionError(f"no lowering rule for {function.name}'s kernel {function.kernel}")
+    rules = [rule for function in FUNCTIONS.values() if called is None or function.name in called
+             for rule in _rules_of(function)]
     return pattern.RewriteRuleSet([pattern.RewriteRule(target, replace, check, name=name)
                                    for target, replace, check, name in rules], commute=True)
