@@ -181,15 +181,21 @@ class Explainer:
             if "baseline" not in self.overridable_inputs():
                 raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
             b = self.prepare(baseline)
-        step = max(x.shape[0], 1) if batch_size is None else batch_size
+        fixed = self.fixed_batch
+        step = fixed or (max(x.shape[0], 1) if batch_size is None else batch_size)
         for start in range(0, max(x.shape[0], 1), step):
             feed = {self.input_name: self.prepare(x[start:start + step]), "target": t[start:start + step],
                     **{name: v[start:start + step] for name, v in side.items()}}
             if b is not None:  # one baseline for all, or one per sample
                 feed["baseline"] = b if b.shape[0] == 1 else b[start:start + step]
+            rows = len(feed["target"])
+            if fixed and rows < fixed:  # the last chunk of a fixed-batch explainer, filled up with its first row
+                feed = {k: v if k == "baseline" and v.shape[0] == 1 else _filled(v, fixed) for k, v in feed.items()}
             outputs = self.run(feed)
-            logits = outputs[self.logits_name]
-            chosen = np.where(feed["target"] < 0, logits.argmax(1), feed["target"])
+            if rows < len(feed["target"]):
+                outputs = {k: v[:rows] for k, v in outputs.items()}
+            logits, wanted = outputs[self.logits_name], feed["target"][:rows]
+            chosen = np.where(wanted < 0, logits.argmax(1), wanted)
             yield start, {"logits": logits, "relevance": outputs["relevance"],
                           "bias_relevance": outputs["bias_relevance"], "target": chosen, "outputs": outputs}
 
@@ -202,14 +208,28 @@ class Explainer:
         """Inputs a caller may feed: the graph's, and initializers with a default (the baseline)."""
         return self.session.feedable
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size of an explainer whose model was exported for one batch size (its masks and Expand shapes
+        spell it out, so the explainer keeps it); None for a dynamic batch. :meth:`explain` runs such an
+        explainer on chunks of exactly that size, the last one filled up with copies of its first sample, whose
+        results are dropped: each sample's relevance depends on that sample alone."""
+        fixed = self.inputs.get("target", [None])[0]
+        return fixed if isinstance(fixed, int) else None
+
     def run(self, feed: dict) -> dict:
         """Every output by name, as numpy arrays."""
-        fixed = self.inputs.get("target", [None])[0]  # a model exported for one batch size keeps it
-        if isinstance(fixed, int) and "target" in feed and len(feed["target"]) != fixed:
+        fixed = self.fixed_batch
+        if fixed and "target" in feed and len(feed["target"]) != fixed:
             raise RelgraphError(f"this explainer takes batches of exactly {fixed} samples (its model was exported "
                                 f"with a fixed batch size), not {len(feed['target'])}: export the model with a "
                                 "dynamic batch axis")
         return self.session.run(feed)
+
+
+def _filled(a: np.ndarray, rows: int) -> np.ndarray:
+    """``a`` [k, ...] with its first row repeated up to ``rows`` rows."""
+    return np.concatenate([a, np.repeat(a[:1], rows - len(a), axis=0)])
 
 
 BACKENDS = ("onnxruntime", "triton")

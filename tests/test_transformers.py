@@ -182,7 +182,8 @@ def test_token_explainer_refuses_bad_input(exported, tmp_path):
         with pytest.raises(RelgraphError, match=message):
             explainer.explain(x, inputs=inputs)
     with pytest.raises(RelgraphError, match="batches of exactly 2 samples"):  # exported for batch 2: one line
-        explainer.explain(ids[:1])
+        explainer.run({"input_ids": ids[:1], "attention_mask": feed["attention_mask"][:1],
+                       "target": np.zeros(1, np.int64)})
     with pytest.raises(RelgraphError, match="--position"):
         relgraph.compile(exported("gpt2", "eager", "dynamo")[2], rule="attnlrp", position=99, write=False)
     with pytest.raises(RelgraphError, match="--embedding-relevance"):
@@ -286,3 +287,28 @@ def test_torchvision_vit_legacy_export_with_a_dynamic_batch(exported, tmp_path):
         assert np.all(rel < 1e-5), (rule, rel)
         three = explainer.explain(np.concatenate([x, x[:1]]), 0)
         np.testing.assert_allclose(three["relevance"][:2], got["relevance"], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch,form", [("vit", "dynamo"), ("bert", "legacy"), ("gpt2", "dynamo")])
+def test_fixed_batch_export_explains_any_number_of_samples(exported, tmp_path, arch, form):
+    """A model exported for batches of 2 keeps that batch in its explainer (masks and Expand shapes spell it
+    out): ``explain`` runs 1, 3 or 5 samples in chunks of 2, the last one filled up and trimmed, and every sample
+    equals the float64 reference on the same samples; ``run`` on another batch is still refused in one line."""
+    model, feed, path = exported(arch, "eager", form)
+    first, *rest = feed
+    _, explainer = explain(path, "attnlrp", feed, None, tmp_path)
+    assert explainer.fixed_batch == 2
+    more = ref.inputs(arch, batch=5, seed=7)
+    for n in (1, 3, 5):
+        part = {k: more[k][:n] for k in feed}
+        logits = ref.forward(model, arch, part)
+        target = np.argsort(logits, 1)[:, -2]
+        out = explainer.explain(part[first], target, inputs={k: part[k] for k in rest})
+        want, want_logits = ref.relevance(model, arch, part, "attnlrp", target)
+        assert out["relevance"].shape[0] == n
+        np.testing.assert_allclose(out["logits"], want_logits, rtol=1e-4, atol=1e-5)
+        rel, _ = per_sample(out["relevance"], want if arch == "vit" else want.sum(-1))  # tokens: Σ over features
+        assert rel.max() <= 1e-4, (n, rel)
+    with pytest.raises(relgraph.RelgraphError, match="exactly 2 samples"):
+        explainer.run({first: more[first][:3], "target": np.zeros(3, np.int64),
+                       **{k: more[k][:3] for k in rest}})
