@@ -182,3 +182,21 @@ def test_scaling_equivalence(tmp_path):
 def test_q_refuses_non_lrp0_rules(tmp_path):
     with pytest.raises(relgraph.RelgraphError, match="formulation q"):
         relgraph.compile(DIGITS, rule="zplus", formulation="q", output=str(tmp_path / "x.onnx"))
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub"])
+def test_q_shares_a_constant_added_or_subtracted(tmp_path, op):
+    """LRP-0 in the Q formulation on f(x) = W(x ± c) + b, linear: the input gets x ⊙ W_t, and the constant c is a
+    bias whose share is ±⟨W_t, c⟩, so the biases hold b_t ± ⟨W_t, c⟩ (a sign error on c shows here)."""
+    rng = np.random.default_rng(5)
+    w, b, c = rng.normal(size=(3, 4)), rng.normal(size=3), rng.normal(size=4)
+    model = save_model(tmp_path / f"{op}.onnx", [
+        helper.make_node(op, ["x", "c"], ["shifted"], name="shift"),
+        helper.make_node("Gemm", ["shifted", "W", "b"], ["logits"], name="fc", transB=1)],
+        {"W": w, "b": b, "c": c}, (4,), 3)
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    target = np.array([0, 1, 2, 0, 1])
+    q = run(tmp_path, model, x, target, name=f"q{op}", rule="zero", formulation="q")
+    sign = 1.0 if op == "Add" else -1.0
+    np.testing.assert_allclose(q["relevance"], x * w[target], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(q["bias_relevance"], b[target] + sign * w[target] @ c, rtol=1e-5, atol=1e-6)

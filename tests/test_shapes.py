@@ -234,3 +234,29 @@ def test_slice_of_part_of_the_batch_refused_by_inspect_and_compile(tmp_path):
         code, out, err = run(command, tmp_path / "m.onnx")
         assert code == 2
         assert "Slice" in err and "part of the batch axis" in err, err
+
+
+class EndPadded(nn.Module):
+    """Zero padding at the end of H and W only (right 2, bottom 1), then a conv and a head: the Pad's adjoint
+    must crop an axis padded at one end."""
+
+    def __init__(self):
+        super().__init__()
+        self.pad, self.conv, self.head = nn.ZeroPad2d((0, 2, 0, 1)), nn.Conv2d(3, 4, 3), nn.Linear(4 * 7 * 8, 5)
+
+    def forward(self, x):
+        return self.head(torch.flatten(torch.relu(self.conv(self.pad(x))), 1))
+
+
+def test_pad_at_one_end_of_an_axis(tmp_path):
+    """Relevance through a Pad that pads only the end of H and W has the input's shape, and equals torch's
+    gradient."""
+    torch.manual_seed(0)
+    model = EndPadded().eval()
+    path = export(model, tmp_path / "padded.onnx", False)
+    assert "Pad" in [n.op_type for n in onnx.load(path).graph.node]
+    x = tm.random_input((3, 3, 8, 8), seed=5)
+    out = explain(path, "gradient", x)
+    exact = tm.reference_gradient(model, x, np.full(len(x), 2))
+    assert out["relevance"].shape == x.shape
+    assert np.all(tm.relative_error(out["relevance"], exact) < 1e-5)
