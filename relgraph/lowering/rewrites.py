@@ -97,17 +97,18 @@ def _epsilon_attrs(call: ir.Node, function: LocalFunction) -> dict:
         dil, back = _ints(call, "dilations"), _ints(call, "back_pads")
         pads = [d * (k - 1) - b for d, k, b in zip(dil * 2, kernel * 2, back)]
         return dict(strides=[1, 1], pads=pads, dilations=dil, group=call.attributes["group"].as_int())
-    if function.op == "Conv":
-        return dict(strides=_ints(call, "strides"), pads=_ints(call, "pads"), dilations=_ints(call, "dilations"),
-                    group=call.attributes["group"].as_int())
-    return {}
+    return _geometry(call) if function.op == "Conv" else {}
+
+
+def _geometry(call: ir.Node) -> dict:
+    """A convolution call's strides, explicit pads, dilations and group."""
+    return dict(strides=_ints(call, "strides"), pads=_ints(call, "pads"), dilations=_ints(call, "dilations"),
+                group=call.attributes["group"].as_int())
 
 
 def _parts_attrs(call: ir.Node, function: LocalFunction) -> tuple[dict, dict]:
     """(geometry, rule parameters) of a γ / αβ call."""
-    geometry = {} if function.op == "Gemm" else dict(
-        strides=_ints(call, "strides"), pads=_ints(call, "pads"), dilations=_ints(call, "dilations"),
-        group=call.attributes["group"].as_int())
+    geometry = {} if function.op == "Gemm" else _geometry(call)
     params = {k: call.attributes[k].as_float() for k in ("epsilon", "gamma", "alpha", "beta") if k in call.attributes}
     return geometry, params
 
