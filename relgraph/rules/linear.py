@@ -393,9 +393,7 @@ def _parts_inline(env: Env, lin: LinearMap, rule: str, alpha: float, beta: float
     relevance, sa, sb = parts_relevance(
         b.op, lambda v, w, bias=None: lin.forward(v, w, bias), lin.transpose, lambda z: b.stabilize(z, p.stabilizer),
         rule, x, wp, wn, bp, bn, env.y, env.R, b.scalar(0.0), nonnegative=bool(env.nonnegative(x)), **coefficients)
-    if lin.bias is None:
-        return relevance, None
-    return relevance, b.total([lin.bias_share(sa, bp)] + ([lin.bias_share(sb, bn)] if sb is not None else []))
+    return relevance, _parts_bias(env, lin, sa, sb, bp, bn)
 
 
 def _activation_index(node: ir.Node) -> int:
@@ -470,10 +468,16 @@ def parts_step(env, lin, rule: str):
     extra.update(epsilon=float(p.stabilizer))
     extra.update(gamma=float(p.gamma)) if rule == "gamma" else extra.update(alpha=float(p.alpha), beta=float(p.beta))
     bias = lin.bias if lin.bias is not None else np.zeros(lin.w.shape[0], np.float32)
-    bp, bn = np.maximum(bias, 0).astype(np.float32), np.minimum(bias, 0).astype(np.float32)
+    bp, bn = _pos(bias), _neg(bias)
     inputs = [x, lin.param(lin.w), lin.param(bp), lin.param(bn)] + ([env.y] if rule == "gamma" else []) + [env.R]
     b.functions.add(name)
     rx, sa, sb = b.op(name, *inputs, domain=DOMAIN, outputs=3, **extra)
+    return rx, _parts_bias(env, lin, sa, sb, bp, bn)
+
+
+def _parts_bias(env, lin, sa, sb, bp, bn):
+    """The bias's share ⟨b⁺, s_a⟩ + ⟨b⁻, s_b⟩ of a γ / αβ step (no s_b under β = 0), None without a bias. ``bp``
+    and ``bn`` are the arrays the step read, so that their initializers are shared."""
     if lin.bias is None:
-        return rx, None
-    return rx, b.op("Add", lin.bias_share(sa, bp), lin.bias_share(sb, bn))
+        return None
+    return env.b.total([lin.bias_share(sa, bp)] + ([lin.bias_share(sb, bn)] if sb is not None else []))
