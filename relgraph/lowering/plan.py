@@ -211,8 +211,9 @@ def _kernel_step(node: ir.Node) -> Step:
 
 def _read(proto: onnx.ModelProto) -> ir.Model:
     """The explainer in onnx_ir, every value typed: ranks decide what a kernel can take, and without them every
-    layer would quietly stay a torch op, so a failed shape inference is an error. Inference reads a skeleton
-    (the weights set aside, :mod:`relgraph.weights`): no copy of the weights, and no 2 GiB protobuf limit."""
+    layer would quietly stay a torch op, so a failed shape inference is an error (onnx_ir's ShapeInferencePass
+    would log it and go on: hence the strict call here). Inference reads a skeleton (the weights set aside,
+    :mod:`relgraph.weights`): no copy of the weights, and no 2 GiB protobuf limit."""
     model = ir.serde.deserialize_model(proto)
     skeleton, _ = skeleton_proto(model)
     try:
@@ -242,7 +243,7 @@ class _Graph:
         g = model.graph
         self.values = {v.name: v for v in [*g.inputs, *g.outputs, *g.initializers.values()]}
         self.values.update({v.name: v for n in g for v in n.outputs if v is not None})
-        self.initializers = {name: v for name, v in g.initializers.items()}
+        self.initializers = dict(g.initializers)
         self.inputs = [v.name for v in g.inputs]
         self.outputs = [v.name for v in g.outputs]
         self.functions = {(f.domain, f.name): f for f in model.functions.values()}

@@ -28,7 +28,7 @@ import numpy as np
 import onnx_ir as ir
 
 from ..errors import require
-from ..graph import stabilized
+from ..graph import attr, const_array, stabilized
 from ..rules.functions import DOMAIN, FUNCTIONS, LocalFunction
 
 KERNEL_DOMAIN = "relgraph.kernel"
@@ -75,18 +75,15 @@ def misfit(call: ir.Node, function: LocalFunction) -> str | None:
 
 def scalar(value: ir.Value) -> float | None:
     """The value of a one-element float constant, else None."""
-    t = value.const_value
-    if t is None:
-        return None
-    a = t.numpy()
-    return float(a.reshape(-1)[0]) if a.size == 1 and a.dtype.kind == "f" else None
+    a = const_array(value)
+    return float(a.reshape(-1)[0]) if a is not None and a.size == 1 and a.dtype.kind == "f" else None
 
 
 # ------------------------------------------------------------------------------------------- attributes
 
 
 def _ints(call: ir.Node, name: str) -> list[int]:
-    return list(call.attributes[name].as_ints())
+    return list(attr(call, name))
 
 
 def _epsilon_attrs(call: ir.Node, function: LocalFunction) -> dict:
