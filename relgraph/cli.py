@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import onnx
 
+from .batching import filled_rows, fixed_part
 from .compiler import compile, composite_for
 from .errors import RelgraphError, UnsupportedOpsError
 from .explainer import Explainer, open_explainer
@@ -430,16 +431,28 @@ def cmd_check(args):
     if args.runtimes:
         return _print_runtimes(explainer.path, x, args.target)
     trace = json.loads(explainer.metadata.get("relgraph.trace", "[]"))
-    model = onnx.load(explainer.path)
+    proto = onnx.load(explainer.path)
+    model, batch = fixed_part(proto) or (proto, None)
+    t = explainer.targets(args.target, x.shape[0])
+    feed = {explainer.input_name: x, "target": t, **explainer.side_inputs(None, x.shape[0])}
+    if batch is not None:  # the per-layer values are inside the Scan: run its body on whole chunks
+        rows = filled_rows(x.shape[0], batch)
+        if len(rows) > x.shape[0]:
+            print(f"note: this explainer runs chunks of {batch} samples; the last one is filled with copies of "
+                  f"sample {x.shape[0] - 1}, counted below")
+        feed = {k: v[rows] for k, v in feed.items()}
     known = {o.name for o in model.graph.output}
     # a trace entry is a value's name, or [v, q] for relevance handed over as the share q (R = v ⊙ q)
     entries = [e for step in trace for e in step["in"] + step["out"] + [step["bias"]] if e]
     names = sorted({n for e in entries for n in ([e] if isinstance(e, str) else e)} - known)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    t = explainer.targets(args.target, x.shape[0])
-    feed = {explainer.input_name: x, "target": t, **explainer.side_inputs(None, x.shape[0])}
-    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+    names, size = [o.name for o in session.get_outputs()], batch or len(feed["target"])
+    chunks = [session.run(None, {k: v[i:i + size] for k, v in feed.items()})
+              for i in range(0, len(feed["target"]), size)]
+    # each value joined along its first axis: a sum over it, or of v ⊙ q, is the sum over the chunks
+    values = {name: np.concatenate([np.atleast_1d(c[j]) for c in chunks]) for j, name in enumerate(names)}
+    t = feed["target"]
 
     def total(entry):
         if entry is None:

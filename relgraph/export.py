@@ -8,7 +8,9 @@ Two forms (metadata ``relgraph.form``):
 * ``portable`` (the default): standard ONNX operators only. The relevance pass emits its ε steps, max-pool
   routes and γ/αβ splits as model-local functions of the ``relgraph`` domain; here they are inlined, and
   every value gets its element type and shape from ONNX shape inference, so that runtimes which neither
-  expand local functions nor infer ranks themselves (OpenVINO's ONNX front end) load the explainer.
+  expand local functions nor infer ranks themselves (OpenVINO's ONNX front end) load the explainer. An
+  explainer fixed to one batch size (its model's export spelled it out) takes any batch, as a Scan over
+  chunks of that size (:mod:`relgraph.batching`).
 * ``functions``: the calls stay, the compact graph that the triton lowering reads (one call, one fused
   kernel) and ``relgraph compile --keep-functions`` writes. onnxruntime inlines them when it loads the model.
 """
@@ -24,6 +26,7 @@ import onnx.shape_inference
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
+from .batching import any_batch
 from .errors import RelgraphError
 from .files import make_folder, replacing
 from .graph import EXPORT_IR_VERSION
@@ -79,26 +82,39 @@ def portable(proto: onnx.ModelProto) -> onnx.ModelProto:
     kept = [o for o in proto.opset_import if o.domain != DOMAIN]
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
-    try:
-        proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise RuntimeError(f"relgraph produced an explainer ONNX cannot type: {exc}") from exc
+    proto = typed(proto)
+    wrapped = any_batch(proto)  # it reads the batch typing found
+    if wrapped is not proto:
+        proto = typed(wrapped)
     untyped = untyped_values(proto)
     if untyped:
         raise RuntimeError(f"relgraph produced values without element type or rank: {', '.join(untyped[:8])}")
     return proto
 
 
+def typed(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` with ONNX shape inference's types and shapes, strict: a failure is a compiler bug."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise RuntimeError(f"relgraph produced an explainer ONNX cannot type: {exc}") from exc
+
+
 def untyped_values(proto: onnx.ModelProto) -> list[str]:
-    """Names of node outputs in ``proto``'s graph with no known element type or rank."""
-    graph = proto.graph
-    typed = {v.name: v.type.tensor_type for v in [*graph.input, *graph.output, *graph.value_info]}
+    """Names of node outputs in ``proto``'s graph and its subgraphs (a Scan's body) with no known element type
+    or rank."""
+    untyped, graphs = [], [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        types = {v.name: v.type.tensor_type for v in [*graph.input, *graph.output, *graph.value_info]}
 
-    def known(name: str) -> bool:
-        t = typed.get(name)
-        return t is not None and t.elem_type != onnx.TensorProto.UNDEFINED and t.HasField("shape")
+        def known(name: str) -> bool:
+            t = types.get(name)
+            return t is not None and t.elem_type != onnx.TensorProto.UNDEFINED and t.HasField("shape")
 
-    return [o for node in graph.node for o in node.output if o and not known(o)]
+        untyped += [o for node in graph.node for o in node.output if o and not known(o)]
+        graphs += [a.g for node in graph.node for a in node.attribute if a.type == onnx.AttributeProto.GRAPH]
+    return untyped
 
 
 def full_proto(skeleton: onnx.ModelProto, aside: dict) -> onnx.ModelProto:

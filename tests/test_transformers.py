@@ -21,6 +21,7 @@ pytest.importorskip("transformers")
 
 import relgraph  # noqa: E402
 from relgraph.errors import RelgraphError  # noqa: E402
+from relgraph.runtimes import open_session  # noqa: E402
 
 import transformer_reference as ref  # noqa: E402
 
@@ -181,9 +182,6 @@ def test_token_explainer_refuses_bad_input(exported, tmp_path):
         x, inputs = bad if isinstance(bad, tuple) else (bad, None)
         with pytest.raises(RelgraphError, match=message):
             explainer.explain(x, inputs=inputs)
-    with pytest.raises(RelgraphError, match="batches of exactly 2 samples"):  # exported for batch 2: one line
-        explainer.run({"input_ids": ids[:1], "attention_mask": feed["attention_mask"][:1],
-                       "target": np.zeros(1, np.int64)})
     with pytest.raises(RelgraphError, match="--position"):
         relgraph.compile(exported("gpt2", "eager", "dynamo")[2], rule="attnlrp", position=99, write=False)
     with pytest.raises(RelgraphError, match="--embedding-relevance"):
@@ -197,17 +195,24 @@ def test_check_accounts_layer_by_layer(exported, tmp_path):
     _, feed, path = exported("bert", "eager", "dynamo")
     explainer = tmp_path / "bert.attnlrp.onnx"
     relgraph.compile(path, rule="attnlrp", output=str(explainer))
-    ids = tmp_path / "ids.npy"
-    np.save(ids, feed["input_ids"])
-    run = subprocess.run([sys.executable, "-m", "relgraph.cli", "check", str(explainer), str(ids)],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    rows = [line.split() for line in run.stdout.splitlines()]
-    softmax = [r for r in rows if len(r) == 7 and r[1] == "Softmax"]
-    assert softmax and all(r[2] == "taylor" and abs(float(r[5])) > 0 for r in softmax)
-    leaks = [float(r[6]) for r in rows if len(r) == 7 and r[0] != "node"]
-    start = float(run.stdout.split("R_out ")[1].split()[0])
-    assert max(map(abs, leaks)) <= 1e-3 * abs(start)
+    three = np.concatenate([feed["input_ids"], feed["input_ids"][::-1][:1]])
+    for samples in (feed["input_ids"], three):  # the export's batch of 2, and 3 run as two chunks
+        ids = tmp_path / "ids.npy"
+        np.save(ids, samples)
+        run = subprocess.run([sys.executable, "-m", "relgraph.cli", "check", str(explainer), str(ids)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        rows = [line.split() for line in run.stdout.splitlines()]
+        softmax = [r for r in rows if len(r) == 7 and r[1] == "Softmax"]
+        assert softmax and all(r[2] == "taylor" and abs(float(r[5])) > 0 for r in softmax)
+        leaks = [float(r[6]) for r in rows if len(r) == 7 and r[0] != "node"]
+        start = float(run.stdout.split("R_out ")[1].split()[0])
+        assert max(map(abs, leaks)) <= 1e-3 * abs(start)
+        # the account is of the chunks run: the last sample counts twice in a filled chunk of 2
+        filled = samples[[0, 1, 2, 2]] if len(samples) == 3 else samples
+        assert ("filled with copies of sample 2" in run.stdout) == (len(samples) == 3)
+        out = relgraph.Explainer(str(explainer)).explain(filled)
+        np.testing.assert_allclose(start, out["logits"][np.arange(len(filled)), out["target"]].sum(), rtol=1e-5)
 
 
 @pytest.mark.parametrize("arch,attn", [("bert", "eager"), ("llama", "sdpa")])
@@ -289,26 +294,40 @@ def test_torchvision_vit_legacy_export_with_a_dynamic_batch(exported, tmp_path):
         np.testing.assert_allclose(three["relevance"][:2], got["relevance"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("keep_functions", [False, True], ids=["portable", "functions"])
 @pytest.mark.parametrize("arch,form", [("vit", "dynamo"), ("bert", "legacy"), ("gpt2", "dynamo")])
-def test_fixed_batch_export_explains_any_number_of_samples(exported, tmp_path, arch, form):
-    """A model exported for batches of 2 keeps that batch in its explainer (masks and Expand shapes spell it
-    out): ``explain`` runs 1, 3 or 5 samples in chunks of 2, the last one filled up and trimmed, and every sample
-    equals the float64 reference on the same samples; ``run`` on another batch is still refused in one line."""
+def test_fixed_batch_export_explains_any_number_of_samples(exported, tmp_path, arch, form, keep_functions):
+    """A model exported for batches of 2 spells that batch out in its masks and Expand shapes. Its portable
+    explainer is a Scan over chunks of 2 that takes any batch: 1, 3 or 5 samples straight through onnxruntime,
+    each equal to the float64 reference. The functions form keeps the batch of
+    2: ``explain`` runs it in chunks of 2, the last one filled up and trimmed, and ``run`` on another batch is
+    refused in one line."""
     model, feed, path = exported(arch, "eager", form)
     first, *rest = feed
-    _, explainer = explain(path, "attnlrp", feed, None, tmp_path)
-    assert explainer.fixed_batch == 2
+    _, explainer = explain(path, "attnlrp", feed, None, tmp_path, keep_functions=keep_functions)
+    assert explainer.fixed_batch == (2 if keep_functions else None)
+    runtimes = [] if keep_functions else ["onnxruntime"]
     more = ref.inputs(arch, batch=5, seed=7)
     for n in (1, 3, 5):
         part = {k: more[k][:n] for k in feed}
         logits = ref.forward(model, arch, part)
         target = np.argsort(logits, 1)[:, -2]
-        out = explainer.explain(part[first], target, inputs={k: part[k] for k in rest})
         want, want_logits = ref.relevance(model, arch, part, "attnlrp", target)
+        want = want if arch == "vit" else want.sum(-1)  # tokens: Σ over features
+        out = explainer.explain(part[first], target, inputs={k: part[k] for k in rest})
         assert out["relevance"].shape[0] == n
         np.testing.assert_allclose(out["logits"], want_logits, rtol=1e-4, atol=1e-5)
-        rel, _ = per_sample(out["relevance"], want if arch == "vit" else want.sum(-1))  # tokens: Σ over features
+        rel, _ = per_sample(out["relevance"], want)
         assert rel.max() <= 1e-4, (n, rel)
-    with pytest.raises(relgraph.RelgraphError, match="exactly 2 samples"):
-        explainer.run({first: more[first][:3], "target": np.zeros(3, np.int64),
-                       **{k: more[k][:3] for k in rest}})
+        for runtime in runtimes:  # the ONNX file alone, as deployed
+            session = open_session(explainer.path, runtime)
+            got = session.run({**{k: part[k].astype(explainer.input_dtypes[k]) for k in feed},
+                               "target": target.astype(np.int64)})
+            for k, v in out["outputs"].items():
+                np.testing.assert_allclose(got[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{runtime} {k}")
+            rel, _ = per_sample(got["relevance"], want)
+            assert rel.max() <= 1e-4, (runtime, n, rel)
+    if keep_functions:
+        with pytest.raises(relgraph.RelgraphError, match="exactly 2 samples"):
+            explainer.run({first: more[first][:3], "target": np.zeros(3, np.int64),
+                           **{k: more[k][:3] for k in rest}})
