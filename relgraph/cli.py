@@ -16,11 +16,11 @@ import warnings
 import numpy as np
 import onnx
 
-from .batching import filled_rows, fixed_part
 from .compiler import compile, composite_for
 from .errors import RelgraphError, UnsupportedOpsError
 from .explainer import Explainer, open_explainer
 from .files import NpyRows, NpzRows, check_output, replacing
+from .fixed_batch import filled_rows, fixed_part
 from .frontend import prepare
 from .heatmap import MAX_TILES, encode_png, heatmap_strip, pillow, read_image
 from .lowering.commands import cmd_compile_triton, cmd_inspect_triton

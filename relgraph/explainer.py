@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 
 from .errors import RelgraphError
+from .fixed_batch import filled_rows
 from .runtimes import open_session
 
 EXPLAINER_KEY = "relgraph.input"  # the compile record's key naming the explained input
@@ -189,7 +190,7 @@ class Explainer:
             if b is not None:  # one baseline for all, or one per sample
                 feed["baseline"] = b if b.shape[0] == 1 else b[start:start + step]
             rows = len(feed["target"])
-            if fixed and rows < fixed:  # the last chunk of a fixed-batch explainer, filled up with its first row
+            if fixed and rows < fixed:  # the last chunk of a fixed-batch explainer, filled up with its last row
                 feed = {k: v if k == "baseline" and v.shape[0] == 1 else _filled(v, fixed) for k, v in feed.items()}
             outputs = self.run(feed)
             if rows < len(feed["target"]):
@@ -211,9 +212,10 @@ class Explainer:
     @property
     def fixed_batch(self) -> int | None:
         """The batch size of an explainer whose model was exported for one batch size (its masks and Expand shapes
-        spell it out, so the explainer keeps it); None for a dynamic batch. :meth:`explain` runs such an
-        explainer on chunks of exactly that size, the last one filled up with copies of its first sample, whose
-        results are dropped: each sample's relevance depends on that sample alone."""
+        spell it out, and ``--keep-functions`` keeps it: the portable form scans chunks of it, see
+        :mod:`relgraph.fixed_batch`); None for any batch. :meth:`explain` runs such an explainer on chunks of
+        exactly that size, the last one filled up with copies of its last sample, whose results are dropped:
+        each sample's relevance depends on that sample alone."""
         fixed = self.inputs.get("target", [None])[0]
         return fixed if isinstance(fixed, int) else None
 
@@ -228,8 +230,9 @@ class Explainer:
 
 
 def _filled(a: np.ndarray, rows: int) -> np.ndarray:
-    """``a`` [k, ...] with its first row repeated up to ``rows`` rows."""
-    return np.concatenate([a, np.repeat(a[:1], rows - len(a), axis=0)])
+    """``a`` [k, ...] with its last row repeated up to ``rows`` rows, as the Scan of a portable explainer fills
+    its last chunk."""
+    return a[filled_rows(len(a), rows)]
 
 
 BACKENDS = ("onnxruntime", "triton")

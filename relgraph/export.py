@@ -10,7 +10,8 @@ Two forms (metadata ``relgraph.form``):
   every value gets its element type and shape from ONNX shape inference, so that runtimes which neither
   expand local functions nor infer ranks themselves (OpenVINO's ONNX front end) load the explainer. An
   explainer fixed to one batch size (its model's export spelled it out) takes any batch, as a Scan over
-  chunks of that size (:mod:`relgraph.batching`).
+  chunks of that size (:mod:`relgraph.fixed_batch`), and a square weight is read the same way round by every
+  product that takes it as its right operand (:mod:`relgraph.shared_weights`).
 * ``functions``: the calls stay, the compact graph that the triton lowering reads (one call, one fused
   kernel) and ``relgraph compile --keep-functions`` writes. onnxruntime inlines them when it loads the model.
 """
@@ -26,11 +27,12 @@ import onnx.shape_inference
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from .batching import any_batch
 from .errors import RelgraphError
 from .files import make_folder, replacing
+from .fixed_batch import any_batch
 from .graph import EXPORT_IR_VERSION
 from .rules.functions import DOMAIN, DOMAIN_VERSION, function_proto
+from .shared_weights import read_one_way
 from .weights import (INLINE_LIMIT, check_skeleton, restore_weights, skeleton_proto, total_bytes, write_external,
                       write_inline)
 
@@ -83,8 +85,9 @@ def portable(proto: onnx.ModelProto) -> onnx.ModelProto:
     del proto.opset_import[:]
     proto.opset_import.extend(kept)
     proto = typed(proto)
-    wrapped = any_batch(proto)  # it reads the batch typing found
-    if wrapped is not proto:
+    rewritten = read_one_way(proto)  # both read the ranks and the batch typing found
+    wrapped = any_batch(proto)
+    if rewritten or wrapped is not proto:
         proto = typed(wrapped)
     untyped = untyped_values(proto)
     if untyped:

@@ -3,6 +3,9 @@ export forms, eager and SDPA attention, explained with ``gradient``, ``attnlrp``
 the float64 reference of :mod:`transformer_reference` (written from the rules' math, sharing no code with
 relgraph).
 
+Each explainer of the reference comparison also runs on OpenVINO, where installed, and must equal
+onnxruntime's outputs (the portable explainer is for every runtime).
+
 The reference is LRP in the limit ε → 0, so the LRP explainers here are compiled with ε = stabilizer = 1e-12: the
 comparison then sees the rules, not where a stabilizer of 1e-6 moves a near-zero denominator.
 """
@@ -21,7 +24,7 @@ pytest.importorskip("transformers")
 
 import relgraph  # noqa: E402
 from relgraph.errors import RelgraphError  # noqa: E402
-from relgraph.runtimes import open_session  # noqa: E402
+from relgraph.runtimes import installed_runtimes, open_session  # noqa: E402
 
 import transformer_reference as ref  # noqa: E402
 
@@ -121,6 +124,13 @@ def test_matches_float64_reference(exported, tmp_path, arch, attn, form):
         assert rel.max() <= 1e-4 and cos.min() >= 0.9999, (rule, rel, cos)
         if tokens:  # one value per token: the sum over the embedding's features
             np.testing.assert_allclose(out["relevance"], want.sum(-1), rtol=1e-4, atol=1e-6 * np.abs(want).max())
+        if "openvino" in installed_runtimes():  # the same file on another runtime
+            first, *rest = feed
+            other = relgraph.Explainer(explainer.path, runtime="openvino").explain(
+                feed[first], target, inputs={k: feed[k] for k in rest})
+            scale = np.abs(relevance_at_x(out)).max()  # a token's sum of gradients is 0 up to float32 noise
+            for k, v in out["outputs"].items():
+                np.testing.assert_allclose(other["outputs"][k], v, rtol=1e-4, atol=1e-5 * scale, err_msg=rule)
         if rule != "gradient":  # conservation: input + biases (and what softmaxes absorb) = the target logit
             start = want_logits[np.arange(len(target)), target]
             total = out["relevance"].reshape(len(target), -1).sum(1) + out["bias_relevance"]
@@ -298,15 +308,15 @@ def test_torchvision_vit_legacy_export_with_a_dynamic_batch(exported, tmp_path):
 @pytest.mark.parametrize("arch,form", [("vit", "dynamo"), ("bert", "legacy"), ("gpt2", "dynamo")])
 def test_fixed_batch_export_explains_any_number_of_samples(exported, tmp_path, arch, form, keep_functions):
     """A model exported for batches of 2 spells that batch out in its masks and Expand shapes. Its portable
-    explainer is a Scan over chunks of 2 that takes any batch: 1, 3 or 5 samples straight through onnxruntime,
-    each equal to the float64 reference. The functions form keeps the batch of
+    explainer is a Scan over chunks of 2 that takes any batch: 1, 3 or 5 samples straight through onnxruntime
+    (and OpenVINO where installed), each equal to the float64 reference. The functions form keeps the batch of
     2: ``explain`` runs it in chunks of 2, the last one filled up and trimmed, and ``run`` on another batch is
     refused in one line."""
     model, feed, path = exported(arch, "eager", form)
     first, *rest = feed
     _, explainer = explain(path, "attnlrp", feed, None, tmp_path, keep_functions=keep_functions)
     assert explainer.fixed_batch == (2 if keep_functions else None)
-    runtimes = [] if keep_functions else ["onnxruntime"]
+    runtimes = [] if keep_functions else [r for r in ("onnxruntime", "openvino") if r in installed_runtimes()]
     more = ref.inputs(arch, batch=5, seed=7)
     for n in (1, 3, 5):
         part = {k: more[k][:n] for k in feed}
