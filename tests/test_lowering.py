@@ -27,6 +27,7 @@ from relgraph.cli import main
 from relgraph.errors import RelgraphError
 from relgraph.lowering import PLAN_FILE, Plan, compile_triton, load, lower
 from relgraph.lowering.explainer import TritonExplainer
+from relgraph.lowering.plan import KERNEL_OPS
 from relgraph.lowering.torch_ops import TORCH_OPS
 from torch_models import export, pick_targets, random_input, relative_error, small
 
@@ -233,6 +234,7 @@ def test_plan_round_trips_and_names_real_specializations(folders, model_path):
         for spec in plan.specializations():
             found = kernel_registry.specializations(spec["op"], spec["dtype"], **spec["flags"])
             assert found and all(s.family == spec["op"] for s in found)
+    assert set(KERNEL_OPS) == set(kernel_registry.SPECS)  # the ops a plan may call are the kernels there are
 
 
 # ------------------------------------------------------------------------------------------- numerics
