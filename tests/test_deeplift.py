@@ -70,3 +70,22 @@ def test_baseline_is_an_input_with_a_default(tmp_path):
         delta = (model(torch.tensor(x)) - model(torch.tensor(other[None]))).numpy()[:, 1]
     np.testing.assert_allclose(b["relevance"].sum(1), delta, rtol=1e-4, atol=1e-5)
     assert not np.allclose(a["relevance"], b["relevance"])
+
+
+@pytest.mark.parametrize("build,shape", [(mlp, (12,)), (cnn, (2, 8, 8))])
+def test_one_baseline_per_sample(tmp_path, build, shape):
+    """A baseline per sample ([N, ...]): each sample equals captum's DeepLift against its own baseline, and its
+    relevance sums to f(x_i) − f(b_i) for the target class."""
+    torch.manual_seed(2)
+    model = build().eval()
+    rng = np.random.default_rng(2)
+    x, base = (rng.normal(size=(5, *shape)).astype(np.float32) for _ in range(2))
+    path = str(tmp_path / "m.onnx")
+    tm.export(model, torch.zeros(1, *shape), path, dynamo=False)
+    ex = relgraph.Explainer(relgraph.compile(path, rule="deeplift", output=str(tmp_path / "d.onnx")).path)
+    out = ex.explain(x, 1, baseline=base, batch_size=2)  # chunks of 2: each takes its rows of the baseline
+    want = DeepLift(model).attribute(torch.tensor(x), baselines=torch.tensor(base), target=1).detach().numpy()
+    assert np.all(tm.relative_error(out["relevance"], want) < 1e-4)
+    with torch.no_grad():
+        delta = (model(torch.tensor(x)) - model(torch.tensor(base))).numpy()[:, 1]
+    np.testing.assert_allclose(out["relevance"].reshape(5, -1).sum(1), delta, rtol=1e-4, atol=1e-5)

@@ -441,6 +441,9 @@ def build_relevance(model: ir.Model, composite: Composite, *, input_name: str | 
     return walk
 
 
+BASELINE_ROWS = "baseline_rows"  # the baseline path's batch: 1, or the explained batch
+
+
 def _baseline_forward(b: Builder, graph: ir.Graph, nodes, x: ir.Value, baseline) -> dict:
     """A second copy of the forward path fed by the input ``baseline`` (default: the given array).
 
@@ -454,7 +457,11 @@ def _baseline_forward(b: Builder, graph: ir.Graph, nodes, x: ir.Value, baseline)
         raise RelgraphError(f"baseline has shape {list(default.shape)}, the input '{x.name}' is "
                             f"[N, {', '.join(map(str, dims(x)[1:]))}]")
     x_bar = b.const(default, name="baseline")
-    graph.inputs.append(x_bar)  # an input with a default: callers may pass their own baseline
+    # an input with a default: callers may pass their own, one for all samples or one per sample, so the
+    # baseline path has a batch of its own
+    rows = x.shape[0]
+    x_bar.shape = ir.Shape([BASELINE_ROWS, *default.shape[1:]])
+    graph.inputs.append(x_bar)
     mapping = {id(x): x_bar}
     b.prefix = "baseline"
     for node in nodes:
@@ -463,7 +470,9 @@ def _baseline_forward(b: Builder, graph: ir.Graph, nodes, x: ir.Value, baseline)
         outs = b.op(node.op_type, *inputs, outputs=len(node.outputs), **attributes)
         for old, new in zip(node.outputs, outs if isinstance(outs, tuple) else (outs,)):
             mapping[id(old)] = new
-            new.shape, new.type = old.shape, old.type
+            new.type = old.type
+            new.shape = ir.Shape([BASELINE_ROWS, *list(old.shape)[1:]]) \
+                if old.shape is not None and len(old.shape) and old.shape[0] == rows else old.shape
     return mapping
 
 
