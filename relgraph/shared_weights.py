@@ -8,7 +8,8 @@ fit, so only square ones go unnoticed). A transformer's attention projections ar
 transformer explainer came out wrong there, with a relative error above 1, while its logits were right.
 
 A constant taken as the *left* operand is not affected, so each product after the first that reads a square
-weight the other way round is written with the weight on the left:
+weight the other way round (by ``transB``, or through a Transpose of the weight) is written with the weight
+on the left:
 
     op(A) · W  = (Wᵀ · op(A)ᵀ)ᵀ = Transpose(Gemm(W, A, transA=1, transB=1 − transA₀))
     op(A) · Wᵀ = (W · op(A)ᵀ)ᵀ  = Transpose(Gemm(W, A, transB=1 − transA₀))
@@ -29,20 +30,24 @@ def read_one_way(proto: onnx.ModelProto) -> bool:
     ranks ONNX shape inference recorded."""
     graph = proto.graph
     sizes = _square_constants(graph)
+    # a Transpose of a square constant reads that constant the other way round (the runtime folds it)
+    flipped = {n.output[0]: n.input[0] for n in graph.node
+               if n.op_type == "Transpose" and n.input[0] in sizes and _attr(n, "perm", [1, 0]) == [1, 0]}
     first: dict[str, bool] = {}
-    rewrite = []
-    for node in graph.node:
+    rewrite = {}
+    for i, node in enumerate(graph.node):  # by position: protobuf hands out a new wrapper on each access
         if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in sizes:
             continue
-        transposed = node.op_type == "Gemm" and _attr(node, "transB", 0) == 1
-        if first.setdefault(node.input[1], transposed) != transposed:
-            rewrite.append(node)
+        weight = flipped.get(node.input[1], node.input[1])
+        transposed = (node.op_type == "Gemm" and _attr(node, "transB", 0) == 1) != (node.input[1] in flipped)
+        if first.setdefault(weight, transposed) != transposed:
+            rewrite[i] = weight, transposed
     if not rewrite:
         return False
     ranks = {v.name: len(v.type.tensor_type.shape.dim) for v in [*graph.input, *graph.value_info, *graph.output]}
     nodes = []
-    for node in graph.node:
-        nodes += _left_operand(node, ranks, sizes[node.input[1]]) if node in rewrite else [node]
+    for i, node in enumerate(graph.node):
+        nodes += _left_operand(node, ranks, sizes, *rewrite[i]) if i in rewrite else [node]
     del graph.node[:]
     graph.node.extend(nodes)
     return True
@@ -63,14 +68,14 @@ def _square_constants(graph: onnx.GraphProto) -> dict[str, int]:
             if len(shapes.get(name, [])) == 2 and shapes[name][0] is not None and shapes[name][0] == shapes[name][1]}
 
 
-def _left_operand(node: onnx.NodeProto, ranks: dict, size: int) -> list[onnx.NodeProto]:
-    """``node`` (MatMul or Gemm reading a square constant W of ``size`` as its right operand) as nodes that
-    take W on the left, computing the same output."""
-    a, w, *rest = node.input
+def _left_operand(node: onnx.NodeProto, ranks: dict, sizes: dict, w: str, transposed: bool) -> list[onnx.NodeProto]:
+    """``node`` (MatMul or Gemm reading the square constant ``w`` as its right operand, as Wᵀ if
+    ``transposed``) as nodes that take ``w`` on the left, computing the same output."""
+    a, _, *rest = node.input
     name, out = node.name or node.output[0], node.output[0]
+    size = sizes[w]
     gemm = node.op_type == "Gemm"
     trans_a = _attr(node, "transA", 0) if gemm else 0
-    transposed = gemm and _attr(node, "transB", 0) == 1
     nodes, flat = [], a
     batched = not gemm and ranks.get(a) != 2
     if batched:  # [..., K] → [M, K]

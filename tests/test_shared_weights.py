@@ -34,6 +34,8 @@ FORMS = {  # the second product reads W the other way round from the first
                  "{ y = Gemm <transB = 1> (x, W) \n z = MatMul (s, W) }",
     "gemm-transposed": "float[4,16] x, float[16,4] s) => (float[4,16] y, float[4,16] z) "
                        "{ y = MatMul (x, W) \n z = Gemm <transA = 1, transB = 1, alpha = 0.5, beta = 2.0> (s, W, C) }",
+    "transpose": "float[4,16] x, float[4,16] s) => (float[4,16] y, float[4,16] z) "
+                 "{ t = Transpose (W) \n y = MatMul (x, t) \n z = MatMul (s, W) }",
     "gemm": "float[4,16] x, float[4,16] s) => (float[4,16] y, float[4,16] z) "
             "{ y = MatMul (x, W) \n z2 = Gemm <transB = 1> (s, W, C) \n z = Gemm (z2, W) }",
 }
@@ -71,8 +73,9 @@ def test_rewrite_keeps_the_values(form, tmp_path):
     rewritten.CopyFrom(original)
     assert read_one_way(rewritten)
     onnx.checker.check_model(rewritten, full_check=True)
-    products = [n for n in rewritten.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] == "W"]
-    assert len({n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)
+    flipped = {n.output[0] for n in rewritten.graph.node if n.op_type == "Transpose" and n.input == ["W"]}
+    products = [n for n in rewritten.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in {"W", *flipped}]
+    assert len({(n.op_type == "Gemm" and any(a.name == "transB" and a.i for a in n.attribute)) != (n.input[1] in flipped)
                 for n in products}) == 1  # every product left that takes W on the right reads it one way
     feed = _feed(original)
     want = _run(original, "reference", feed, tmp_path)
