@@ -44,8 +44,9 @@ def filled_rows(n: int, batch: int) -> np.ndarray:
 
 def any_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` (an explainer fixed to batches of B) as a Scan over chunks of B that takes any batch N (see
-    the module docstring); ``proto`` itself when its batch is not fixed. The inputs with B rows are scanned,
-    the others (a baseline's default) are read whole; every output must have B rows."""
+    the module docstring); ``proto`` itself when its batch is not fixed. The graph inputs are scanned; an
+    input with a default (DeepLIFT's baseline) is read whole, so there it takes one baseline for all samples.
+    Every scanned input and every output has B rows, or a symbolic first axis that is B at run time."""
     graph = proto.graph
     batch = fixed_batch(graph)
     if batch is None:
