@@ -44,17 +44,18 @@ def filled_rows(n: int, batch: int) -> np.ndarray:
 
 def any_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
     """``proto`` (an explainer fixed to batches of B) as a Scan over chunks of B that takes any batch N (see
-    the module docstring); ``proto`` itself when its batch is not fixed. The graph inputs are scanned; an
-    input with a default (DeepLIFT's baseline) is read whole, so there it takes one baseline for all samples.
-    Every scanned input and every output has B rows, or a symbolic first axis that is B at run time."""
+    the module docstring); ``proto`` itself when its batch is not fixed. Every input is scanned; one with a
+    default (DeepLIFT's baseline: one row for all samples, or one per sample) is expanded to N rows first.
+    Every other input and every output has B rows, or a symbolic first axis that is B at run time."""
     graph = proto.graph
     batch = fixed_batch(graph)
     if batch is None:
         return proto
-    weights = {t.name for t in graph.initializer}
-    scanned = [i for i in graph.input if i.name not in weights]
+    defaults = {t.name for t in graph.initializer}
+    scanned = [i for i in graph.input if i.name not in defaults] + [i for i in graph.input if i.name in defaults]
+    fed = [v for v in scanned if v.name not in defaults]
     # the relevance half types its values with a symbolic batch: a first axis that is B at run time
-    other = [v.name for v in [*scanned, *graph.output] if first_dim(v) not in (batch, None)
+    other = [v.name for v in [*fed, *graph.output] if first_dim(v) not in (batch, None)
              or not len(v.type.tensor_type.shape.dim)]
     if other:
         raise RuntimeError(f"explainer values without a first axis of {batch} samples: {', '.join(other)}")
@@ -63,15 +64,19 @@ def any_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
                              [_named(v, inner[v.name]) for v in scanned],
                              [_named(v, inner[v.name]) for v in graph.output], value_info=graph.value_info)
     emit = _Emitter()
-    count = emit("Shape", scanned[0].name, end=1)                                    # [N]
+    count = emit("Shape", fed[0].name, end=1)                                        # [N]
     chunks = emit("Div", emit("Add", count, emit.const(batch - 1)), emit.const(batch))  # [K]
     padded = emit("Mul", chunks, emit.const(batch))                                  # [K·B]
     last = emit("Squeeze", emit("Sub", count, emit.const(1)), emit.const(0))
     rows = emit("Min", emit("Range", emit.const(0, scalar=True), emit("Squeeze", padded, emit.const(0)),
                             emit.const(1, scalar=True)), last)
-    feeds = [emit("Reshape", emit("Gather", v.name, rows, axis=0),
-                  emit("Concat", chunks, emit.const(batch), emit("Shape", v.name, start=1), axis=0))
-             for v in scanned]
+    feeds = []
+    for v in scanned:
+        rows_of_v = v.name
+        if v.name in defaults:  # one row for all samples (the default) or one per sample: N rows either way
+            rows_of_v = emit("Expand", v.name, emit("Concat", count, emit("Shape", v.name, start=1), axis=0))
+        feeds.append(emit("Reshape", emit("Gather", rows_of_v, rows, axis=0),
+                          emit("Concat", chunks, emit.const(batch), emit("Shape", v.name, start=1), axis=0)))
     stacked = [o.name + "/chunks" for o in graph.output]
     emit.nodes.append(helper.make_node("Scan", feeds, stacked, SCAN, body=body, num_scan_inputs=len(feeds)))
     for o, s in zip(graph.output, stacked):
@@ -82,7 +87,7 @@ def any_batch(proto: onnx.ModelProto) -> onnx.ModelProto:
     out.CopyFrom(proto)
     del out.graph.node[:], out.graph.value_info[:], out.graph.input[:], out.graph.output[:]
     out.graph.node.extend(emit.nodes)
-    out.graph.input.extend(_batched(v, DIM) if v in scanned else v for v in graph.input)
+    out.graph.input.extend(_batched(v, DIM) if v in fed else v for v in graph.input)
     out.graph.output.extend(_batched(v, DIM) for v in graph.output)
     return out
 
@@ -101,11 +106,12 @@ def fixed_part(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int] | None:
     out.CopyFrom(proto)
     graph = out.graph
     del graph.node[:], graph.value_info[:], graph.output[:]
+    # the body's inferred shapes are left out: they hold B for the baseline's path, which may have 1 row
     graph.node.extend(_renamed(n, plain) for n in body.node)
-    graph.value_info.extend(body.value_info)
-    taken = {v.name for v in body.input}
-    inputs = [_named(v, plain[v.name]) for v in body.input] + \
-             [v for v in proto.graph.input if outer.get(v.name) not in taken]
+    defaults = {t.name for t in proto.graph.initializer}
+    declared = {v.name: v for v in proto.graph.input}  # an input with a default keeps its own batch
+    inputs = [declared[plain[v.name]] if plain[v.name] in defaults else _named(v, plain[v.name])
+              for v in body.input]
     del graph.input[:]
     graph.input.extend(inputs)
     graph.output.extend(_named(v, plain[v.name]) for v in body.output)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from captum.attr import DeepLift
@@ -12,8 +13,10 @@ import relgraph
 
 try:
     import torch_models as tm
+    from test_cli import run
 except ModuleNotFoundError:
     from tests import torch_models as tm
+    from tests.test_cli import run
 
 
 def mlp():
@@ -72,20 +75,48 @@ def test_baseline_is_an_input_with_a_default(tmp_path):
     assert not np.allclose(a["relevance"], b["relevance"])
 
 
-@pytest.mark.parametrize("build,shape", [(mlp, (12,)), (cnn, (2, 8, 8))])
+class BatchBias(nn.Module):
+    """A conv whose bias map is expanded to the batch: exported by dynamo for batch 2, the explainer keeps that
+    batch and scans chunks of it (relgraph.fixed_batch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.relu, self.head = nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Linear(4 * 6 * 6, 5)  # captum hooks nn.ReLU
+        self.bias_map = nn.Parameter(torch.randn(1, 4, 6, 6))
+
+    def forward(self, x):
+        h = self.relu(self.conv(x) + self.bias_map.expand(x.shape[0], 4, 6, 6))
+        return self.head(h.reshape(x.shape[0], -1))
+
+
+@pytest.mark.parametrize("build,shape", [(mlp, (12,)), (cnn, (2, 8, 8)), (BatchBias, (2, 8, 8))])
 def test_one_baseline_per_sample(tmp_path, build, shape):
     """A baseline per sample ([N, ...]): each sample equals captum's DeepLift against its own baseline, and its
-    relevance sums to f(x_i) − f(b_i) for the target class."""
+    relevance sums to f(x_i) − f(b_i) for the target class; also where the explainer scans a fixed batch."""
+    from relgraph.fixed_batch import fixed_part
+
     torch.manual_seed(2)
     model = build().eval()
     rng = np.random.default_rng(2)
     x, base = (rng.normal(size=(5, *shape)).astype(np.float32) for _ in range(2))
     path = str(tmp_path / "m.onnx")
-    tm.export(model, torch.zeros(1, *shape), path, dynamo=False)
+    scanned = build is BatchBias
+    if scanned:  # the dynamo export's default: a static batch
+        torch.onnx.export(model, (torch.zeros(2, *shape),), path, dynamo=True, opset_version=tm.DYNAMO_OPSET,
+                          input_names=[tm.INPUT], output_names=[tm.OUTPUT])
+    else:
+        tm.export(model, torch.zeros(1, *shape), path, dynamo=False)
     ex = relgraph.Explainer(relgraph.compile(path, rule="deeplift", output=str(tmp_path / "d.onnx")).path)
-    out = ex.explain(x, 1, baseline=base, batch_size=2)  # chunks of 2: each takes its rows of the baseline
+    assert (fixed_part(onnx.load(ex.path)) is not None) == scanned
+    out = ex.explain(x, 1, baseline=base)  # one run of 5 (a scanning explainer: 3 chunks of 2)
+    chunked = ex.explain(x, 1, baseline=base, batch_size=2)  # runs of 2: each takes its rows of the baseline
+    np.testing.assert_allclose(chunked["relevance"], out["relevance"], rtol=1e-5, atol=1e-7)
     want = DeepLift(model).attribute(torch.tensor(x), baselines=torch.tensor(base), target=1).detach().numpy()
     assert np.all(tm.relative_error(out["relevance"], want) < 1e-4)
     with torch.no_grad():
         delta = (model(torch.tensor(x)) - model(torch.tensor(base))).numpy()[:, 1]
     np.testing.assert_allclose(out["relevance"].reshape(5, -1).sum(1), delta, rtol=1e-4, atol=1e-5)
+    if scanned:  # relgraph check runs the scanned graph's body on whole chunks, the baseline's default included
+        np.save(tmp_path / "x.npy", x)
+        code, printed, err = run("check", ex.path, tmp_path / "x.npy")
+        assert code == 0 and "filled with copies of sample 4" in printed, err
