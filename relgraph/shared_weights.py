@@ -59,8 +59,8 @@ def _square_constants(graph: onnx.GraphProto) -> dict[str, int]:
     shapes = {t.name: list(t.dims) for t in graph.initializer}
     shapes |= {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
                for v in graph.value_info}
-    fed = {i.name for i in graph.input} - {t.name for t in graph.initializer}
-    constant = {t.name for t in graph.initializer} - fed
+    # an initializer that is also a graph input (DeepLIFT's baseline) may be fed: not a constant
+    constant = {t.name for t in graph.initializer} - {i.name for i in graph.input}
     for node in graph.node:
         if node.op_type == "Constant" or node.input and all(i in constant or not i for i in node.input):
             constant.update(node.output)
