@@ -182,6 +182,9 @@ class Explainer:
             if "baseline" not in self.overridable_inputs():
                 raise RelgraphError(f"rule '{self.rule}' does not compare to a baseline")
             b = self.prepare(baseline)
+            if b.shape[0] not in (1, x.shape[0]):
+                raise RelgraphError(f"baseline has {b.shape[0]} samples: give one for all samples or one per "
+                                    f"sample ({x.shape[0]})")
         fixed = self.fixed_batch
         step = fixed or (max(x.shape[0], 1) if batch_size is None else batch_size)
         for start in range(0, max(x.shape[0], 1), step):

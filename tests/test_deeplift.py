@@ -69,6 +69,8 @@ def test_baseline_is_an_input_with_a_default(tmp_path):
     x = np.random.default_rng(0).normal(size=(3, 12)).astype(np.float32)
     other = np.full(12, 0.5, np.float32)
     a, b = ex.explain(x, 1), ex.explain(x, 1, baseline=other)
+    with pytest.raises(relgraph.RelgraphError, match="one for all samples or one per sample"):
+        ex.explain(x, 1, baseline=np.stack([other, other]))  # 2 baselines for 3 samples
     with torch.no_grad():
         delta = (model(torch.tensor(x)) - model(torch.tensor(other[None]))).numpy()[:, 1]
     np.testing.assert_allclose(b["relevance"].sum(1), delta, rtol=1e-4, atol=1e-5)
