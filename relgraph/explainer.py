@@ -281,14 +281,15 @@ def open_explainer(path, *, backend: str | None = None, **options) -> Explainer:
     "triton" for a folder compiled with ``--target triton`` (a
     :class:`relgraph.lowering.explainer.TritonExplainer`), else "onnxruntime" (an :class:`Explainer`; on such a
     folder, its ``explainer.onnx``). ``options`` go to the explainer's constructor."""
-    if _backend(path, backend) == "triton":
+    if backend_of(path, backend) == "triton":
         from .lowering.explainer import TritonExplainer  # optional: torch and triton
 
         return TritonExplainer(path, **options)
     return Explainer(path, **options)
 
 
-def _backend(path, backend) -> str:
+def backend_of(path, backend: str | None = None) -> str:
+    """The backend that runs ``path``: ``backend`` checked, or by default "triton" for a triton folder."""
     if backend is None:
         return "triton" if os.path.isfile(os.path.join(str(path), "plan.json")) else "onnxruntime"
     if backend not in BACKENDS:

@@ -151,6 +151,31 @@ def test_resume_computes_only_the_missing_blocks(cluster, explainers, tmp_path):
     np.testing.assert_allclose(small, full.reshape(150, 1, 4, 2, 4, 2).sum((3, 5)), rtol=1e-4, atol=1e-6)
 
 
+def test_a_triton_folder_runs_its_launch_plan_in_the_workers(cluster, tmp_path, monkeypatch):
+    """A folder compiled with --target triton runs its launch plan in each actor: its kernels on a GPU worker,
+    here in Triton's interpreter on the CPU (the suite sets TRITON_INTERPRET=1). Each block records the
+    device it ran on; --backend onnxruntime runs the folder's explainer.onnx instead."""
+    pytest.importorskip("triton")
+    from relgraph.lowering import compile_triton
+
+    folder = compile_triton(str(DIGITS / "digits_cnn.onnx"), str(tmp_path / "digits.triton"), rule="epsilon").path
+    x = np.load(DIGITS / "test_x.npy")[:6]
+    np.save(tmp_path / "x.npy", x)
+    kwargs = dict(batch_size=3, block_rows=3, workers=1, progress=False)
+    result = explain_dataset(folder, str(tmp_path / "x.npy"), str(tmp_path / "plan"), **kwargs)
+    assert result.summary["devices"] == {"CPU, Triton kernels in the interpreter": 2}
+    samples = {f"x.npy:{i}": s for i, s in enumerate(x)}
+    assert_same(by_id(tmp_path / "plan"), reference(folder, samples))  # explainer.onnx on onnxruntime
+    result = explain_dataset(folder, str(tmp_path / "x.npy"), str(tmp_path / "onnx"), backend="onnxruntime",
+                             **kwargs)
+    assert result.summary["devices"] == {"CPU": 2}
+    # the kernels need a GPU per worker or the interpreter: refused before Ray starts, naming both ways out
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RelgraphError, match="--gpus-per-worker 1.*--backend onnxruntime"):
+        explain_dataset(folder, str(tmp_path / "x.npy"), str(tmp_path / "refused"), **kwargs)
+    assert not (tmp_path / "refused").exists()
+
+
 def test_a_node_killed_mid_run_leaves_no_duplicates_and_no_gaps(cluster, explainers, tmp_path):
     """The node that runs the actors and read tasks is removed after the first blocks are written; then a
     fresh node joins, Ray restarts the actors there and retries the lost tasks."""

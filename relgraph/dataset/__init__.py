@@ -2,7 +2,7 @@
 
     relgraph explain-dataset EXPLAINER --data SRC -o OUT [--batch-size 64] [--block-rows 256] [--workers 1]
                              [--cpus-per-worker 1] [--gpus-per-worker 0] [--address HOST:PORT]
-                             [--store-size HxW] [--target K] [--force]
+                             [--store-size HxW] [--target K] [--backend onnxruntime|triton] [--force]
 
 Ray, pyarrow (and for ``relgraph spray`` scikit-learn and scipy) come with ``pip install 'relgraph[dataset]'``;
 this module imports them only when a run starts, so the rest of the command line does not need them.
@@ -16,8 +16,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..errors import RelgraphError, require
-from ..explainer import Explainer
+from ..errors import TRITON_STACK, RelgraphError, require
+from ..explainer import Explainer, backend_of
+from ..lowering.executor import INTERPRETER_HINT, interpreting
 from ..progress import Progress
 from . import sources as _sources
 from . import store
@@ -34,9 +35,22 @@ class Result:
     summary: dict
 
 
-def plan(explainer_path: str, data: str, *, block_rows: int, batch_size: int, target, store_size):
+def check_backend(explainer_path: str, backend: str | None, gpus_per_worker: float) -> str:
+    """The backend the workers run: onnxruntime, or a triton folder's launch plan, whose kernels need a GPU
+    per worker (or Triton's interpreter on the CPU, ``TRITON_INTERPRET=1``)."""
+    chosen = backend_of(explainer_path, backend)
+    if chosen == "triton":
+        require(TRITON_STACK, "the triton backend", "gpu")
+        if not gpus_per_worker and not interpreting():
+            raise RelgraphError(f"{INTERPRETER_HINT}, or give each worker one (--gpus-per-worker 1), or run the "
+                                "folder's explainer.onnx (--backend onnxruntime)")
+    return chosen
+
+
+def plan(explainer_path: str, data: str, *, block_rows: int, batch_size: int, target, store_size,
+         backend: str = "onnxruntime"):
     """The explainer's reading spec, the sources, the blocks and the manifest of a run (no Ray)."""
-    explainer = Explainer(explainer_path)  # a triton folder: its ONNX explainer
+    explainer = Explainer(explainer_path)  # a triton folder: its ONNX explainer, for the inputs and classes
     explainer.targets(target, 1)  # a class out of range is a one-line error here, not in every actor
     spec = _sources.spec_of(explainer)
     if store_size and len(spec.sample_shape) != 3:
@@ -49,18 +63,19 @@ def plan(explainer_path: str, data: str, *, block_rows: int, batch_size: int, ta
                 "sources": [[s.name, s.kind, s.rows] for s in srcs],
                 "blocks": [[[seg[0], seg[3], seg[4]] for seg in b] for b in blocks],
                 "batch_size": batch_size, "target": target, "store_size": list(store_size) if store_size else None,
-                "input_shape": list(spec.sample_shape)}
+                "input_shape": list(spec.sample_shape), "backend": backend}
     return spec, blocks, manifest
 
 
 def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int = 64, block_rows: int = 256,
                     workers: int = 1, cpus_per_worker: float = 1.0, gpus_per_worker: float = 0.0,
                     address: str | None = None, store_size=None, target: int | None = None, force: bool = False,
-                    progress: bool = True) -> Result:
+                    backend: str | None = None, progress: bool = True) -> Result:
     """Explain every sample behind ``data`` into the Parquet dataset ``out`` (see :mod:`.store`).
 
     Blocks already in ``out`` from the same run are kept (resume); Ray is joined at ``address`` or started
-    locally; a Ray session that is already connected in this process is used as it is.
+    locally; a Ray session that is already connected in this process is used as it is. ``backend``: as
+    :func:`relgraph.open_explainer` chooses it (a triton folder runs its launch plan, on a GPU per worker).
     """
     require(DATASET_STACK, "explain-dataset", "dataset")
     for name, value in (("--batch-size", batch_size), ("--block-rows", block_rows), ("--workers", workers)):
@@ -69,8 +84,9 @@ def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int
     if cpus_per_worker <= 0 or gpus_per_worker < 0:
         raise RelgraphError("--cpus-per-worker must be positive and --gpus-per-worker not negative")
     start = time.perf_counter()
+    backend = check_backend(explainer_path, backend, gpus_per_worker)
     spec, blocks, manifest = plan(explainer_path, data, block_rows=block_rows, batch_size=batch_size,
-                                  target=target, store_size=store_size)
+                                  target=target, store_size=store_size, backend=backend)
     if os.path.abspath(out) in (os.path.abspath(explainer_path), os.path.abspath(data)):
         raise RelgraphError("refusing to write over an input; choose another -o")
     done = store.prepare(out, manifest, force=force)
@@ -83,7 +99,7 @@ def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int
         with Progress(rows, "explaining", min_total=1 if progress else rows + 1) as bar:
             computed = run(explainer_path, out, todo, spec, batch_size=batch_size, target=target,
                            store_size=store_size, workers=workers, cpus_per_worker=cpus_per_worker,
-                           gpus_per_worker=gpus_per_worker, on_block=bar.update)
+                           gpus_per_worker=gpus_per_worker, backend=backend, on_block=bar.update)
     missing = sorted(set(range(len(blocks))) - store.finished_blocks(out))
     if missing:  # Ray reported success: a block that is not there is a bug, never a silent gap
         raise RuntimeError(f"blocks {missing[:5]} were not written")
@@ -115,6 +131,9 @@ def add_command(sub) -> None:
     e.add_argument("--store-size", metavar="HxW", type=_size, help="store the relevance downsampled to H×W "
                                                                     "(area sums: totals are kept)")
     e.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
+    e.add_argument("--backend", default=None, metavar="{onnxruntime,triton}",
+                   help="default: triton (its launch plan, on --gpus-per-worker) for a folder compiled with "
+                        "--target triton, else onnxruntime")
     e.add_argument("--force", action="store_true", help="replace an output folder that holds another run")
     e.set_defaults(run=cmd_explain_dataset)
 
@@ -134,11 +153,11 @@ def cmd_explain_dataset(args) -> None:
                              block_rows=args.block_rows, workers=args.workers,
                              cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
                              address=args.address, store_size=args.store_size, target=args.target,
-                             force=args.force)
+                             force=args.force, backend=args.backend)
     s = result.summary
     print(f"explained {s['explained']} of {s['samples']} samples in {result.blocks} blocks "
-          f"({result.computed} computed now, {result.blocks - result.computed} already done) in "
-          f"{s['seconds']:.1f} s → {result.out}")
+          f"({result.computed} computed now, {result.blocks - result.computed} already done) on "
+          f"{', '.join(s['devices'])} in {s['seconds']:.1f} s → {result.out}")
     if s["failed"]:
         first = s["failures"][0]
         print(f"relgraph: warning: {s['failed']} sample(s) failed (first: {first['id']}: {first['error']}); "

@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from ..errors import RelgraphError
-from ..explainer import Explainer
+from ..explainer import open_explainer
+from ..lowering.executor import interpreting
 from . import store
 from .sources import Spec, read_segment
 
@@ -142,11 +143,13 @@ class ExplainWorker:
     """An actor: one explainer session; each call explains whole blocks and writes them."""
 
     def __init__(self, path: str, out: str, batch_size: int, target: int | None, store_size, threads: int,
-                 gpus: float):
-        kwargs = {} if os.path.isdir(path) else {"threads": threads, "spinning": False}
-        if gpus and not os.path.isdir(path):
-            kwargs["providers"] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.explainer = Explainer(path, **kwargs)
+                 gpus: float, backend: str):
+        if backend == "triton":  # the launch plan: CUDA on a GPU actor, else Triton's interpreter
+            self.explainer = open_explainer(path, backend=backend)
+        else:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpus else None
+            self.explainer = open_explainer(path, backend=backend, threads=threads, spinning=False,
+                                            providers=providers)
         self.out, self.batch_size, self.target, self.store_size = out, batch_size, target, store_size
 
     def __call__(self, batch: dict) -> dict:
@@ -158,7 +161,7 @@ class ExplainWorker:
                 raise RuntimeError(f"block {block}: got {len(sel)} of {batch['block_rows'][sel[0]]} rows")
             failed = [[batch["id"][i], batch["error"][i]] for i in sel if batch["error"][i]]
             ok = np.array([i for i in sel if not batch["error"][i]], np.int64)
-            table = store.block_table(*self.explain(batch, ok), failed)
+            table = store.block_table(*self.explain(batch, ok), failed, self.explainer.device)
             store.write_block(self.out, int(block), table)
             done["block"].append(int(block))
             done["rows"].append(len(ok))
@@ -184,6 +187,14 @@ class ExplainWorker:
                 joined["logits"], relevance, joined["bias_relevance"])
 
 
+def _worker_environment(backend: str) -> dict:
+    """Triton reads TRITON_INTERPRET when it compiles a kernel: a driver that interprets has its workers do so
+    too, on whatever node they run (a cluster's workers do not inherit the driver's environment)."""
+    if backend == "triton" and interpreting():
+        return {"runtime_env": {"env_vars": {"TRITON_INTERPRET": "1"}}}
+    return {}
+
+
 def largest_block_bytes(spec: Spec, todo: list[tuple[int, list]]) -> int:
     """The input bytes of the largest block still to do (float32 samples)."""
     return int(np.prod(spec.sample_shape)) * 4 * max(sum(stop - start for *_, start, stop in segments)
@@ -191,9 +202,10 @@ def largest_block_bytes(spec: Spec, todo: list[tuple[int, list]]) -> int:
 
 
 def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec, *, batch_size: int, target,
-        store_size, workers: int, cpus_per_worker: float, gpus_per_worker: float, on_block=None) -> int:
-    """Explain the blocks ``todo`` ([(index, segments)]) on the connected Ray cluster; return how many
-    were computed. ``on_block(rows)`` is called as each block is written (progress)."""
+        store_size, workers: int, cpus_per_worker: float, gpus_per_worker: float, backend: str = "onnxruntime",
+        on_block=None) -> int:
+    """Explain the blocks ``todo`` ([(index, segments)]) on the connected Ray cluster with ``backend``; return
+    how many were computed. ``on_block(rows)`` is called as each block is written (progress)."""
     import ray
 
     ctx = ray.data.DataContext.get_current()
@@ -212,8 +224,8 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
                         fn_constructor_kwargs={"path": os.path.abspath(explainer_path), "out": os.path.abspath(out),
                                                "batch_size": batch_size, "target": target,
                                                "store_size": store_size, "gpus": gpus_per_worker,
-                                               "threads": max(1, int(cpus_per_worker))},
-                        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None)
+                                               "threads": max(1, int(cpus_per_worker)), "backend": backend},
+                        num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **_worker_environment(backend))
     computed = set()
     for done in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for block, rows, failed in zip(done["block"], done["rows"], done["failed"]):

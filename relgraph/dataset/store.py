@@ -11,8 +11,9 @@
 | ``relevance`` | fixed-shape tensor [C, H, W] or [C, h, w] with ``--store-size hxw`` (float32) |
 | ``bias_relevance`` | float32 |
 
-and, in its schema metadata (``relgraph.failed``), the samples of the block that could not be read, each
-``[id, message]``. A block file is written to a hidden temporary name and renamed into place, so a file
+and, in its schema metadata, the samples of the block that could not be read (``relgraph.failed``, each
+``[id, message]``) and where the block was explained (``relgraph.device``, e.g. "CPU", "CUDA" or
+"CUDA, Triton kernels"). A block file is written to a hidden temporary name and renamed into place, so a file
 that exists is complete: a rerun skips it, and a retried task that writes it again writes the same bytes
 under the same name (no duplicates). ``OUT/_manifest.json`` records what the run computes (explainer,
 data, blocks, options); a rerun with the same manifest resumes, anything else needs ``--force``.
@@ -35,6 +36,7 @@ from ..errors import RelgraphError
 MANIFEST = "_manifest.json"
 SUMMARY = "_summary.json"
 FAILED_KEY = b"relgraph.failed"
+DEVICE_KEY = b"relgraph.device"
 FORMAT = 1
 _PART = re.compile(r"^part-(\d{6})\.parquet$")
 
@@ -94,8 +96,8 @@ def _write_json(path: str, value) -> None:
     os.replace(tmp, path)
 
 
-def block_table(ids, sources, rows, targets, logits, relevance, bias, failed):
-    """One block's explained samples as an Arrow table, its failed samples in the schema metadata."""
+def block_table(ids, sources, rows, targets, logits, relevance, bias, failed, device: str = ""):
+    """One block's explained samples as an Arrow table, its failed samples and device in the schema metadata."""
     import pyarrow as pa
 
     table = pa.table({
@@ -107,7 +109,7 @@ def block_table(ids, sources, rows, targets, logits, relevance, bias, failed):
         "relevance": pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(relevance, np.float32)),
         "bias_relevance": pa.array(np.asarray(bias, np.float32), pa.float32()),
     })
-    return table.replace_schema_metadata({FAILED_KEY: json.dumps(failed).encode()})
+    return table.replace_schema_metadata({FAILED_KEY: json.dumps(failed).encode(), DEVICE_KEY: device.encode()})
 
 
 def write_block(out: str, block: int, table) -> None:
@@ -124,15 +126,18 @@ def summarize(out: str, manifest: dict, computed: int, seconds: float) -> dict:
     import pyarrow.parquet as pq
 
     done = finished_blocks(out)
-    explained, failed = 0, []
+    explained, failed, devices = 0, [], {}
     for block in sorted(done):
         path = os.path.join(out, part_name(block))
         meta = pq.read_metadata(path)
         explained += meta.num_rows
         failed += json.loads((meta.metadata or {}).get(FAILED_KEY, b"[]"))
+        device = (meta.metadata or {}).get(DEVICE_KEY, b"").decode() or "unknown"
+        devices[device] = devices.get(device, 0) + 1
     summary = {"samples": explained + len(failed), "explained": explained, "failed": len(failed),
                "failures": [{"id": i, "error": e} for i, e in failed], "blocks": len(manifest["blocks"]),
-               "blocks_written": len(done), "blocks_computed": computed, "seconds": round(seconds, 3)}
+               "blocks_written": len(done), "blocks_computed": computed, "devices": devices,
+               "seconds": round(seconds, 3)}
     _write_json(os.path.join(out, SUMMARY), summary)
     return summary
 
