@@ -5,10 +5,11 @@
 1. The shapes shortcut model (ε rule), ``--samples`` held-out images in .npy shards of ``--block-rows``.
    *loop*: one onnxruntime session (1 thread), ``explain`` in batches of ``--batch-size`` over the same
    arrays, reading them from the shards; then the same loop writing each shard's results as a Parquet block,
-   the work explain-dataset does without Ray. *ray 1* / *ray 2*: ``explain_dataset`` with 1 and 2 workers
+   the work explain-dataset does without Ray; then two such loops at once, in two processes, each on half the
+   shards: what two workers can reach on this machine without Ray, the ceiling for *ray 2*. *ray 1* / *ray 2*: ``explain_dataset`` with 1 and 2 workers
    (1 CPU each), Ray already started (its start is reported apart), actor start included. For these the
    table also gives the time to the first block written (Ray Data's and the actors' start, paid once) and
-   the rate from the first block to the last (paid per block), read from the block files' times.
+   the rate once every worker runs (paid per block), read from the block files' times.
 2. SpRAy (``relgraph.spray.analyse``) of ``--spray`` heatmaps of 32×32 (the shapes model's, predicted
    class 0 repeated from the held-out set's samples), pixel and histogram features, with and without t-SNE.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import shutil
 import sys
 import tempfile
@@ -65,6 +67,7 @@ def throughput(args, work: Path, explainer: str) -> None:
         np.save(shards / f"shard{i:04d}.npy", x[start:start + args.block_rows])
     rows = [("loop of Explainer.explain (1 thread)", loop(args, explainer, shards, None), None)]
     rows.append(("the same loop, writing the same Parquet blocks", loop(args, explainer, shards, work / "loop-out"), None))
+    rows.append(("two such loops at once, one process each", parallel_loops(args, explainer, shards, work, 2), None))
     start = time.perf_counter()
     connect(None, num_cpus=3)
     print(f"ray.init (local, 3 CPUs; not in the rates): {time.perf_counter() - start:.2f} s")
@@ -73,7 +76,7 @@ def throughput(args, work: Path, explainer: str) -> None:
         start = time.perf_counter()
         explain_dataset(explainer, str(shards), str(out), batch_size=args.batch_size,
                         block_rows=args.block_rows, workers=workers, progress=False)
-        rows.append((f"explain-dataset, {workers} worker(s)", time.perf_counter() - start, steady(out, start)))
+        rows.append((f"explain-dataset, {workers} worker(s)", time.perf_counter() - start, steady(out, start, workers)))
 
     print(f"{args.samples} samples of 1×32×32, shapes CNN, ε; batch {args.batch_size}, blocks of {args.block_rows}")
     print(f"{'':48} {'seconds':>8} {'samples/s':>10} {'to 1st block':>13} {'steady samples/s':>17}")
@@ -91,26 +94,62 @@ def loop(args, explainer: str, shards: Path, out: Path | None) -> float:
         out.mkdir()
     for block, f in enumerate(sorted(shards.iterdir())):
         shard = np.load(f)
-        parts = [e.explain(shard[i:i + args.batch_size]) for i in range(0, len(shard), args.batch_size)]
-        if out is not None:
-            joined = {k: np.concatenate([p[k] for p in parts]) for k in ("target", "logits", "relevance",
-                                                                      "bias_relevance")}
-            ids = [f"{f.name}:{r}" for r in range(len(shard))]
-            store.write_block(str(out), block, store.block_table(
-                ids, [f.name] * len(shard), np.arange(len(shard)), joined["target"], joined["logits"],
-                joined["relevance"], joined["bias_relevance"], []))
+        if out is None:
+            for i in range(0, len(shard), args.batch_size):
+                e.explain(shard[i:i + args.batch_size])
+        else:
+            write_results(out, block, f, shard, e, args.batch_size)
     return time.perf_counter() - start
 
 
-def steady(out: Path, start: float) -> tuple[float, float]:
+def parallel_loops(args, explainer: str, shards: Path, work: Path, processes: int) -> float:
+    """Seconds for ``processes`` writing loops at once, shard i in process i mod ``processes``: from the moment
+    all of them have their session (a barrier) to the last one done."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, spans = ctx.Barrier(processes), ctx.Queue()
+    files = sorted(shards.iterdir())
+    children = [ctx.Process(target=_loop_part, args=(args.batch_size, explainer, files[p::processes],
+                                                     work / f"parallel-out{p}", barrier, spans))
+                for p in range(processes)]
+    for child in children:
+        child.start()
+    times = [spans.get() for _ in children]
+    for child in children:
+        child.join()
+    return max(end for _, end in times) - min(start for start, _ in times)
+
+
+def _loop_part(batch_size: int, explainer: str, files: list, out: Path, barrier, spans) -> None:
+    e = relgraph.Explainer(explainer, threads=1, spinning=False)
+    out.mkdir()
+    barrier.wait()
+    start = time.monotonic()  # system-wide: comparable across the processes
+    for block, f in enumerate(files):
+        write_results(out, block, f, np.load(f), e, batch_size)
+    spans.put((start, time.monotonic()))
+
+
+def write_results(out: Path, block: int, f: Path, shard: np.ndarray, e, batch_size: int) -> None:
+    """Explain one shard in batches and write it as explain-dataset writes a block."""
+    parts = [e.explain(shard[i:i + batch_size]) for i in range(0, len(shard), batch_size)]
+    joined = {k: np.concatenate([p[k] for p in parts]) for k in ("target", "logits", "relevance", "bias_relevance")}
+    ids = [f"{f.name}:{r}" for r in range(len(shard))]
+    store.write_block(str(out), block, store.block_table(
+        ids, [f.name] * len(shard), np.arange(len(shard)), joined["target"], joined["logits"],
+        joined["relevance"], joined["bias_relevance"], []))
+
+
+def steady(out: Path, start: float, workers: int) -> tuple[float, float]:
     """From the block files' modification times (each is renamed into place when done): seconds from the
-    call to the first block written (Ray Data's and the actors' start), and samples per second from the
-    first block to the last (the rate once running)."""
+    call to the first block written (Ray Data's and the actors' start), and samples per second once every
+    worker runs: the rows of the blocks after the first ``workers`` over the time from the ``workers``-th
+    block to the last. (Counting from the first block alone would credit the other workers' first blocks,
+    computed mostly before it, to the interval.)"""
     parts = sorted(out.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime)
     wall_start = time.time() - (time.perf_counter() - start)
-    first, last = parts[0].stat().st_mtime, parts[-1].stat().st_mtime
-    rows = sum(store_rows(p) for p in parts[1:])
-    return first - wall_start, rows / (last - first)
+    running, last = parts[workers - 1].stat().st_mtime, parts[-1].stat().st_mtime
+    rows = sum(store_rows(p) for p in parts[workers:])
+    return parts[0].stat().st_mtime - wall_start, rows / (last - running)
 
 
 def store_rows(path: Path) -> int:
