@@ -18,7 +18,7 @@ import onnx
 
 from .compiler import compile, composite_for
 from .errors import RelgraphError, UnsupportedOpsError
-from .explainer import Explainer, open_explainer
+from .explainer import Explainer, baseline_default, open_explainer
 from .files import NpyRows, NpzRows, check_output, replacing
 from .fixed_batch import filled_rows, fixed_part
 from .frontend import prepare
@@ -446,7 +446,9 @@ def cmd_check(args):
     entries = [e for step in trace for e in step["in"] + step["out"] + [step["bias"]] if e]
     names = sorted({n for e in entries for n in ([e] if isinstance(e, str) else e)} - known)
     model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # a baseline is an initializer that is also an input, on purpose
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names, size = [o.name for o in session.get_outputs()], batch or len(feed["target"])
     chunks = [session.run(None, {k: v[i:i + size] for k, v in feed.items()})
               for i in range(0, len(feed["target"]), size)]
@@ -472,11 +474,22 @@ def cmd_check(args):
               f"{r_bias:12.5g} {leak:12.5g}")
     logits = values[explainer.logits_name]
     chosen = np.where(t < 0, logits.argmax(1), t)
-    start = float(logits[np.arange(len(t)), chosen].sum()) if explainer.metadata.get(
-        "relgraph.output_init") == "logit" else float(len(t))
+    picked = float(logits[np.arange(len(t)), chosen].sum())
     rel, bias = float(values["relevance"].sum()), float(values["bias_relevance"].sum())
-    print(f"\nR_out {start:.6g} = Σ relevance {rel:.6g} + Σ bias {bias:.6g} + leak {start - rel - bias:.6g} "
-          f"(Σ per-layer leak {leak_sum:.6g})")
+    if explainer.metadata.get("relgraph.output_init") == "logit":
+        print(f"\nR_out {picked:.6g} = Σ relevance {rel:.6g} + Σ bias {bias:.6g} + leak {picked - rel - bias:.6g} "
+              f"(Σ per-layer leak {leak_sum:.6g})")
+    elif "baseline" in explainer.overridable_inputs():
+        # DeepLIFT: the columns are multipliers m = ∂*f/∂a; what sums to a constant is Δa ⊙ m, to Δf
+        reference = baseline_default(proto)
+        f_base = explainer.explain(np.repeat(reference, len(t), 0) if len(reference) == 1 else reference,
+                                   chosen)["logits"][np.arange(len(t)), chosen]
+        delta = picked - float(f_base.astype(np.float64).sum())
+        print(f"\nthe columns are DeepLIFT's multipliers, not relevance. Summation to delta: f(x) − f(baseline) "
+              f"{delta:.6g} = Σ relevance {rel:.6g} + leak {delta - rel:.6g}")
+    else:
+        print(f"\n{explainer.rule} propagates gradients, not relevance: the columns are sums of ∂f/∂a, and "
+              f"nothing is conserved (Σ relevance {rel:.6g})")
 
 
 def _print_runtimes(path, x, target):

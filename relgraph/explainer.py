@@ -241,6 +241,14 @@ def _filled(a: np.ndarray, rows: int) -> np.ndarray:
 BACKENDS = ("onnxruntime", "triton")
 
 
+def baseline_default(proto: onnx.ModelProto) -> np.ndarray:
+    """The baseline a compare-to-baseline explainer was compiled with: its ``baseline`` initializer [1, ...]."""
+    found = [t for t in proto.graph.initializer if t.name == "baseline"]
+    if not found:
+        raise RelgraphError("this explainer has no compiled baseline")
+    return onnx.numpy_helper.to_array(found[0])
+
+
 def read_onnx(path, what: str = "model", *, weights: bool = True) -> onnx.ModelProto:
     """An ONNX file's ModelProto (``weights=False``: external weight files are not read), or a one-line
     error for a missing or unreadable file."""

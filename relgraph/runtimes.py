@@ -84,6 +84,9 @@ class OnnxruntimeSession(Session):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
+        # errors still raise; the warnings are about what relgraph writes on purpose (a baseline is an initializer
+        # that is also an input, so that a caller may override it) and would print on every load
+        options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
         if not spinning:  # on small VMs, spinning worker threads steal the cores the kernels need

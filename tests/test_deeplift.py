@@ -60,6 +60,42 @@ def test_deeplift_matches_captum(tmp_path, build, shape, seed, baseline_kind):
     np.testing.assert_allclose(out["relevance"].reshape(4, -1).sum(1), delta, rtol=1e-4, atol=1e-5)
 
 
+def _printed_numbers(line: str) -> list[float]:
+    return [float(w) for w in line.replace("=", " ").split() if w.lstrip("-").replace(".", "").replace("e-", "")
+            .replace("e+", "").isdigit()]
+
+
+def test_check_accounts_summation_to_delta(tmp_path):
+    """relgraph check on DeepLIFT: the per-layer columns are multipliers, so what it accounts is the
+    summation to delta, f(x) − f(x̄) = Σ relevance (+ leak), with f(x̄) from torch; a gradient explainer
+    has nothing to conserve and says so instead of printing a leak."""
+    torch.manual_seed(0)
+    model = cnn().eval()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 2, 8, 8)).astype(np.float32)
+    base = (rng.normal(size=(2, 8, 8)) * 0.3).astype(np.float32)
+    path = str(tmp_path / "m.onnx")
+    tm.export(model, torch.tensor(x[:1]), path, dynamo=False)
+    np.save(tmp_path / "base.npy", base)
+    np.save(tmp_path / "x.npy", x)
+    ex = relgraph.compile(path, rule="deeplift", baseline=str(tmp_path / "base.npy"), output=str(tmp_path / "d.onnx"))
+    code, printed, err = run("check", ex.path, tmp_path / "x.npy", "--target", "2")
+    assert code == 0, err
+    line = printed.strip().splitlines()[-1]
+    assert "summation to delta" in line.lower() and "R_out" not in printed, printed
+    delta, total, leak = _printed_numbers(line.split(":", 1)[1])
+    with torch.no_grad():
+        want = float((model(torch.tensor(x)) - model(torch.tensor(base[None])))[:, 2].sum())
+    relevance = relgraph.Explainer(ex.path).explain(x, target=2)["relevance"]
+    assert abs(delta - want) <= 1e-4 * max(1.0, abs(want)), (delta, want)
+    assert abs(total - float(relevance.sum())) <= 1e-4 * max(1.0, abs(total))
+    assert abs(leak) < 1e-3 * max(1.0, abs(want)) and abs(delta - total - leak) < 1e-4 * max(1.0, abs(delta))
+
+    gradient = relgraph.compile(path, rule="gradient", output=str(tmp_path / "g.onnx"))
+    code, printed, err = run("check", gradient.path, tmp_path / "x.npy")
+    assert code == 0 and "nothing is conserved" in printed and "leak" not in printed.splitlines()[-1], printed
+
+
 def test_baseline_is_an_input_with_a_default(tmp_path):
     torch.manual_seed(0)
     model = mlp().eval()
