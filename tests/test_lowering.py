@@ -235,6 +235,12 @@ def test_plan_round_trips_and_names_real_specializations(folders, model_path):
             found = kernel_registry.specializations(spec["op"], spec["dtype"], **spec["flags"])
             assert found and all(s.family == spec["op"] for s in found)
     assert set(KERNEL_OPS) == set(kernel_registry.SPECS)  # the ops a plan may call are the kernels there are
+    # and each has its torch reference and its launcher, found by name (a new op missing either fails here)
+    from relgraph import kernels
+    from relgraph.lowering.kernel_ops import TorchKernels
+
+    for op in KERNEL_OPS:
+        assert callable(getattr(TorchKernels, op, None)) and callable(getattr(kernels, op, None)), op
 
 
 # ------------------------------------------------------------------------------------------- numerics

@@ -21,8 +21,6 @@ Leading axes beyond the matrix (a MatMul over a sequence) are flattened into the
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import torch
 
 from ..errors import RelgraphError
@@ -161,55 +159,27 @@ def _push_back(x, w, r, z_pos, z_neg, b_pos, b_neg, x_nonneg, params, channel_ax
 
 
 class TritonKernels:
-    """The Triton launches of :mod:`relgraph.kernels` (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
+    """The Triton launches of :mod:`relgraph.kernels` (CUDA, or the CPU under ``TRITON_INTERPRET=1``): each op is
+    the kernels' launcher of that name, called with the arguments :func:`run_kernel` passes to
+    :class:`TorchKernels`, its outputs as a tuple. A new kernel op needs no entry in this class."""
 
     def __init__(self):
         try:
-            from ..kernels import conv, epsilon_conv, epsilon_matmul, gemm, lrp_parts, pointwise, pooling
+            from .. import kernels  # optional: triton
         except ImportError as exc:
             raise RelgraphError(f"the triton backend needs triton and the kernels package: {exc}") from None
-        self.k = SimpleNamespace(linear=gemm.linear, conv2d=conv.conv2d, epsilon_linear=epsilon_matmul.epsilon_linear,
-                                 epsilon_conv2d=epsilon_conv.epsilon_conv2d, maxpool2d_back=pooling.maxpool2d_back,
-                                 epsilon_sum=pointwise.epsilon_sum, **{
-                                     name: getattr(lrp_parts, name) for name in (
-                                         "lrp_parts_linear", "lrp_parts_linear_back", "lrp_parts_conv2d",
-                                         "lrp_parts_conv2d_back")})
+        self.kernels = kernels
 
-    def linear(self, x, w, bias, *, relu, keep_z, **_):
-        out = self.k.linear(x, w, bias, relu=relu, keep_z=keep_z)
-        return tuple(out) if keep_z else (out,)
+    def __getattr__(self, op: str):
+        if op.startswith("_") or op == "kernels":  # not a kernel op (and no recursion before __init__ is done)
+            raise AttributeError(op)
+        launch = getattr(self.kernels, op)
 
-    def conv2d(self, x, w, bias, *, relu, keep_z, **geometry):
-        out = self.k.conv2d(x, w, bias, relu=relu, keep_z=keep_z, **geometry)
-        return tuple(out) if keep_z else (out,)
+        def run(*args, **kwargs) -> tuple:
+            out = launch(*args, **kwargs)  # one tensor, or a tuple when the op writes optional outputs
+            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
-    def epsilon_linear(self, x, w, r, den, *, mode, epsilon, want_s, **_):
-        out = self.k.epsilon_linear(x, w, r, den, mode=mode, epsilon=epsilon, want_s=want_s)
-        return tuple(out) if want_s else (out,)
-
-    def epsilon_conv2d(self, x, w, r, den, *, mode, epsilon, want_s, **geometry):
-        out = self.k.epsilon_conv2d(x, w, r, den, mode=mode, epsilon=epsilon, want_s=want_s, **geometry)
-        return tuple(out) if want_s else (out,)
-
-    def lrp_parts_linear(self, x, w, *, x_nonneg, **_):
-        return tuple(self.k.lrp_parts_linear(x, w, x_nonneg=x_nonneg))
-
-    def lrp_parts_conv2d(self, x, w, *, x_nonneg, **geometry):
-        return tuple(self.k.lrp_parts_conv2d(x, w, x_nonneg=x_nonneg, **geometry))
-
-    def lrp_parts_linear_back(self, *args, want_s, **kwargs):
-        out = self.k.lrp_parts_linear_back(*args, want_s=want_s, **kwargs)
-        return tuple(out) if want_s else (out,)
-
-    def lrp_parts_conv2d_back(self, *args, want_s, **kwargs):
-        out = self.k.lrp_parts_conv2d_back(*args, want_s=want_s, **kwargs)
-        return tuple(out) if want_s else (out,)
-
-    def maxpool2d_back(self, x, r, **geometry):
-        return (self.k.maxpool2d_back(x, r, **geometry),)
-
-    def epsilon_sum(self, a, b, r, den, *, mode, epsilon):
-        return tuple(self.k.epsilon_sum(a, b, r, den, mode=mode, epsilon=epsilon))
+        return run
 
 
 def run_kernel(impl, step, inputs: list) -> tuple:

@@ -305,7 +305,7 @@ class _Graph:
         for s in reversed(self.steps):
             if not any(o in live for o in s.outputs if o):
                 continue
-            if s.kind == "kernel" and s.op in _OPTIONAL_OUTPUT:
+            if s.kind == "kernel":
                 _drop_unread_outputs(s, live)
             if s.kind == "torch" and s.op == "MaxPool" and not (len(s.outputs) > 1 and s.outputs[1] in live):
                 # the route re-finds the winners: the pooled values alone, no int64 indices
@@ -315,16 +315,18 @@ class _Graph:
         self.steps = kept[::-1]
 
 
-_OPTIONAL_OUTPUT = {"epsilon_linear": "want_s", "epsilon_conv2d": "want_s", "linear": "keep_z", "conv2d": "keep_z",
-                    "lrp_parts_linear_back": "want_s", "lrp_parts_conv2d_back": "want_s"}
+# the constexpr switches of a kernel's optional outputs, whatever the op: s (ε step; s_a and s_b of a γ/αβ
+# push-back), z (a forward layer's pre-activation)
+OPTIONAL_OUTPUTS = ("want_s", "keep_z")
 
 
 def _drop_unread_outputs(step: Step, live: set) -> None:
-    """A kernel writes its optional outputs (s of an ε step, z of a forward layer, s_a and s_b of a γ/αβ
-    push-back) only when one of them is read."""
-    if len(step.outputs) > 1 and not live & set(step.outputs[1:]):
+    """A kernel writes its optional outputs, all but the first, only when one of them is read; a kernel without
+    such a switch writes all its outputs."""
+    switch = next((f for f in OPTIONAL_OUTPUTS if f in step.flags), None)
+    if switch and len(step.outputs) > 1 and not live & set(step.outputs[1:]):
         step.outputs = step.outputs[:1]
-        step.flags[_OPTIONAL_OUTPUT[step.op]] = False
+        step.flags[switch] = False
 
 
 # ------------------------------------------------------------------------------------------- passes
