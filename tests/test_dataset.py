@@ -176,6 +176,20 @@ def test_a_triton_folder_runs_its_launch_plan_in_the_workers(cluster, tmp_path, 
     assert not (tmp_path / "refused").exists()
 
 
+def test_a_gpu_run_that_fell_back_to_the_cpu_says_so(cluster, explainers, tmp_path):
+    """--gpus-per-worker on a node Ray counts a GPU on, with an onnxruntime that has no CUDA provider (this
+    machine's): the session falls back to the CPU, the blocks record it, and the command warns."""
+    node = cluster.add_node(num_cpus=1, num_gpus=1)
+    try:
+        np.save(tmp_path / "x.npy", np.load(DIGITS / "test_x.npy")[:8])
+        proc = _cli(explainers["digits"], "--data", tmp_path / "x.npy", "-o", tmp_path / "out", "--gpus-per-worker",
+                    "1", "--address", cluster.address, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert "on CPU" in proc.stdout and "blocks ran on CPU" in proc.stderr and "relgraph[gpu]" in proc.stderr, proc
+    finally:
+        cluster.remove_node(node)
+
+
 def test_a_node_killed_mid_run_leaves_no_duplicates_and_no_gaps(cluster, explainers, tmp_path):
     """The node that runs the actors and read tasks is removed after the first blocks are written; then a
     fresh node joins, Ray restarts the actors there and retries the lost tasks."""

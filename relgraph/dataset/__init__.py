@@ -158,6 +158,10 @@ def cmd_explain_dataset(args) -> None:
     print(f"explained {s['explained']} of {s['samples']} samples in {result.blocks} blocks "
           f"({result.computed} computed now, {result.blocks - result.computed} already done) on "
           f"{', '.join(s['devices'])} in {s['seconds']:.1f} s → {result.out}")
+    on_cpu = [d for d in s["devices"] if not d.startswith("CUDA")]
+    if args.gpus_per_worker and on_cpu:  # onnxruntime falls back to the CPU when it has no CUDA provider
+        print(f"relgraph: warning: --gpus-per-worker {args.gpus_per_worker:g}, but blocks ran on {', '.join(on_cpu)} "
+              f"(onnxruntime without its CUDA provider? pip install 'relgraph[gpu]' on the workers)", file=sys.stderr)
     if s["failed"]:
         first = s["failures"][0]
         print(f"relgraph: warning: {s['failed']} sample(s) failed (first: {first['id']}: {first['error']}); "

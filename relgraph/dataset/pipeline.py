@@ -1,8 +1,8 @@
 """The Ray Data pipeline of ``explain-dataset``: read tasks, then an actor pool of explainers.
 
     blocks still to do ─from_items─▶ read_blocks (tasks) ─▶ ExplainWorker (actor pool, map_batches) ─▶ part files
-                                       one Ray block per            one onnxruntime session per actor;
-                                       input block                  writes the block, returns its counts
+                                       one row per input            one session per actor, one row (block)
+                                       block, samples in it         per call; writes it, returns its counts
 
 Each actor owns one :class:`~relgraph.explainer.Explainer` (onnxruntime on CPU or CUDA, or a Triton launch
 plan on a GPU actor) and explains each input block in batches of ``batch_size``. Actors and tasks are retried
@@ -119,28 +119,31 @@ def _check_resources(available: dict, cpus: float, gpus: float) -> None:
 
 
 def read_blocks(batch: dict, spec: Spec) -> dict:
-    """A read task: one input block (a row of block descriptors) → its samples, failed ones flagged."""
-    ids, sources, rows, xs, errors, block_ids, sizes = [], [], [], [], [], [], []
-    for block, segments in zip(batch["block"], batch["segments"]):
-        segments = json.loads(segments)
-        count = sum(stop - start for _, _, _, start, stop in segments)
-        for segment in segments:
-            name, _, _, start, stop = segment
-            x, err = read_segment(segment, spec)
-            xs.append(x)
-            errors += [e or "" for e in err]
-            ids += [f"{name}:{r}" for r in range(start, stop)]
-            sources += [name] * (stop - start)
-            rows += list(range(start, stop))
-        block_ids += [int(block)] * count
-        sizes += [count] * count
-    return {"block": np.array(block_ids, np.int64), "block_rows": np.array(sizes, np.int64),
-            "id": np.array(ids, object), "source": np.array(sources, object), "row": np.array(rows, np.int64),
-            "x": np.concatenate(xs), "error": np.array(errors, object)}
+    """A read task: one block descriptor → one row holding the whole block: its segments, its samples x [n, ...]
+    (a tensor cell) and, as JSON, one error message per sample ("" where it was read).
+
+    A block travels as one row, so the explaining actor, which takes one row per call, gets it whole whatever
+    batching Ray Data applies (a GPU actor must be given a batch size; rows of samples would then be regrouped
+    across blocks)."""
+    (block,), (segments,) = batch["block"], batch["segments"]
+    read = [read_segment(segment, spec) for segment in json.loads(segments)]
+    errors = [e or "" for _, err in read for e in err]
+    return {"block": np.array([block], np.int64), "segments": np.array([segments], object),
+            "x": np.concatenate([x for x, _ in read])[None], "errors": np.array([json.dumps(errors)], object)}
+
+
+def samples_of(segments: list) -> tuple[list, list, list]:
+    """The ids (``"<source>:<row>"``), sources and rows of a block's samples, in order."""
+    ids, sources, rows = [], [], []
+    for name, _, _, start, stop in segments:
+        ids += [f"{name}:{r}" for r in range(start, stop)]
+        sources += [name] * (stop - start)
+        rows += range(start, stop)
+    return ids, sources, rows
 
 
 class ExplainWorker:
-    """An actor: one explainer session; each call explains whole blocks and writes them."""
+    """An actor: one explainer session; each call explains one block and writes it."""
 
     def __init__(self, path: str, out: str, batch_size: int, target: int | None, store_size, threads: int,
                  gpus: float, backend: str):
@@ -154,14 +157,18 @@ class ExplainWorker:
 
     def __call__(self, batch: dict) -> dict:
         done = {"block": [], "rows": [], "failed": [], "seconds": []}
-        for block in np.unique(batch["block"]):
+        for block, segments, x, errors in zip(batch["block"], batch["segments"], batch["x"], batch["errors"]):
             start = time.perf_counter()
-            sel = np.flatnonzero(batch["block"] == block)
-            if len(sel) != batch["block_rows"][sel[0]]:  # a block must never be written in part
-                raise RuntimeError(f"block {block}: got {len(sel)} of {batch['block_rows'][sel[0]]} rows")
-            failed = [[batch["id"][i], batch["error"][i]] for i in sel if batch["error"][i]]
-            ok = np.array([i for i in sel if not batch["error"][i]], np.int64)
-            table = store.block_table(*self.explain(batch, ok), failed, self.explainer.device)
+            ids, sources, rows = samples_of(json.loads(segments))
+            errors = json.loads(errors)
+            if not len(ids) == len(errors) == len(x):  # a block must never be written in part
+                raise RuntimeError(f"block {block}: {len(x)} samples and {len(errors)} read results for "
+                                   f"{len(ids)} ids")
+            failed = [[i, e] for i, e in zip(ids, errors) if e]
+            ok = np.array([k for k, e in enumerate(errors) if not e], np.int64)
+            explained = self.explain(np.asarray(x)[ok])
+            table = store.block_table([ids[k] for k in ok], [sources[k] for k in ok], np.asarray(rows)[ok],
+                                      *explained, failed, self.explainer.device)
             store.write_block(self.out, int(block), table)
             done["block"].append(int(block))
             done["rows"].append(len(ok))
@@ -169,8 +176,8 @@ class ExplainWorker:
             done["seconds"].append(time.perf_counter() - start)
         return {k: np.array(v) for k, v in done.items()}
 
-    def explain(self, batch: dict, ok: np.ndarray):
-        x = batch["x"][ok]
+    def explain(self, x: np.ndarray):
+        """(target, logits, relevance, bias_relevance) of the samples ``x``, in batches of ``batch_size``."""
         parts = [self.explainer.explain(x[i:i + self.batch_size], self.target)
                  for i in range(0, len(x), self.batch_size)]
         if parts:
@@ -183,8 +190,7 @@ class ExplainWorker:
         relevance = joined["relevance"]
         if self.store_size:
             relevance = downsample(relevance, *self.store_size)
-        return (list(batch["id"][ok]), list(batch["source"][ok]), batch["row"][ok], joined["target"],
-                joined["logits"], relevance, joined["bias_relevance"])
+        return joined["target"], joined["logits"], relevance, joined["bias_relevance"]
 
 
 def _worker_environment(backend: str) -> dict:
@@ -213,13 +219,13 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
     ctx.print_on_execution_start = False
     _check_resources(ray.cluster_resources(), cpus_per_worker, gpus_per_worker)
     block_bytes = largest_block_bytes(spec, todo)
-    # a block travels whole from its read task to its actor: Ray must not split it on the way
+    # a block is one row; Ray must not hold back a Ray block for being larger than its default target
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * block_bytes)
     items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.map_batches(read_blocks, batch_size=1, fn_kwargs={"spec": spec}, num_cpus=0,
                         concurrency=min(READS_PER_WORKER * workers, len(todo)), batch_format="numpy")
-    ds = ds.map_batches(ExplainWorker, batch_size=None, batch_format="numpy",
+    ds = ds.map_batches(ExplainWorker, batch_size=1, batch_format="numpy",  # one row: one whole block
                         compute=ray.data.ActorPoolStrategy(size=workers),
                         fn_constructor_kwargs={"path": os.path.abspath(explainer_path), "out": os.path.abspath(out),
                                                "batch_size": batch_size, "target": target,
