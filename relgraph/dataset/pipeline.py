@@ -219,7 +219,7 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
     ctx.print_on_execution_start = False
     _check_resources(ray.cluster_resources(), cpus_per_worker, gpus_per_worker)
     block_bytes = largest_block_bytes(spec, todo)
-    # a block is one row; Ray must not hold back a Ray block for being larger than its default target
+    # a block is one row, which Ray Data cannot slice: a target below its size only makes Ray Data try, and warn
     ctx.target_max_block_size = max(ctx.target_max_block_size or 0, 4 * block_bytes)
     items = [{"block": index, "segments": json.dumps(segments)} for index, segments in todo]
     ds = ray.data.from_items(items, override_num_blocks=len(items))
