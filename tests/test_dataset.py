@@ -190,6 +190,43 @@ def test_a_gpu_run_that_fell_back_to_the_cpu_says_so(cluster, explainers, tmp_pa
         cluster.remove_node(node)
 
 
+def test_a_worker_that_cannot_open_the_explainer_is_one_line(cluster, tmp_path, monkeypatch):
+    """A triton folder sent to a node that Ray counts a GPU on but torch sees none, without the interpreter:
+    the actor cannot open the launch plan. The command says so in one line naming the worker, exit 2, with no
+    traceback and no block written (raised in the actor, it was an ActorDiedError and two tracebacks)."""
+    pytest.importorskip("triton")
+    from relgraph.lowering import compile_triton
+
+    folder = compile_triton(str(DIGITS / "digits_cnn.onnx"), str(tmp_path / "digits.triton"), rule="epsilon").path
+    np.save(tmp_path / "x.npy", np.load(DIGITS / "test_x.npy")[:4])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # inherited by the node's workers and by the command
+    node = cluster.add_node(num_cpus=1, num_gpus=1)
+    try:
+        proc = _cli(folder, "--data", tmp_path / "x.npy", "-o", tmp_path / "out", "--gpus-per-worker", "1",
+                    "--address", cluster.address, timeout=300)
+    finally:
+        cluster.remove_node(node)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("relgraph: error: a worker on ") and "needs a CUDA GPU" in proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not store.finished_blocks(str(tmp_path / "out"))
+
+
+def test_only_a_local_run_needs_the_triton_stack_on_the_driver(monkeypatch, tmp_path):
+    """The kernels run in the workers: joining a cluster, the driver need not import triton itself."""
+    import relgraph.dataset as dataset
+
+    folder = tmp_path / "digits.triton"
+    folder.mkdir()
+    (folder / "plan.json").write_text("{}")  # what makes a triton folder (the backend is read, not run)
+    monkeypatch.setattr(dataset, "TRITON_STACK", ("a_module_nobody_installed",))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert dataset.check_backend(str(folder), None, 0, address="10.0.0.1:6379") == "triton"
+    with pytest.raises(RelgraphError, match="a_module_nobody_installed"):
+        dataset.check_backend(str(folder), None, 0)
+
+
 def test_a_node_killed_mid_run_leaves_no_duplicates_and_no_gaps(cluster, explainers, tmp_path):
     """The node that runs the actors and read tasks is removed after the first blocks are written; then a
     fresh node joins, Ray restarts the actors there and retries the lost tasks."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ..errors import TRITON_STACK, RelgraphError, require
 from ..explainer import Explainer, backend_of
-from ..lowering.executor import INTERPRETER_HINT, interpreting
+from ..interpreter import INTERPRETER_HINT, interpreting
 from ..progress import Progress
 from . import sources as _sources
 from . import store
@@ -35,12 +35,16 @@ class Result:
     summary: dict
 
 
-def check_backend(explainer_path: str, backend: str | None, gpus_per_worker: float) -> str:
+def check_backend(explainer_path: str, backend: str | None, gpus_per_worker: float,
+                  address: str | None = None) -> str:
     """The backend the workers run: onnxruntime, or a triton folder's launch plan, whose kernels need a GPU
-    per worker (or Triton's interpreter on the CPU, ``TRITON_INTERPRET=1``)."""
+    per worker (or Triton's interpreter on the CPU, ``TRITON_INTERPRET=1``). The kernels run in the workers:
+    a local run needs the Triton stack on this machine, a run that joins a cluster (``address``) on its
+    nodes, which the actors check when they open the plan."""
     chosen = backend_of(explainer_path, backend)
     if chosen == "triton":
-        require(TRITON_STACK, "the triton backend", "gpu")
+        if address is None:
+            require(TRITON_STACK, "the triton backend", "gpu")
         if not gpus_per_worker and not interpreting():
             raise RelgraphError(f"{INTERPRETER_HINT}, or give each worker one (--gpus-per-worker 1), or run the "
                                 "folder's explainer.onnx (--backend onnxruntime)")
@@ -84,7 +88,7 @@ def explain_dataset(explainer_path: str, data: str, out: str, *, batch_size: int
     if cpus_per_worker <= 0 or gpus_per_worker < 0:
         raise RelgraphError("--cpus-per-worker must be positive and --gpus-per-worker not negative")
     start = time.perf_counter()
-    backend = check_backend(explainer_path, backend, gpus_per_worker)
+    backend = check_backend(explainer_path, backend, gpus_per_worker, address)
     spec, blocks, manifest = plan(explainer_path, data, block_rows=block_rows, batch_size=batch_size,
                                   target=target, store_size=store_size, backend=backend)
     if os.path.abspath(out) in (os.path.abspath(explainer_path), os.path.abspath(data)):

@@ -14,17 +14,19 @@ gaps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import sys
 import time
 
 import numpy as np
 
 from ..errors import RelgraphError
 from ..explainer import open_explainer
-from ..lowering.executor import interpreting
+from ..interpreter import interpreting
 from . import store
 from .sources import Spec, read_segment
 
@@ -81,13 +83,30 @@ def connect(address: str | None, *, num_cpus: float, object_store: int | None = 
         if address != "auto":
             _check_answers(address)
         try:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+            with _native_stderr_silenced():
+                ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         except Exception as exc:
             raise RelgraphError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
         return
     # "local": a new instance of our own, even where another Ray runs on this machine (ray.init() would join it)
-    ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), include_dashboard=False,
-             logging_level=logging.ERROR, log_to_driver=False, object_store_memory=object_store)
+    with _native_stderr_silenced():
+        ray.init(address="local", num_cpus=max(1, int(np.ceil(num_cpus))), include_dashboard=False,
+                 logging_level=logging.ERROR, log_to_driver=False, object_store_memory=object_store)
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """The driver's core worker (C++) writes a line to file descriptor 2 as it starts, whatever the log level:
+    it goes to the null device instead. Python's own errors are raised, not printed, so none is lost."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _check_answers(address: str) -> None:
@@ -147,16 +166,28 @@ class ExplainWorker:
 
     def __init__(self, path: str, out: str, batch_size: int, target: int | None, store_size, threads: int,
                  gpus: float, backend: str):
-        if backend == "triton":  # the launch plan: CUDA on a GPU actor, else Triton's interpreter
-            self.explainer = open_explainer(path, backend=backend)
-        else:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpus else None
-            self.explainer = open_explainer(path, backend=backend, threads=threads, spinning=False,
-                                            providers=providers)
         self.out, self.batch_size, self.target, self.store_size = out, batch_size, target, store_size
+        # A node that cannot open the explainer (no GPU that torch sees, no Triton stack, an unreadable path)
+        # is the user's setup, not a crash: the refusal goes back to the driver as data and is said in one
+        # line there. Raised here, Ray would restart the actor and end in an ActorDiedError and its traceback.
+        self.refused = ""
+        try:
+            self.explainer = self._open(path, threads, gpus, backend)
+        except RelgraphError as exc:
+            self.refused = f"a worker on {socket.gethostname()} cannot run the explainer: {exc}"
+
+    @staticmethod
+    def _open(path: str, threads: int, gpus: float, backend: str):
+        if backend == "triton":  # the launch plan: CUDA on a GPU actor, else Triton's interpreter
+            return open_explainer(path, backend=backend)
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpus else None
+        return open_explainer(path, backend=backend, threads=threads, spinning=False, providers=providers)
 
     def __call__(self, batch: dict) -> dict:
-        done = {"block": [], "rows": [], "failed": [], "seconds": []}
+        if self.refused:
+            return {"block": np.array([-1]), "rows": np.array([0]), "failed": np.array([0]),
+                    "seconds": np.array([0.0]), "refused": np.array([self.refused])}
+        done = {"block": [], "rows": [], "failed": [], "seconds": [], "refused": []}
         for block, segments, x, errors in zip(batch["block"], batch["segments"], batch["x"], batch["errors"]):
             start = time.perf_counter()
             ids, sources, rows = samples_of(json.loads(segments))
@@ -174,6 +205,7 @@ class ExplainWorker:
             done["rows"].append(len(ok))
             done["failed"].append(len(failed))
             done["seconds"].append(time.perf_counter() - start)
+            done["refused"].append("")
         return {k: np.array(v) for k, v in done.items()}
 
     def explain(self, x: np.ndarray):
@@ -234,7 +266,9 @@ def run(explainer_path: str, out: str, todo: list[tuple[int, list]], spec: Spec,
                         num_cpus=cpus_per_worker, num_gpus=gpus_per_worker or None, **_worker_environment(backend))
     computed = set()
     for done in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for block, rows, failed in zip(done["block"], done["rows"], done["failed"]):
+        for block, rows, failed, refused in zip(done["block"], done["rows"], done["failed"], done["refused"]):
+            if refused:
+                raise RelgraphError(str(refused))
             if int(block) not in computed and on_block:
                 on_block(int(rows) + int(failed))
             computed.add(int(block))

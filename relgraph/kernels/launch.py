@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +17,11 @@ import torch
 import triton
 
 from ..errors import RelgraphError
+from ..interpreter import interpreting
 
 CONFIGS_FILE = Path(__file__).with_name("configs.json")
 LAUNCH_KEYS = ("num_warps", "num_stages")  # the rest of a configuration is block sizes
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def interpreting() -> bool:
-    """Whether kernels run on the CPU under Triton's interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @functools.cache

@@ -8,23 +8,15 @@ the explainer's live set, not its total size. Kernel steps go to the Triton kern
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from ..errors import RelgraphError
+from ..interpreter import INTERPRETER_HINT, interpreting
 from ..progress import Progress
 from .plan import Plan
-
-INTERPRETER_HINT = ("the triton backend needs a CUDA GPU; on the CPU run its kernels in Triton's interpreter: "
-                    "set TRITON_INTERPRET=1")
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 
 def default_device(kernels: str) -> str:
     """CUDA when there is a GPU; the CPU for the torch reference or under Triton's interpreter."""
