@@ -29,7 +29,9 @@ sys.path.insert(0, str(SHAPES))
 
 import data as shapes_data  # noqa: E402  (models/shapes/data.py)
 
-HELDOUT = 600  # held-out shapes samples: texture independent of the class
+# held-out shapes samples (texture independent of the class): about a thousand heatmaps per class. With a few
+# hundred, the eigengap also splits the texture-driven heatmaps by the texture's period.
+HELDOUT = 3000
 
 
 def blobs(seed=0, n=(60, 50, 40), dim=12, spread=0.15):
@@ -138,22 +140,21 @@ def _spray_cli(out, report, *extra):
 
 
 def test_spray_finds_the_texture_shortcut(shapes, tmp_path):
-    """Class 0 (disc; its shortcut texture: horizontal stripes): the eigengap finds two strategies and they
-    are the texture-driven and the object-driven samples (texture = class or not)."""
-    report, stdout = _spray_cli(shapes["shapes_cnn"][0], tmp_path / "report", "--features", "histogram",
-                                "--class", "0")
-    assert list(report) == ["0"]
-    c0 = report["0"]
-    assert c0["k"] == 2, stdout
-    assert len(c0["tsne"]) == len(c0["tsne_index"]) == len(c0["ids"])  # fewer than 1,000: all mapped
-    ari = adjusted_rand_score(_texture_agrees(shapes, c0["ids"], 0), c0["clusters"])
-    assert ari >= 0.8, (ari, stdout)
-    assert len(c0["ids"]) == len(set(c0["ids"])) == len(c0["clusters"])
-    assert len(c0["eigenvalues"]) == 32 and c0["eigenvalues"][0] < 1e-8
+    """In every class the eigengap finds two strategies, and they are the texture-driven and the object-driven
+    samples (the texture is the class's own training texture, or not): adjusted Rand index ≥ 0.8."""
+    report, stdout = _spray_cli(shapes["shapes_cnn"][0], tmp_path / "report", "--features", "histogram")
+    assert sorted(report) == ["0", "1", "2"]
     page = (tmp_path / "report" / "index.html").read_text()
-    for name in ("class0_eigenvalues.png", "class0_embedding.png", "class0_prototypes.png"):
-        assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert (tmp_path / "report" / name).stat().st_size > 5000 and f'src="{name}"' in page
+    for label, r in report.items():
+        assert r["k"] == 2, stdout
+        ari = adjusted_rand_score(_texture_agrees(shapes, r["ids"], int(label)), r["clusters"])
+        assert ari >= 0.8, (label, ari, stdout)
+        assert len(r["ids"]) == len(set(r["ids"])) == len(r["clusters"])
+        assert len(r["eigenvalues"]) == 32 and r["eigenvalues"][0] < 1e-8
+        assert len(r["tsne"]) == len(r["tsne_index"]) == min(len(r["ids"]), spray.TSNE_SAMPLES)
+        for name in (f"class{label}_eigenvalues.png", f"class{label}_embedding.png", f"class{label}_prototypes.png"):
+            assert (tmp_path / "report" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert (tmp_path / "report" / name).stat().st_size > 5000 and f'src="{name}"' in page
     assert "http" not in page and "<script" not in page  # opens offline
 
 

@@ -97,3 +97,19 @@ def make_split(split: str, count: int, start: int = 0) -> dict[str, np.ndarray]:
         "texture": np.array([s[2] for s in samples], np.int64),
         "masks": np.stack([s[3] for s in samples]),
     }
+
+
+def main() -> None:
+    """``python models/shapes/data.py SPLIT COUNT -o FILE.npz``: samples 0 … COUNT−1 of a split, as make_split."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write samples of a shapes split to an .npz (x, y, texture, masks).")
+    p.add_argument("split", choices=SPLITS)
+    p.add_argument("count", type=int)
+    p.add_argument("-o", "--output", required=True)
+    args = p.parse_args()
+    np.savez_compressed(args.output, **make_split(args.split, args.count))
+
+
+if __name__ == "__main__":
+    main()

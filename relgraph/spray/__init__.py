@@ -4,10 +4,9 @@ Lapuschkin et al. 2019, "Unmasking Clever Hans predictors and assessing what mac
 (Nat. Commun. 10:1096); Anders et al. 2022 (CoRelAy, ViRelAy). For the heatmaps R_1 … R_n of one class:
 
 1. **features**: ``pixels`` — sum over channels, downsample by area sums to h×w, flatten; or ``histogram``
-   — the distribution of the values of R / max|R| after a signed square root, in 40 bins on [−1, 1]
-   (translation invariant: where on the image the relevance lies does not matter, only how it is spread,
-   CoRelAy's "histogram" variant). Each feature vector is scaled to unit L2 norm, so the size of the
-   explained logit does not count.
+   — the distribution of the values of R / max|R| in 40 bins on [−1, 1] (translation invariant: where on
+   the image the relevance lies does not matter, only how it is spread, CoRelAy's "histogram" variant).
+   Each feature vector is scaled to unit L2 norm, so the size of the explained logit does not count.
 2. **affinity**: the sparse k-nearest-neighbour graph (Euclidean), binary, symmetrized: A = (K + Kᵀ)/2,
    K_ij = 1 when j is among i's ``neighbors`` nearest (CoRelAy's ``SparseKNN``).
 3. **spectral embedding**: the normalized Laplacian L = I − D^{−½} A D^{−½}, D = diag(A·1); its smallest
@@ -92,8 +91,9 @@ def features(relevance: np.ndarray, kind: str = "pixels", size=(32, 32)) -> np.n
     elif kind == "histogram":
         flat = r.reshape(n, -1)
         scale = np.abs(flat).max(1, keepdims=True)
+        # linear in R/max|R|: a square root would lift the many small values, and how many there are follows
+        # how dense a background pattern is (a stripe period) more than which strategy the heatmap shows
         flat = flat / np.where(scale > 0, scale, 1.0)
-        flat = np.sign(flat) * np.sqrt(np.abs(flat))
         edges = np.linspace(-1.0, 1.0, HISTOGRAM_BINS + 1)
         bins = np.clip(np.searchsorted(edges, flat, side="right") - 1, 0, HISTOGRAM_BINS - 1)
         f = np.zeros((n, HISTOGRAM_BINS))

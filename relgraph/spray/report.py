@@ -88,7 +88,7 @@ def prototypes(path: str, r, maps: np.ndarray) -> None:
             heat, title = panels[j]
             s = np.abs(heat).max() or 1.0
             ax.imshow(heat, cmap="bwr", vmin=-s, vmax=s)
-            ax.set_title(title[-18:], fontsize=5)
+            ax.set_title(title if len(title) <= 20 else "…" + title[-19:], fontsize=5)
         axes[c, 0].set_ylabel(f"cluster {c}", fontsize=7)
     fig.suptitle(f"class {r.label}: prototypes", fontsize=8)
     fig.tight_layout()
