@@ -278,6 +278,11 @@ BODIES["batchnorm"] = ("Conv", [
     + "\n   m = Mul (h, S)\n   b = Add (m, T)\n   a = Relu (b)",
     _constant("S", BN_SCALE, [1, 4, 1, 1]) + "\n" + _constant("T", BN_SHIFT, [1, 4, 1, 1])
     + "\n   m = Mul (S, h)\n   b = Add (T, m)\n   a = Relu (b)",
+    # a flatten and its undoing between the conv and its BatchNorm: once the chain is dropped, the flatten
+    # that fed it must go too, or the conv's output has a second consumer and the fold is refused
+    "\n".join(_constant(k, v, [4]) for k, v in BN.items())
+    + "\n   back = Constant <value = int64[4] {0, 4, 6, 6}> ()\n   fl = Flatten (h)\n   rs = Reshape (fl, back)"
+    + "\n   b = BatchNormalization <epsilon = 0.00001> (rs, G, BE, MU, VAR)\n   a = Relu (b)",
 ])
 
 # ops of opset 18, 20 and 24: the gated activations with an op of their own
