@@ -10,8 +10,8 @@
    (1 CPU each), Ray already started (its start is reported apart), actor start included. For these the
    table also gives the time to the first block written (Ray Data's and the actors' start, paid once) and
    the rate once every worker runs (paid per block), read from the block files' times.
-2. SpRAy (``relgraph.spray.analyse``) of ``--spray`` heatmaps of 32×32 (the shapes model's, predicted
-   class 0 repeated from the held-out set's samples), pixel and histogram features, with and without t-SNE.
+2. SpRAy (``relgraph.spray.analyse``) of ``--spray`` heatmaps of 32×32, the shapes model's on as many
+   generated held-out images, analysed as one group: pixel and histogram features, with and without t-SNE.
 
 Prints one table; the figures go to bench/RESULTS.md with the machine they ran on.
 """
@@ -160,11 +160,8 @@ def store_rows(path: Path) -> int:
 
 def spray_time(args, explainer: str) -> None:
     logging.getLogger("sklearn").setLevel(logging.ERROR)
-    held = shapes_data.make_split("heldout", 1200)["x"]
-    relevance = relgraph.Explainer(explainer).explain(held)["relevance"]
-    reps = int(np.ceil(args.spray / len(relevance)))
-    noise = np.random.default_rng(0).normal(0, 1e-3, (args.spray, *relevance.shape[1:])).astype(np.float32)
-    heatmaps = np.tile(relevance, (reps, 1, 1, 1))[:args.spray] + noise  # jittered: no exact duplicates
+    held = shapes_data.make_split("heldout", args.spray)["x"]
+    heatmaps = relgraph.Explainer(explainer).explain(held)["relevance"]
     ids = list(range(args.spray))
     print(f"\nSpRAy on {args.spray} heatmaps of 32×32 (k-NN 10, 32 eigenvalues)")
     for kind in ("pixels", "histogram"):
