@@ -153,6 +153,13 @@ def test_bad_input(case, tmp_path, explainer):
         m.write_text('base = "epsilon"\n[op_types]\nRelu = "zplus"\n')
         code, _, err = run("compile", MODEL, "--rule-map", m, "-o", tmp_path / "o.onnx")
         assert_one_line_error(code, err, "does not apply to Relu")
+        for params, message in (("bounds = [0.0, 1.0, 2.0]", "bounds must be [LOW, HIGH]"),
+                                ("bounds = 1.0", "bounds must be [LOW, HIGH]"),
+                                ("gamma = \"big\"", "parameter 'gamma' must be a number"),
+                                ("delta = 0.5", "unknown parameter(s) delta")):
+            m.write_text(f'base = "epsilon"\nfirst = "zbox"\n[params]\n{params}\n')
+            code, _, err = run("compile", MODEL, "--rule-map", m, "-o", tmp_path / "o.onnx")
+            assert_one_line_error(code, err, message)
     elif case == "unsupported":
         p = tmp_path / "u.onnx"
         _unsupported_model(p)
