@@ -193,6 +193,44 @@ def test_scalar_gather_before_the_dynamic_batch(tmp_path, rule):
         np.testing.assert_allclose(total, out[tm.OUTPUT][:, 2], rtol=1e-4, atol=1e-5)
 
 
+class TokenPairs(nn.Module):
+    """Pairs of tokens picked by a 2-d constant index (``x[:, pairs]``, a Gather whose indices are [2, 2], one
+    token picked twice), a dense layer per picked token, then the head: the adjoint must reshape R from the
+    indices' shape back to one axis of picks and sum the repeated token's two shares."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("pairs", torch.tensor([[0, 3], [5, 3]]))
+        self.mix, self.head = nn.Linear(5, 6), nn.Linear(24, 4)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.mix(x[:, self.pairs])).flatten(1))
+
+
+@pytest.mark.parametrize("rule", ["gradient", "epsilon"])
+def test_gather_with_a_matrix_of_indices(tmp_path, rule):
+    torch.manual_seed(0)
+    model = TokenPairs().eval()
+    path = tmp_path / "pairs.onnx"
+    torch.onnx.export(model, (torch.randn(2, 6, 5),), str(path), dynamo=False, opset_version=tm.LEGACY_OPSET,
+                      input_names=[tm.INPUT], output_names=[tm.OUTPUT],
+                      dynamic_axes={tm.INPUT: {0: "batch"}, tm.OUTPUT: {0: "batch"}})
+    proto = onnx.load(str(path))
+    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
+    assert len(gathers) == 1
+    proto.ir_version = tm.IR_VERSION
+    onnx.save(proto, str(path))
+    x = tm.random_input((3, 6, 5), seed=5)
+    out = explain(str(path), rule, x)
+    if rule == "gradient":
+        exact = tm.reference_gradient(model, x, np.full(len(x), 2))
+        assert np.all(tm.relative_error(out["relevance"], exact) < 1e-5)
+        assert np.abs(exact[:, 3]).sum() > 0 and np.all(exact[:, [1, 2, 4]] == 0)  # token 3 twice; 1, 2, 4 never
+    else:
+        total = out["relevance"].reshape(len(x), -1).sum(1) + out["bias_relevance"]
+        np.testing.assert_allclose(total, out[tm.OUTPUT][:, 2], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("flag, needle", [
     ("input=Nx3x8", "rank 4"),            # wrong rank
     ("input=Nx4x8x8", "axis 1"),          # a static dimension given otherwise
