@@ -160,6 +160,10 @@ BODIES = {
         LN_PARAMS + "\n   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (m, h)\n   q = Mul (d, d)"
         "\n   v = ReduceMean <axes = [-1]> (q)\n   e = Add (eps, v)\n   mh = Constant <value = float {-0.5}> ()"
         "\n   ri = Pow (e, mh)\n   gd = Mul (lg, d)\n   nd = Neg (gd)\n   n = Mul (nd, ri)\n   a = Add (lb, n)",
+        # σ as a power of ½
+        LN_PARAMS + "\n   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)"
+        "\n   v = ReduceMean <axes = [-1]> (q)\n   e = Add (v, eps)\n   s = Pow (e, half)\n   n = Div (d, s)"
+        "\n   g = Mul (n, lg)\n   a = Add (g, lb)",
     ]),
     # a LayerNorm over C, H, W without γ and β (torch's elementwise_affine=False below opset 17)
     "layer-norm-chw": ("LayerNormalization", [
@@ -693,6 +697,11 @@ NOT_LAYER_NORMS = {
         "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   s = Sqrt (e)\n   n = Div (d, s)"
         "\n   a = Add (n, d)",
         "is also used outside the normalization"),
+    "σ³ for σ": (
+        "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [-1]> (q)"
+        "\n   eps = Constant <value = float {0.001}> ()\n   e = Add (v, eps)\n   th = Constant <value = float {1.5}> ()"
+        "\n   s = Pow (e, th)\n   a = Div (d, s)",
+        None),
     "ε added to σ": (
         "   m = ReduceMean <axes = [-1]> (h)\n   d = Sub (h, m)\n   q = Mul (d, d)\n   v = ReduceMean <axes = [-1]> (q)"
         "\n   eps = Constant <value = float {0.001}> ()\n   s = Sqrt (v)\n   e = Add (s, eps)\n   a = Div (d, e)",
