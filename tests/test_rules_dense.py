@@ -165,6 +165,25 @@ def test_conv_rules(tmp_path, rule, conv, seed):
     _check(tmp_path, rule, conv_case(tmp_path, CONVS[conv], seed, relu_first), relu_first)
 
 
+@pytest.mark.parametrize("seed", SEEDS[:2])
+def test_zbox_per_channel_bounds(tmp_path, seed):
+    """z^B with a low and a high bound per input channel (a normalized image's range differs by channel): each
+    channel's bound fills that channel's plane. The input is 3 channels by 3 columns, so bounds laid along the
+    columns instead would still broadcast, and only the numbers tell."""
+    cfg = dict(cin=3, cout=4, k=3, hw=(5, 3), strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=1)
+    path, x, M, b, head, _ = conv_case(tmp_path, cfg, seed)
+    low, high = [-1.5, -0.5, -2.0], [2.0, 1.0, 0.5]
+    target = np.array([0, 3, 4])
+    res = _run(tmp_path, path, "zbox", x, target, extra=f"[params]\nbounds = [{low}, {high}]")  # rule maps only
+    R = _incoming(res, head, target)
+    plane = cfg["hw"][0] * cfg["hw"][1]
+    rx, rb = ref.zbox(x.reshape(len(x), -1).astype(np.float64), M, b, R, np.repeat(low, plane)[None, :],
+                      np.repeat(high, plane), 1e-6)
+    _close(res["relevance"].reshape(len(x), -1), rx)
+    scalar = _run(tmp_path, path, "zbox", x, target, bounds=(-1.5, 2.0))["relevance"]
+    assert not np.allclose(scalar, res["relevance"], rtol=1e-2)  # the bounds per channel mattered
+
+
 @pytest.mark.parametrize("conv", sorted(CONVS))
 def test_conv_gradient(tmp_path, conv):
     path, x, M, b, head, _ = conv_case(tmp_path, CONVS[conv], 0)
