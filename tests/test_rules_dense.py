@@ -81,6 +81,8 @@ CONVS = {
     "asym-pad": dict(cin=2, cout=3, k=3, hw=(7, 6), strides=(2, 1), pads=(1, 0, 2, 1), dil=(1, 1), group=1),
     "groups": dict(cin=4, cout=6, k=3, hw=(6, 6), strides=(1, 1), pads=(1, 1, 1, 1), dil=(1, 1), group=2),
     "depthwise": dict(cin=4, cout=4, k=3, hw=(6, 6), strides=(2, 2), pads=(1, 1, 1, 1), dil=(1, 1), group=4),
+    # an even kernel padded at its end by more than k − 1: its transpose is no plain convolution
+    "even-wide-pad": dict(cin=2, cout=3, k=2, hw=(5, 5), strides=(1, 1), pads=(0, 0, 2, 2), dil=(1, 1), group=1),
 }
 
 
