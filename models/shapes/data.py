@@ -20,6 +20,8 @@ plus Gaussian pixel noise (σ 0.04), clipped.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 SIZE = 32
@@ -108,7 +110,16 @@ def main() -> None:
     p.add_argument("count", type=int)
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args()
-    np.savez_compressed(args.output, **make_split(args.split, args.count))
+    if args.count < 1:
+        raise SystemExit(f"data.py: error: COUNT must be at least 1, got {args.count}")
+    if os.path.lexists(args.output):  # never replace a file (or what a link points to)
+        raise SystemExit(f"data.py: error: {args.output} exists; choose another name")
+    try:
+        os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+        with open(args.output, "xb") as f:  # as named: savez would add ".npz" to a name without it
+            np.savez_compressed(f, **make_split(args.split, args.count))
+    except OSError as exc:
+        raise SystemExit(f"data.py: error: cannot write {args.output}: {exc.strerror}") from None
 
 
 if __name__ == "__main__":

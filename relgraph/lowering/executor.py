@@ -8,7 +8,6 @@ the explainer's live set, not its total size. Kernel steps go to the Triton kern
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -17,6 +16,7 @@ from ..errors import RelgraphError
 from ..interpreter import INTERPRETER_HINT, interpreting
 from ..progress import Progress
 from .plan import Plan
+
 
 def default_device(kernels: str) -> str:
     """CUDA when there is a GPU; the CPU for the torch reference or under Triton's interpreter."""
