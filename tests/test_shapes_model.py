@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,3 +132,24 @@ def test_metadata_preprocesses_a_picture_like_the_data(name):
     predict = session(name).run
     np.testing.assert_array_equal(predict(["logits"], {"input": back})[0].argmax(1),
                                   predict(["logits"], {"input": x})[0].argmax(1))
+
+
+def test_data_command_writes_a_split_and_never_replaces_a_file(tmp_path):
+    """``python models/shapes/data.py SPLIT COUNT -o FILE`` writes make_split's arrays (its folder made), and
+    refuses an existing file or link, or a count below 1, in one line."""
+    script = str(SHAPES / "data.py")
+    target = tmp_path / "new" / "held"  # no .npz suffix: written as named
+    proc = subprocess.run([sys.executable, script, "heldout", "4", "-o", str(target)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    written, expected = np.load(target), data.make_split("heldout", 4)
+    assert sorted(written) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(written[key], expected[key])
+    before = target.read_bytes()
+    (tmp_path / "link").symlink_to(target)
+    for out, count, message in ((target, "4", "exists"), (tmp_path / "link", "4", "exists"),
+                                (tmp_path / "other.npz", "0", "at least 1")):
+        proc = subprocess.run([sys.executable, script, "heldout", count, "-o", str(out)], capture_output=True,
+                              text=True)
+        assert proc.returncode != 0 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert target.read_bytes() == before and not (tmp_path / "other.npz").exists()
